@@ -1,0 +1,371 @@
+// Per-block arithmetic of the corrected preconditioner (SPEC §2-3), shared by every backend.
+//
+// Each function works on one "lane value" type V. On the CPU, V is a SIMD vector holding the same
+// entry of W different blocks (lane l = block l of a group), so one call factorises W blocks at
+// once with no branches that depend on the data. On a GPU, V is a plain float/double and one thread
+// runs the same code for one block. Either way the arithmetic, its order and its rounding are the
+// same, which is what lets the CPU tests vouch for the GPU kernels.
+//
+// Lanes never mix: a bad block cannot change another block's result. Writes are masked with
+// `active`, so lanes that have finished keep their values while the others retry.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__CUDACC__)
+#define HSC_HD __host__ __device__ __forceinline__
+#else
+#define HSC_HD inline __attribute__((always_inline))
+#endif
+
+namespace hsc {
+
+// Per-block status codes, SPEC §3.
+enum Status : int32_t {
+  kFactorised = 0,       // factorised with the requested damping
+  kDampingRaised = 1,    // factorised after raising the damping
+  kNonFinite = 2,        // H_k has a NaN or Inf: fallback M = (1 + mu^2) I
+  kNotFactorised = 3,    // no Cholesky success within max_tries: same fallback
+};
+
+enum class Mode : int { kCholesky = 0, kSingularSafe = 1 };
+
+// Operations on a lane value. Specialised here for scalars (one block per thread) and in
+// cpu/lanes.h for SIMD vectors (one block per lane).
+template <class V>
+struct LaneOps;
+
+template <class T>
+struct ScalarLaneOps {
+  using value = T;
+  using scalar = T;
+  using mask = bool;
+  HSC_HD static T splat(T x) { return x; }
+  // A pivot counts only when it is positive and finite: NaN and Inf fail (!(d > 0) catches NaN).
+  HSC_HD static mask usable_pivot(T d) {
+    return d > T(0) && d <= std::numeric_limits<T>::max();
+  }
+  HSC_HD static mask finite(T x) { return x - x == T(0); }
+  HSC_HD static T select(mask m, T a, T b) { return m ? a : b; }
+  HSC_HD static T sqrt(T x) { return ::sqrt(x); }
+  HSC_HD static T abs(T x) { return ::fabs(x); }
+  HSC_HD static T max(T a, T b) { return a > b ? a : b; }
+  HSC_HD static mask all_lanes() { return true; }
+  HSC_HD static mask no_lanes() { return false; }
+  HSC_HD static mask and_(mask a, mask b) { return a && b; }
+  HSC_HD static mask or_(mask a, mask b) { return a || b; }
+  HSC_HD static mask andnot(mask a, mask b) { return a && !b; }  // a and not b
+  HSC_HD static bool any(mask m) { return m; }
+};
+template <>
+struct LaneOps<float> : ScalarLaneOps<float> {};
+template <>
+struct LaneOps<double> : ScalarLaneOps<double> {};
+
+// A b-by-b matrix of lane values, element (i, j) at p[(i * b + j) * stride].
+template <class V>
+struct Block {
+  V* p;
+  int b;
+  int stride;
+  HSC_HD V& operator()(int i, int j) const { return p[(i * b + j) * stride]; }
+};
+
+// A length-b vector of lane values, element i at p[i * stride].
+template <class V>
+struct Column {
+  V* p;
+  int stride;
+  HSC_HD V& operator[](int i) const { return p[i * stride]; }
+};
+
+// In-place lower Cholesky factorisation of the lower triangle of `a` (the upper triangle is not
+// read). Writes only lanes in `active`; returns the active lanes whose every pivot was usable.
+// Dot-product (left-looking) form, four rows at a time so four independent sums share each load
+// of row j.
+template <class V, class Ops = LaneOps<V>>
+HSC_HD typename Ops::mask cholesky_lower(Block<V> a, typename Ops::mask active) {
+  using mask = typename Ops::mask;
+  const int b = a.b;
+  const V one = Ops::splat(1);
+  mask ok = active;
+  for (int j = 0; j < b; ++j) {
+    V d = a(j, j);
+    for (int k = 0; k < j; ++k) d -= a(j, k) * a(j, k);
+    const mask pivot_ok = Ops::usable_pivot(d);
+    ok = Ops::and_(ok, pivot_ok);
+    if (!Ops::any(ok)) return ok;  // every active lane has failed: nothing left to compute
+    const V r = Ops::sqrt(Ops::select(pivot_ok, d, one));
+    const V inv = one / r;
+    a(j, j) = Ops::select(active, r, a(j, j));
+    int i = j + 1;
+    for (; i + 4 <= b; i += 4) {
+      V s0 = a(i, j), s1 = a(i + 1, j), s2 = a(i + 2, j), s3 = a(i + 3, j);
+      for (int k = 0; k < j; ++k) {
+        const V x = a(j, k);
+        s0 -= a(i, k) * x;
+        s1 -= a(i + 1, k) * x;
+        s2 -= a(i + 2, k) * x;
+        s3 -= a(i + 3, k) * x;
+      }
+      a(i, j) = Ops::select(active, s0 * inv, a(i, j));
+      a(i + 1, j) = Ops::select(active, s1 * inv, a(i + 1, j));
+      a(i + 2, j) = Ops::select(active, s2 * inv, a(i + 2, j));
+      a(i + 3, j) = Ops::select(active, s3 * inv, a(i + 3, j));
+    }
+    for (; i < b; ++i) {
+      V s = a(i, j);
+      for (int k = 0; k < j; ++k) s -= a(i, k) * a(j, k);
+      a(i, j) = Ops::select(active, s * inv, a(i, j));
+    }
+  }
+  return ok;
+}
+
+// w = l^{-1} for lower-triangular l (lower triangles only; w's upper triangle is not written).
+// Column by column: column j of w is the forward substitution of e_j, four columns at a time so
+// the four sums share each load of row i of l.
+template <class V>
+HSC_HD void invert_lower(Block<V> l, Block<V> w) {
+  const int b = l.b;
+  const V one = LaneOps<V>::splat(1);
+  for (int i = 0; i < b; ++i) w(i, i) = one / l(i, i);
+  int j = 0;
+  for (; j + 4 <= b; j += 4) {
+    // The 4x4 diagonal triangle of this column block first.
+    for (int t = 1; t < 4; ++t) {
+      const int i = j + t;
+      for (int c = 0; c < t; ++c) {
+        V s = l(i, j + c) * w(j + c, j + c);
+        for (int k = j + c + 1; k < i; ++k) s += l(i, k) * w(k, j + c);
+        w(i, j + c) = -s * w(i, i);
+      }
+    }
+    for (int i = j + 4; i < b; ++i) {
+      // Sums over k in [j + c, i): the terms with k < j + 4 form a small triangle.
+      V s0 = l(i, j) * w(j, j);
+      V s1 = l(i, j + 1) * w(j + 1, j + 1);
+      V s2 = l(i, j + 2) * w(j + 2, j + 2);
+      V s3 = l(i, j + 3) * w(j + 3, j + 3);
+      s0 += l(i, j + 1) * w(j + 1, j) + l(i, j + 2) * w(j + 2, j) + l(i, j + 3) * w(j + 3, j);
+      s1 += l(i, j + 2) * w(j + 2, j + 1) + l(i, j + 3) * w(j + 3, j + 1);
+      s2 += l(i, j + 3) * w(j + 3, j + 2);
+      for (int k = j + 4; k < i; ++k) {
+        const V x = l(i, k);
+        s0 += x * w(k, j);
+        s1 += x * w(k, j + 1);
+        s2 += x * w(k, j + 2);
+        s3 += x * w(k, j + 3);
+      }
+      const V d = w(i, i);
+      w(i, j) = -s0 * d;
+      w(i, j + 1) = -s1 * d;
+      w(i, j + 2) = -s2 * d;
+      w(i, j + 3) = -s3 * d;
+    }
+  }
+  for (; j < b; ++j) {
+    for (int i = j + 1; i < b; ++i) {
+      V s = l(i, j) * w(j, j);
+      for (int k = j + 1; k < i; ++k) s += l(i, k) * w(k, j);
+      w(i, j) = -s * w(i, i);
+    }
+  }
+}
+
+// out = w^T w for lower-triangular w; writes out's lower triangle, and its upper triangle too when
+// `full` (the explicit factor is returned whole).
+template <class V>
+HSC_HD void lower_gram(Block<V> w, Block<V> out, bool full) {
+  const int b = w.b;
+  for (int i = 0; i < b; ++i) {
+    // out(i, j) = sum_{k >= i} w(k, i) w(k, j) for j <= i.
+    int j = 0;
+    for (; j + 4 <= i + 1; j += 4) {
+      V s0 = w(i, i) * w(i, j), s1 = w(i, i) * w(i, j + 1);
+      V s2 = w(i, i) * w(i, j + 2), s3 = w(i, i) * w(i, j + 3);
+      for (int k = i + 1; k < b; ++k) {
+        const V x = w(k, i);
+        s0 += x * w(k, j);
+        s1 += x * w(k, j + 1);
+        s2 += x * w(k, j + 2);
+        s3 += x * w(k, j + 3);
+      }
+      out(i, j) = s0;
+      out(i, j + 1) = s1;
+      out(i, j + 2) = s2;
+      out(i, j + 3) = s3;
+    }
+    for (; j <= i; ++j) {
+      V s = w(i, i) * w(i, j);
+      for (int k = i + 1; k < b; ++k) s += w(k, i) * w(k, j);
+      out(i, j) = s;
+    }
+  }
+  if (full)
+    for (int i = 0; i < b; ++i)
+      for (int j = i + 1; j < b; ++j) out(i, j) = out(j, i);
+}
+
+// out = s^2 + mu2 I (lower triangle) for a full symmetric s.
+template <class V>
+HSC_HD void square_plus_shift(Block<V> s, V mu2, Block<V> out) {
+  const int b = s.b;
+  for (int i = 0; i < b; ++i) {
+    int j = 0;
+    for (; j + 4 <= i + 1; j += 4) {
+      V s0 = s(i, 0) * s(j, 0), s1 = s(i, 0) * s(j + 1, 0);
+      V s2 = s(i, 0) * s(j + 2, 0), s3 = s(i, 0) * s(j + 3, 0);
+      for (int k = 1; k < b; ++k) {
+        const V x = s(i, k);
+        s0 += x * s(j, k);
+        s1 += x * s(j + 1, k);
+        s2 += x * s(j + 2, k);
+        s3 += x * s(j + 3, k);
+      }
+      out(i, j) = s0;
+      out(i, j + 1) = s1;
+      out(i, j + 2) = s2;
+      out(i, j + 3) = s3;
+    }
+    for (; j <= i; ++j) {
+      V acc = s(i, 0) * s(j, 0);
+      for (int k = 1; k < b; ++k) acc += s(i, k) * s(j, k);
+      out(i, j) = acc;
+    }
+    out(i, i) += mu2;
+  }
+}
+
+// out = x y for full b-by-b x and y.
+template <class V>
+HSC_HD void multiply(Block<V> x, Block<V> y, Block<V> out) {
+  const int b = x.b;
+  for (int i = 0; i < b; ++i) {
+    int j = 0;
+    for (; j + 4 <= b; j += 4) {
+      V s0 = x(i, 0) * y(0, j), s1 = x(i, 0) * y(0, j + 1);
+      V s2 = x(i, 0) * y(0, j + 2), s3 = x(i, 0) * y(0, j + 3);
+      for (int k = 1; k < b; ++k) {
+        const V v = x(i, k);
+        s0 += v * y(k, j);
+        s1 += v * y(k, j + 1);
+        s2 += v * y(k, j + 2);
+        s3 += v * y(k, j + 3);
+      }
+      out(i, j) = s0;
+      out(i, j + 1) = s1;
+      out(i, j + 2) = s2;
+      out(i, j + 3) = s3;
+    }
+    for (; j < b; ++j) {
+      V acc = x(i, 0) * y(0, j);
+      for (int k = 1; k < b; ++k) acc += x(i, k) * y(k, j);
+      out(i, j) = acc;
+    }
+  }
+}
+
+// x = (l l^T)^{-1} x in place: forward then backward substitution.
+template <class V>
+HSC_HD void cholesky_solve_inplace(Block<V> l, Column<V> x) {
+  const int b = l.b;
+  for (int i = 0; i < b; ++i) {
+    V s0 = x[i], s1 = LaneOps<V>::splat(0);
+    int k = 0;
+    for (; k + 2 <= i; k += 2) {
+      s0 -= l(i, k) * x[k];
+      s1 -= l(i, k + 1) * x[k + 1];
+    }
+    if (k < i) s0 -= l(i, k) * x[k];
+    x[i] = (s0 + s1) / l(i, i);
+  }
+  for (int i = b - 1; i >= 0; --i) {
+    V s0 = x[i], s1 = LaneOps<V>::splat(0);
+    int k = i + 1;
+    for (; k + 2 <= b; k += 2) {
+      s0 -= l(k, i) * x[k];
+      s1 -= l(k + 1, i) * x[k + 1];
+    }
+    if (k < b) s0 -= l(k, i) * x[k];
+    x[i] = (s0 + s1) / l(i, i);
+  }
+}
+
+// y = a x for a full symmetric a.
+template <class V>
+HSC_HD void symmetric_multiply(Block<V> a, Column<V> x, Column<V> y) {
+  const int b = a.b;
+  for (int i = 0; i < b; ++i) {
+    V s = a(i, 0) * x[0];
+    for (int k = 1; k < b; ++k) s += a(i, k) * x[k];
+    y[i] = s;
+  }
+}
+
+// ---- The pipeline of SPEC §2 for one lane group ----------------------------------------------
+
+template <class V>
+struct Workspace {
+  Block<V> s;  // S = (H + H^T)/2, full; in singular_safe mode A = S + delta I
+  Block<V> a;  // factors and products, see the stages below
+  Block<V> m;
+};
+
+// Stage 1 (mode cholesky): find the first damping of the sequence d_0 = delta,
+// d_{i+1} = max(2 d_i, tau) whose Cholesky factorisation succeeds, for every lane in `todo`.
+// On return ws.a holds L with L L^T = S + d I for the lanes in the returned mask; `damping` holds
+// the value used, `raised` the lanes that needed more than d_0. Lanes not returned have failed
+// max_tries times (status 3) and `damping` holds the last value tried.
+template <class V, class Ops = LaneOps<V>>
+HSC_HD typename Ops::mask factorise_with_retries(const Workspace<V>& ws, V& damping, V tau,
+                                                 int max_tries, typename Ops::mask todo,
+                                                 typename Ops::mask& raised) {
+  using mask = typename Ops::mask;
+  const int b = ws.s.b;
+  mask done = Ops::no_lanes();
+  raised = Ops::no_lanes();
+  V d = damping;
+  for (int t = 0; t < max_tries && Ops::any(todo); ++t) {
+    for (int i = 0; i < b; ++i) {
+      for (int j = 0; j < i; ++j) ws.a(i, j) = Ops::select(todo, ws.s(i, j), ws.a(i, j));
+      ws.a(i, i) = Ops::select(todo, ws.s(i, i) + d, ws.a(i, i));
+    }
+    const mask ok = cholesky_lower<V, Ops>(ws.a, todo);
+    damping = Ops::select(todo, d, damping);
+    if (t > 0) raised = Ops::or_(raised, ok);
+    done = Ops::or_(done, ok);
+    todo = Ops::andnot(todo, ok);
+    d = Ops::max(d + d, tau);
+    // A damping that overflows can never give a usable factor: stop those lanes here.
+    todo = Ops::and_(todo, Ops::usable_pivot(d));
+  }
+  return done;
+}
+
+// Stage 2 (mode cholesky): from L (in ws.a) with A = S + d I, form M = A + mu^2 A^{-1} and
+// factorise it, leaving L_M in ws.a. Returns the lanes (of `active`) where that succeeded.
+template <class V, class Ops = LaneOps<V>>
+HSC_HD typename Ops::mask factorise_correction(const Workspace<V>& ws, V damping, V mu2,
+                                               typename Ops::mask active) {
+  const int b = ws.s.b;
+  invert_lower(ws.a, ws.m);        // m = L^{-1}
+  lower_gram(ws.m, ws.a, false);   // a = L^{-T} L^{-1} = A^{-1}
+  for (int i = 0; i < b; ++i) {    // a = S + d I + mu^2 A^{-1}
+    for (int j = 0; j < i; ++j) ws.a(i, j) = ws.s(i, j) + mu2 * ws.a(i, j);
+    ws.a(i, i) = (ws.s(i, i) + damping) + mu2 * ws.a(i, i);
+  }
+  return cholesky_lower<V, Ops>(ws.a, active);
+}
+
+// Stage 2 (mode singular_safe): with A in ws.s, factorise C = A^2 + mu^2 I into ws.a.
+template <class V, class Ops = LaneOps<V>>
+HSC_HD typename Ops::mask factorise_shifted_square(const Workspace<V>& ws, V mu2,
+                                                   typename Ops::mask active) {
+  square_plus_shift(ws.s, mu2, ws.a);
+  return cholesky_lower<V, Ops>(ws.a, active);
+}
+
+}  // namespace hsc

@@ -1,0 +1,64 @@
+// Argument checks shared by every backend of the hsc ops. Each message names the argument and
+// what was expected; TORCH_CHECK_VALUE / TORCH_CHECK_TYPE surface in Python as ValueError / TypeError.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "block_math.h"
+
+namespace hsc {
+
+inline Mode parse_mode(const std::string& mode) {
+  if (mode == "cholesky") return Mode::kCholesky;
+  if (mode == "singular_safe") return Mode::kSingularSafe;
+  TORCH_CHECK_VALUE(false, "hsc: mode must be 'cholesky' or 'singular_safe', got '", mode, "'");
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()),
+                   "hsc: ", name, " must be a floating-point tensor (float32, float64, float16 or "
+                   "bfloat16), got ", t.scalar_type());
+}
+
+// The dtype the arithmetic runs in: float16 and bfloat16 are computed in float32.
+inline at::ScalarType compute_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_blocks(const at::Tensor& H) {
+  TORCH_CHECK_VALUE(H.dim() == 3, "hsc: H must have shape [N, b, b] (a stack of square blocks), got ",
+                    H.dim(), " dimension(s) ", H.sizes());
+  TORCH_CHECK_VALUE(H.size(1) == H.size(2), "hsc: H must hold square blocks [N, b, b], got ",
+                    H.sizes());
+  TORCH_CHECK_VALUE(H.size(1) >= 1, "hsc: H's block size b must be at least 1, got ", H.sizes());
+  check_floating(H, "H");
+}
+
+inline void check_gradient(const at::Tensor& G, int64_t N, int64_t b, const at::Tensor& like,
+                           const char* like_name) {
+  TORCH_CHECK_VALUE(G.dim() == 2 || G.dim() == 3,
+                    "hsc: G must have shape [N, b] or [N, b, r], got ", G.sizes());
+  TORCH_CHECK_VALUE(G.size(0) == N && G.size(1) == b, "hsc: G must have shape [N, b] or [N, b, r] "
+                    "with N = ", N, " and b = ", b, " to match ", like_name, ", got ", G.sizes());
+  check_floating(G, "G");
+  TORCH_CHECK_VALUE(G.device() == like.device(), "hsc: G is on ", G.device(), " but ", like_name,
+                    " is on ", like.device(), "; both must be on the same device");
+}
+
+inline void check_correction_args(const at::Tensor& H, const at::Tensor& damping, double scale,
+                                  int64_t max_tries) {
+  check_blocks(H);
+  TORCH_CHECK_VALUE(damping.dim() == 1 && damping.size(0) == H.size(0),
+                    "hsc: damping must be a float or a tensor of shape [N] = [", H.size(0),
+                    "], got shape ", damping.sizes());
+  check_floating(damping, "damping");
+  TORCH_CHECK_VALUE(damping.device() == H.device(), "hsc: damping is on ", damping.device(),
+                    " but H is on ", H.device(), "; both must be on the same device");
+  TORCH_CHECK_VALUE(scale > 0 && std::isfinite(scale),
+                    "hsc: scale (mu) must be a finite number > 0, got ", scale);
+  TORCH_CHECK_VALUE(max_tries >= 1, "hsc: max_tries must be >= 1, got ", max_tries);
+}
+
+}  // namespace hsc

@@ -1,0 +1,279 @@
+// CPU implementation of hsc::correct, hsc::solve and hsc::precondition.
+//
+// Blocks are processed in lane groups of W (the SIMD width: 16 float32 or 8 float64 blocks with
+// AVX-512): a group is transposed into a workspace where entry (i, j) of all W blocks sits in one
+// vector, and block_math.h runs the whole pipeline on it with vector instructions and no
+// data-dependent branches. Groups are spread over threads with at::parallel_for.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <memory>
+#include <vector>
+
+#include "../block_math.h"
+#include "../checks.h"
+#include "lanes.h"
+
+namespace hsc::cpu {
+namespace {
+
+template <class T>
+struct Group {
+  using V = Vec<T>;
+  using Ops = LaneOps<V>;
+  using mask = typename Ops::mask;
+  static constexpr int W = kLanes<T>;
+
+  int b;
+  std::unique_ptr<V[]> storage;  // s, a, m (b*b each), then x, y and g (b each)
+  Workspace<V> ws;
+  Column<V> x, y, g;
+
+  explicit Group(int b_) : b(b_), storage(new V[3 * b_ * b_ + 3 * b_]) {
+    V* p = storage.get();
+    ws = Workspace<V>{Block<V>{p, b, 1}, Block<V>{p + b * b, b, 1}, Block<V>{p + 2 * b * b, b, 1}};
+    x = Column<V>{p + 3 * b * b, 1};
+    y = Column<V>{p + 3 * b * b + b, 1};
+    g = Column<V>{p + 3 * b * b + 2 * b, 1};
+  }
+
+  // Loads blocks [n0, n0 + count) of H into ws.s as S = (H + H^T)/2 (plus `shift` on the diagonal
+  // in singular_safe mode). Lanes >= count and lanes with a non-finite entry hold the identity.
+  // Returns the lanes holding a finite block; `tau` gets 1e-6 max|S_ij| per lane (SPEC §2).
+  mask load(const T* H, int64_t n0, int count, V& tau) {
+    const int bb = b * b;
+    Block<V> raw = ws.m;
+    for (int l = 0; l < count; ++l) {
+      const T* h = H + (n0 + l) * bb;
+      for (int e = 0; e < bb; ++e) raw.p[e][l] = h[e];
+    }
+    for (int l = count; l < W; ++l)
+      for (int e = 0; e < bb; ++e) raw.p[e][l] = (e % (b + 1) == 0) ? T(1) : T(0);
+    mask finite = Ops::all_lanes();
+    V maxabs = Ops::splat(0);
+    const V half = Ops::splat(T(0.5));
+    for (int i = 0; i < b; ++i) {
+      for (int j = 0; j < i; ++j) {
+        // Halve before adding so that entries near the overflow threshold stay finite.
+        const V v = half * raw(i, j) + half * raw(j, i);
+        finite = Ops::and_(finite, Ops::finite(v));
+        maxabs = Ops::max(maxabs, Ops::abs(v));
+        ws.s(i, j) = v;
+        ws.s(j, i) = v;
+      }
+      const V d = raw(i, i);
+      finite = Ops::and_(finite, Ops::finite(d));
+      maxabs = Ops::max(maxabs, Ops::abs(d));
+      ws.s(i, i) = d;
+    }
+    // Non-finite blocks become the identity so that no lane computes on NaN or Inf.
+    const V one = Ops::splat(1), zero = Ops::splat(0);
+    for (int i = 0; i < b; ++i)
+      for (int j = 0; j < b; ++j) ws.s(i, j) = Ops::select(finite, ws.s(i, j), i == j ? one : zero);
+    tau = Ops::splat(T(1e-6)) * maxabs;
+    tau = Ops::select(tau == T(0), Ops::splat(std::numeric_limits<T>::min()), tau);
+    mask valid = Ops::no_lanes();
+    for (int l = 0; l < count; ++l) valid[l] = -1;
+    return Ops::and_(finite, valid);
+  }
+
+  void set_identity_where_not(mask keep, Block<V> a, T diagonal) {
+    const V d = Ops::splat(diagonal), zero = Ops::splat(0);
+    for (int i = 0; i < b; ++i)
+      for (int j = 0; j < b; ++j) a(i, j) = Ops::select(keep, a(i, j), i == j ? d : zero);
+  }
+};
+
+template <class T>
+struct Problem {
+  const T* H;
+  const T* damping_in;
+  T* damping_out;
+  int32_t* status;
+  int64_t N;
+  int b;
+  T mu2;
+  Mode mode;
+  int max_tries;
+  // Either a gradient to precondition (fused path) or a factor to write (correct).
+  const T* G = nullptr;
+  T* P = nullptr;
+  int64_t r = 0;
+  T* factor = nullptr;
+};
+
+// Runs SPEC §2 on one lane group and writes its outputs. Returns nothing: every per-block outcome
+// goes to `status`.
+template <class T>
+void run_group(Group<T>& grp, const Problem<T>& pr, int64_t n0, int count) {
+  using V = Vec<T>;
+  using Ops = LaneOps<V>;
+  using mask = typename Ops::mask;
+  const int b = pr.b;
+  const Workspace<V>& ws = grp.ws;
+
+  V tau;
+  const mask finite = grp.load(pr.H, n0, count, tau);
+  V damping = Ops::splat(0);
+  for (int l = 0; l < count; ++l) damping[l] = pr.damping_in[n0 + l];
+  const V mu2 = Ops::splat(pr.mu2);
+
+  mask ok, raised = Ops::no_lanes();
+  if (pr.mode == Mode::kCholesky) {
+    ok = factorise_with_retries<V>(ws, damping, tau, pr.max_tries, finite, raised);
+    grp.set_identity_where_not(ok, ws.a, T(1));
+    const mask ok2 = factorise_correction<V>(ws, damping, mu2, ok);
+    ok = Ops::and_(ok, ok2);
+    raised = Ops::and_(raised, ok);
+  } else {
+    for (int i = 0; i < b; ++i) ws.s(i, i) += Ops::select(finite, damping, Ops::splat(0));
+    ok = factorise_shifted_square<V>(ws, mu2, finite);
+  }
+  grp.set_identity_where_not(ok, ws.a, T(1));
+
+  const T fallback = T(1) / (T(1) + pr.mu2);  // SPEC §3: M = (1 + mu^2) I
+  for (int l = 0; l < count; ++l) {
+    const int64_t n = n0 + l;
+    pr.damping_out[n] = damping[l];
+    pr.status[n] = !finite[l] ? kNonFinite : !ok[l] ? kNotFactorised
+                                           : raised[l] ? kDampingRaised : kFactorised;
+  }
+
+  if (pr.P != nullptr) {
+    const T one_plus_mu2 = T(1) + pr.mu2;
+    for (int64_t c = 0; c < pr.r; ++c) {
+      for (int i = 0; i < b; ++i) {
+        V gi = Ops::splat(0);
+        for (int l = 0; l < count; ++l) gi[l] = pr.G[((n0 + l) * b + i) * pr.r + c];
+        grp.g[i] = gi;
+        grp.x[i] = gi;
+      }
+      cholesky_solve_inplace(ws.a, grp.x);  // x = M^{-1} g, or (A^2 + mu^2 I)^{-1} g
+      Column<V> p = grp.x;
+      if (pr.mode == Mode::kSingularSafe) {
+        symmetric_multiply(ws.s, grp.x, grp.y);  // p = A (A^2 + mu^2 I)^{-1} g
+        p = grp.y;
+      }
+      for (int i = 0; i < b; ++i) p[i] = Ops::select(ok, p[i], grp.g[i] / one_plus_mu2);
+      for (int l = 0; l < count; ++l) {
+        T* out = pr.P + (n0 + l) * b * pr.r + c;
+        for (int i = 0; i < b; ++i) out[i * pr.r] = p[i][l];
+      }
+    }
+  } else {
+    // The factor is M^{-1} itself (see hsc/ops.py): solve is then one batched product.
+    invert_lower(ws.a, ws.m);
+    if (pr.mode == Mode::kCholesky) {
+      lower_gram(ws.m, ws.a, true);  // a = L_M^{-T} L_M^{-1} = M^{-1}
+    } else {
+      lower_gram(ws.m, ws.a, true);  // a = C^{-1}
+      multiply(ws.s, ws.a, ws.m);    // m = A C^{-1}
+      for (int e = 0; e < b * b; ++e) ws.a.p[e] = ws.m.p[e];
+    }
+    grp.set_identity_where_not(ok, ws.a, fallback);
+    const int bb = b * b;
+    for (int l = 0; l < count; ++l) {
+      T* f = pr.factor + (n0 + l) * bb;
+      for (int e = 0; e < bb; ++e) f[e] = ws.a.p[e][l];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hsc::cpu
+
+namespace hsc::cpu {
+namespace {
+
+template <class T>
+void run_blocks(const Problem<T>& pr) {
+  constexpr int W = kLanes<T>;
+  const int64_t groups = (pr.N + W - 1) / W;
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    Group<T> grp(pr.b);
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t n0 = g * W;
+      run_group(grp, pr, n0, static_cast<int>(std::min<int64_t>(W, pr.N - n0)));
+    }
+  });
+}
+
+// Reading a damping tensor's values is free on the CPU, so bad values are refused up front.
+void check_damping_values(const at::Tensor& damping) {
+  TORCH_CHECK_VALUE(damping.numel() == 0 || (damping >= 0).all().item<bool>(),
+                    "hsc: damping must be >= 0 (and not NaN) for every block");
+}
+
+template <class T>
+Problem<T> make_problem(const at::Tensor& H, const at::Tensor& damping, at::Tensor& damping_out,
+                        at::Tensor& status, double scale, Mode mode, int64_t max_tries) {
+  Problem<T> pr;
+  pr.H = H.data_ptr<T>();
+  pr.damping_in = damping.data_ptr<T>();
+  pr.damping_out = damping_out.data_ptr<T>();
+  pr.status = status.data_ptr<int32_t>();
+  pr.N = H.size(0);
+  pr.b = static_cast<int>(H.size(1));
+  pr.mu2 = static_cast<T>(scale * scale);
+  pr.mode = mode;
+  // Past a few thousand doublings every dtype's damping has overflowed, which ends the retries.
+  pr.max_tries = static_cast<int>(std::min<int64_t>(max_tries, 1 << 16));
+  return pr;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> correct_cpu(const at::Tensor& H,
+                                                          const at::Tensor& damping, double scale,
+                                                          c10::string_view mode,
+                                                          int64_t max_tries) {
+  check_correction_args(H, damping, scale, max_tries);
+  check_damping_values(damping);
+  const Mode m = parse_mode(std::string(mode));
+  const auto ct = compute_dtype(H.scalar_type());
+  const at::Tensor Hc = H.to(ct).contiguous();
+  const at::Tensor dc = damping.to(ct).contiguous();
+  const int64_t N = H.size(0), b = H.size(1);
+  at::Tensor factor = at::empty({N, b, b}, Hc.options());
+  at::Tensor damping_out = at::empty({N}, Hc.options());
+  at::Tensor status = at::empty({N}, Hc.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(ct, "hsc::correct", [&] {
+    Problem<scalar_t> pr = make_problem<scalar_t>(Hc, dc, damping_out, status, scale, m, max_tries);
+    pr.factor = factor.data_ptr<scalar_t>();
+    run_blocks(pr);
+  });
+  return {factor, damping_out.to(H.scalar_type()), status};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> precondition_cpu(
+    const at::Tensor& H, const at::Tensor& G, const at::Tensor& damping, double scale,
+    c10::string_view mode, int64_t max_tries) {
+  check_correction_args(H, damping, scale, max_tries);
+  check_gradient(G, H.size(0), H.size(1), H, "H");
+  check_damping_values(damping);
+  const Mode m = parse_mode(std::string(mode));
+  const auto ct = compute_dtype(at::promote_types(H.scalar_type(), G.scalar_type()));
+  const at::Tensor Hc = H.to(ct).contiguous();
+  const at::Tensor Gc = G.to(ct).contiguous();
+  const at::Tensor dc = damping.to(ct).contiguous();
+  const int64_t N = H.size(0), b = H.size(1);
+  at::Tensor P = at::empty(Gc.sizes(), Gc.options());
+  at::Tensor damping_out = at::empty({N}, Hc.options());
+  at::Tensor status = at::empty({N}, Hc.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(ct, "hsc::precondition", [&] {
+    Problem<scalar_t> pr = make_problem<scalar_t>(Hc, dc, damping_out, status, scale, m, max_tries);
+    pr.G = Gc.data_ptr<scalar_t>();
+    pr.P = P.data_ptr<scalar_t>();
+    pr.r = G.dim() == 3 ? G.size(2) : 1;
+    run_blocks(pr);
+  });
+  return {P.to(G.scalar_type()), damping_out.to(H.scalar_type()), status};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(hsc, CPU, m) {
+  m.impl("correct", &correct_cpu);
+  m.impl("precondition", &precondition_cpu);
+}
+
+}  // namespace hsc::cpu

@@ -1,0 +1,128 @@
+"""Typed wrappers of the compiled ops, and their fake kernels for torch.compile.
+
+The maths is SPEC §2-3 (`shared/SPEC.md`); `hsc.reference` is its float64 definition.
+
+Route to M^{-1} g, mode ``cholesky``: L L^T = A (with the damping retries), A^{-1} = L^{-T} L^{-1},
+M = A + mu^2 A^{-1}, L_M L_M^T = M, then two triangular solves. Mode ``singular_safe``:
+L_C L_C^T = C = A^2 + mu^2 I, then p = A C^{-1} g. float16/bfloat16 are computed in float32.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Union
+
+import torch
+
+from . import _C  # noqa: F401  (loads the library that registers torch.ops.hsc)
+
+MODES = ("cholesky", "singular_safe")
+Damping = Union[float, torch.Tensor]
+
+
+class Correction(NamedTuple):
+    """The result of :func:`correct`.
+
+    factor:  ``[N, b, b]``, M^{-1} itself per block (symmetric), so that :func:`solve` is one
+             batched matrix product. Kept in float32 for float16/bfloat16 inputs.
+             Blocks with status 2 or 3 hold the fallback ``I / (1 + mu^2)``.
+    damping: ``[N]``, the damping delta_k each block was factorised with (the input damping for
+             status 2; the last value tried for status 3).
+    status:  ``[N]`` int32, SPEC §3: 0 factorised, 1 damping raised, 2 non-finite H, 3 failed.
+    """
+
+    factor: torch.Tensor
+    damping: torch.Tensor
+    status: torch.Tensor
+
+
+def _damping_tensor(damping: Damping, H: torch.Tensor) -> torch.Tensor:
+    if isinstance(damping, torch.Tensor):
+        return damping
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)):
+        raise TypeError(f"hsc: damping must be a float or a [N] tensor, got {type(damping).__name__}")
+    if not damping >= 0 or damping == float("inf"):
+        raise ValueError(f"hsc: damping must be a finite float >= 0, got {damping}")
+    dtype = H.dtype if H.dtype.is_floating_point else torch.float32
+    return torch.full((H.shape[0] if H.dim() >= 1 else 0,), float(damping), dtype=dtype, device=H.device)
+
+
+def _check_tensor(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"hsc: {name} must be a torch.Tensor, got {type(x).__name__}")
+
+
+def correct(
+    H: torch.Tensor,
+    *,
+    damping: Damping = 1e-4,
+    scale: float = 1.0,
+    mode: str = "cholesky",
+    max_tries: int = 32,
+) -> Correction:
+    """Factor the corrected preconditioner M = A + mu^2 A^{-1} of every block of ``H``.
+
+    Args:
+        H: ``[N, b, b]`` blocks (any real matrices; they are symmetrised).
+        damping: delta >= 0, a float or a ``[N]`` tensor (one per block).
+        scale: mu > 0.
+        mode: ``"cholesky"`` (raise delta until A is positive definite) or ``"singular_safe"``
+            (M^{-1} = A (A^2 + mu^2 I)^{-1}, defined for any symmetric A).
+        max_tries: how many dampings of the sequence to try in mode ``cholesky``.
+    Returns:
+        A :class:`Correction`; pass it to :func:`solve`.
+    """
+    _check_tensor(H, "H")
+    return Correction(*torch.ops.hsc.correct.default(
+        H, _damping_tensor(damping, H), float(scale), mode, int(max_tries)))
+
+
+def solve(correction: Correction, G: torch.Tensor) -> torch.Tensor:
+    """P = M^{-1} G per block, for G of shape ``[N, b]`` or ``[N, b, r]``; P has G's dtype."""
+    if not isinstance(correction, Correction):
+        raise TypeError(f"hsc: correction must be the Correction returned by hsc.ops.correct, "
+                        f"got {type(correction).__name__}")
+    _check_tensor(G, "G")
+    return torch.ops.hsc.solve.default(correction.factor, G)
+
+
+def precondition(
+    H: torch.Tensor,
+    G: torch.Tensor,
+    *,
+    damping: Damping = 1e-4,
+    scale: float = 1.0,
+    mode: str = "cholesky",
+    max_tries: int = 32,
+):
+    """Fused one-shot path: P = M^{-1} G per block without materialising a factor.
+
+    Same arguments as :func:`correct`, plus ``G`` (``[N, b]`` or ``[N, b, r]``).
+    Returns ``(P, damping, status)`` with P in G's dtype.
+    """
+    _check_tensor(H, "H")
+    _check_tensor(G, "G")
+    return tuple(torch.ops.hsc.precondition.default(
+        H, G, _damping_tensor(damping, H), float(scale), mode, int(max_tries)))
+
+
+# ---- fake kernels: shapes and dtypes only, for torch.compile and meta tensors ----------------
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("hsc::correct")
+def _correct_fake(H, damping, scale, mode, max_tries):
+    N, b = H.shape[0], H.shape[1]
+    factor = H.new_empty((N, b, b), dtype=_compute_dtype(H.dtype))
+    return factor, H.new_empty((N,)), H.new_empty((N,), dtype=torch.int32)
+
+
+@torch.library.register_fake("hsc::solve")
+def _solve_fake(factor, G):
+    return torch.empty_like(G)
+
+
+@torch.library.register_fake("hsc::precondition")
+def _precondition_fake(H, G, damping, scale, mode, max_tries):
+    N = H.shape[0]
+    return torch.empty_like(G), H.new_empty((N,)), H.new_empty((N,), dtype=torch.int32)

@@ -1,0 +1,131 @@
+"""The float64 pure-torch definition of every hsc op (SPEC §2-3). Tests compare the compiled ops
+to these functions; they favour clarity over speed.
+
+Computation is in float64 whatever the input dtype; only the floor of tau (the smallest normal
+number) follows the dtype the compiled op computes in, as SPEC §2 defines it.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+from .ops import Correction
+
+Damping = Union[float, torch.Tensor]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a compiled op computes in for an input dtype (float16/bfloat16 -> float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def symmetrise(H: torch.Tensor) -> torch.Tensor:
+    """S = (H + H^T)/2 in float64, halved before the sum as the compiled ops do."""
+    H = H.to(torch.float64)
+    return 0.5 * H + 0.5 * H.mT
+
+
+def tau(S: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """tau_k = 1e-6 max_ij |S_ij|, or the smallest normal number of `dtype` where that is 0."""
+    t = 1e-6 * S.abs().amax(dim=(-1, -2)) if S.numel() else S.new_zeros(S.shape[0])
+    return torch.where(t == 0, torch.finfo(dtype).tiny, t)
+
+
+def _damping(damping: Damping, N: int) -> torch.Tensor:
+    if isinstance(damping, torch.Tensor):
+        return damping.to(torch.float64).reshape(N).clone()
+    return torch.full((N,), float(damping), dtype=torch.float64)
+
+
+def _eye(N: int, b: int) -> torch.Tensor:
+    return torch.eye(b, dtype=torch.float64).expand(N, b, b).clone()
+
+
+def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_tries: int):
+    """Shared by correct and precondition: returns (S_or_A, chol, damping, status, ok)."""
+    if mode not in ("cholesky", "singular_safe"):
+        raise ValueError(f"mode must be 'cholesky' or 'singular_safe', got {mode!r}")
+    N, b = H.shape[0], H.shape[1]
+    finite = torch.isfinite(H).flatten(1).all(dim=1) if N else torch.zeros(0, dtype=torch.bool)
+    S = torch.where(finite[:, None, None], symmetrise(H), _eye(N, b))
+    d0 = _damping(damping, N)
+    status = torch.full((N,), 3, dtype=torch.int32)
+    status[~finite] = 2
+    used = d0.clone()
+    eye = torch.eye(b, dtype=torch.float64)
+    mu2 = float(scale) ** 2
+
+    if mode == "cholesky":
+        t = tau(S, compute_dtype(H.dtype))
+        L = _eye(N, b)
+        todo = finite.clone()
+        d = d0.clone()
+        for attempt in range(max_tries):
+            if not bool(todo.any()):
+                break
+            idx = todo.nonzero().squeeze(1)
+            used[idx] = d[idx]
+            Lt, info = torch.linalg.cholesky_ex(S[idx] + d[idx, None, None] * eye)
+            good = idx[info == 0]
+            L[good] = Lt[info == 0]
+            status[good] = 0 if attempt == 0 else 1
+            todo[good] = False
+            d = torch.maximum(2 * d, t)
+            todo &= torch.isfinite(d)
+        ok = (status == 0) | (status == 1)
+        A = S + used[:, None, None] * eye
+        M = A + mu2 * torch.cholesky_inverse(L)
+        M = torch.where(ok[:, None, None], M, _eye(N, b))
+        LM, info = torch.linalg.cholesky_ex(M)
+        status[ok & (info != 0)] = 3
+        ok &= info == 0
+        return A, LM, used, status, ok
+
+    A = S + torch.where(finite, d0, 0.0)[:, None, None] * eye
+    C = A @ A + mu2 * eye
+    LC, info = torch.linalg.cholesky_ex(C)
+    status[finite & (info == 0)] = 0
+    ok = status == 0
+    return A, LC, used, status, ok
+
+
+def _fallback(N: int, b: int, scale: float) -> torch.Tensor:
+    return _eye(N, b) / (1.0 + float(scale) ** 2)
+
+
+def correct(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0, mode: str = "cholesky",
+            max_tries: int = 32) -> Correction:
+    """Reference of hsc.ops.correct: factor = M^{-1} per block (float64)."""
+    N, b = H.shape[0], H.shape[1]
+    A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries)
+    if mode == "cholesky":
+        Minv = torch.cholesky_inverse(chol)
+    else:
+        # M^{-1} = A (A^2 + mu^2 I)^{-1}: in A's eigenbasis, lambda / (lambda^2 + mu^2).
+        lam, Q = torch.linalg.eigh(A)
+        Minv = (Q * (lam / (lam ** 2 + float(scale) ** 2))[..., None, :]) @ Q.mT
+    factor = torch.where(ok[:, None, None], Minv, _fallback(N, b, scale))
+    return Correction(factor, used, status)
+
+
+def solve(correction: Correction, G: torch.Tensor) -> torch.Tensor:
+    """Reference of hsc.ops.solve: P = factor G per block (float64)."""
+    G = G.to(torch.float64)
+    f = correction.factor.to(torch.float64)
+    return (f @ G.unsqueeze(-1)).squeeze(-1) if G.dim() == 2 else f @ G
+
+
+def precondition(H: torch.Tensor, G: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0,
+                 mode: str = "cholesky", max_tries: int = 32):
+    """Reference of hsc.ops.precondition: (P, damping, status), P = M^{-1} G per block (float64)."""
+    G64 = G.to(torch.float64)
+    Gm = G64.unsqueeze(-1) if G.dim() == 2 else G64
+    A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries)
+    if mode == "cholesky":
+        P = torch.cholesky_solve(Gm, chol)
+    else:
+        lam, Q = torch.linalg.eigh(A)
+        P = Q @ ((lam / (lam ** 2 + float(scale) ** 2))[..., :, None] * (Q.mT @ Gm))
+    P = torch.where(ok[:, None, None], P, Gm / (1.0 + float(scale) ** 2))
+    return (P.squeeze(-1) if G.dim() == 2 else P), used, status
