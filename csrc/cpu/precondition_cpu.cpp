@@ -32,10 +32,10 @@ struct Group {
 
   explicit Group(int b_) : b(b_), storage(new V[3 * b_ * b_ + 3 * b_]) {
     V* p = storage.get();
-    ws = Workspace<V>{Block<V>{p, b, 1}, Block<V>{p + b * b, b, 1}, Block<V>{p + 2 * b * b, b, 1}};
-    x = Column<V>{p + 3 * b * b, 1};
-    y = Column<V>{p + 3 * b * b + b, 1};
-    g = Column<V>{p + 3 * b * b + 2 * b, 1};
+    ws = Workspace<V>{Block<V>{p, b}, Block<V>{p + b * b, b}, Block<V>{p + 2 * b * b, b}};
+    x = Column<V>{p + 3 * b * b};
+    y = Column<V>{p + 3 * b * b + b};
+    g = Column<V>{p + 3 * b * b + 2 * b};
   }
 
   // Loads blocks [n0, n0 + count) of H into ws.s as S = (H + H^T)/2 (plus `shift` on the diagonal
@@ -44,12 +44,13 @@ struct Group {
   mask load(const T* H, int64_t n0, int count, V& tau) {
     const int bb = b * b;
     Block<V> raw = ws.m;
-    for (int l = 0; l < count; ++l) {
-      const T* h = H + (n0 + l) * bb;
-      for (int e = 0; e < bb; ++e) raw.p[e][l] = h[e];
+    const T* h = H + n0 * bb;
+    for (int e = 0; e < bb; ++e) raw.p[e] = gather(h + e, bb, count);
+    if (count < W) {  // padding lanes hold the identity
+      V pad_diagonal = Ops::splat(1);
+      for (int l = 0; l < count; ++l) pad_diagonal[l] = 0;
+      for (int i = 0; i < b; ++i) raw(i, i) += pad_diagonal;
     }
-    for (int l = count; l < W; ++l)
-      for (int e = 0; e < bb; ++e) raw.p[e][l] = (e % (b + 1) == 0) ? T(1) : T(0);
     mask finite = Ops::all_lanes();
     V maxabs = Ops::splat(0);
     const V half = Ops::splat(T(0.5));
@@ -143,11 +144,10 @@ void run_group(Group<T>& grp, const Problem<T>& pr, int64_t n0, int count) {
   if (pr.P != nullptr) {
     const T one_plus_mu2 = T(1) + pr.mu2;
     for (int64_t c = 0; c < pr.r; ++c) {
+      const T* g0 = pr.G + n0 * b * pr.r + c;
       for (int i = 0; i < b; ++i) {
-        V gi = Ops::splat(0);
-        for (int l = 0; l < count; ++l) gi[l] = pr.G[((n0 + l) * b + i) * pr.r + c];
-        grp.g[i] = gi;
-        grp.x[i] = gi;
+        grp.g[i] = gather(g0 + i * pr.r, b * pr.r, count);
+        grp.x[i] = grp.g[i];
       }
       cholesky_solve_inplace(ws.a, grp.x);  // x = M^{-1} g, or (A^2 + mu^2 I)^{-1} g
       Column<V> p = grp.x;

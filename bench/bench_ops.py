@@ -1,0 +1,71 @@
+"""Benchmark of the compiled ops against the unfused torch chain and a batched-matmul ceiling.
+
+    python -m pytest bench/bench_ops.py
+
+writes bench/results/cpu_ops.json and cpu_ops.md and prints the table.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hsc import ops
+
+BLOCK_BYTES = 16 << 20  # about 16 MB of blocks per case
+BLOCK_SIZES = [8, 16, 32, 64, 128]
+DTYPES = [torch.float32, torch.float64]
+DAMPING, SCALE = 1e-4, 1.0
+
+
+def chain(H: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """The unfused torch route to M^{-1} g: symmetrise + damp, cholesky_ex, cholesky_inverse, add,
+    cholesky_ex, cholesky_solve."""
+    b = H.shape[-1]
+    A = 0.5 * (H + H.mT) + DAMPING * torch.eye(b, dtype=H.dtype)
+    L, _ = torch.linalg.cholesky_ex(A)
+    M = A + SCALE ** 2 * torch.cholesky_inverse(L)
+    LM, _ = torch.linalg.cholesky_ex(M)
+    return torch.cholesky_solve(G.unsqueeze(-1), LM).squeeze(-1)
+
+
+_inputs: dict = {}
+
+
+def inputs(dtype: torch.dtype, b: int):
+    """SPD blocks (so every method does the same work) and one gradient column per block."""
+    key = (dtype, b)
+    if key not in _inputs:
+        _inputs.clear()
+        g = torch.Generator().manual_seed(b)
+        N = BLOCK_BYTES // (b * b * dtype.itemsize)
+        X = torch.randn(N, b, b, dtype=dtype, generator=g)
+        H = X @ X.mT / b + 0.1 * torch.eye(b, dtype=dtype)
+        G = torch.randn(N, b, dtype=dtype, generator=g)
+        _inputs[key] = (H, G)
+    return _inputs[key]
+
+
+METHODS = {
+    "fused": lambda H, G: ops.precondition(H, G, damping=DAMPING, scale=SCALE),
+    "correct_solve": lambda H, G: ops.solve(ops.correct(H, damping=DAMPING, scale=SCALE), G),
+    "chain": chain,
+    "matmul": lambda H, G: torch.bmm(H, H),
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("b", BLOCK_SIZES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_ops(benchmark, collector, dtype, b, method):
+    H, G = inputs(dtype, b)
+    fn = METHODS[method]
+    if method == "fused":  # the benchmark is only meaningful if the op computes the chain's result
+        P, _, status = fn(H, G)
+        assert bool((status == 0).all())
+        torch.testing.assert_close(P, chain(H, G), rtol=1e-3 if dtype == torch.float32 else 1e-8,
+                                   atol=1e-5 if dtype == torch.float32 else 1e-12)
+    benchmark.group = f"{str(dtype).replace('torch.', '')} b={b}"
+    rounds = 3 if method == "chain" and b >= 64 else 5
+    benchmark.pedantic(fn, args=(H, G), rounds=rounds, warmup_rounds=1)
+    collector.add("ops", (str(dtype), b), method, benchmark.stats.stats.median,
+                  dtype=str(dtype).replace("torch.", ""), b=b, N=H.shape[0], itemsize=dtype.itemsize)

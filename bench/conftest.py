@@ -1,0 +1,67 @@
+"""Collects the op benchmarks' medians and writes the summary table at the end of the session."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import hsc
+    from hsc import _C
+
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "hsc": hsc.__version__,
+        "hsc_simd": _C.simd,
+        "python": platform.python_version(),
+        "command": "python -m pytest " + " ".join(sys.argv[1:]) if "pytest" in sys.argv[0] else " ".join(sys.argv),
+    }
+
+
+class Collector:
+    """Benchmarks register (table, row key, method) -> seconds per call and per-row metadata."""
+
+    def __init__(self):
+        self.tables: dict[str, dict] = {}
+
+    def add(self, table: str, key: tuple, method: str, seconds: float, **meta):
+        row = self.tables.setdefault(table, {}).setdefault(key, {"key": key, "seconds": {}})
+        row["seconds"][method] = seconds
+        row.update(meta)
+
+
+_collector = Collector()
+
+
+@pytest.fixture(scope="session")
+def collector() -> Collector:
+    return _collector
+
+
+def pytest_terminal_summary(terminalreporter):
+    from bench_report import REPORTERS
+
+    for table, rows in _collector.tables.items():
+        if table in REPORTERS and rows:
+            text = REPORTERS[table](list(rows.values()), machine())
+            terminalreporter.write_line("")
+            terminalreporter.write_line(text)
