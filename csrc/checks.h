@@ -61,4 +61,31 @@ inline void check_correction_args(const at::Tensor& H, const at::Tensor& damping
   TORCH_CHECK_VALUE(max_tries >= 1, "hsc: max_tries must be >= 1, got ", max_tries);
 }
 
+inline void check_probe_args(const at::Tensor& state, const at::Tensor& hvps,
+                             const at::Tensor& signs, const at::Tensor& mask, double ema) {
+  TORCH_CHECK_VALUE(state.dim() == 3 && state.size(1) == state.size(2),
+                    "hsc: state must have shape [N, b, b], got ", state.sizes());
+  TORCH_CHECK_VALUE(state.is_contiguous(), "hsc: state must be contiguous (it is updated in place)");
+  TORCH_CHECK_TYPE(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble,
+                   "hsc: state must be float32 or float64, got ", state.scalar_type());
+  const int64_t N = state.size(0), b = state.size(1);
+  TORCH_CHECK_VALUE(hvps.dim() == 4 && hvps.size(1) == b && hvps.size(2) == N && hvps.size(3) == b,
+                    "hsc: hvps must have shape [samples, b, N, b] = [S, ", b, ", ", N, ", ", b,
+                    "], got ", hvps.sizes());
+  TORCH_CHECK_TYPE(hvps.scalar_type() == state.scalar_type(), "hsc: hvps must have state's dtype ",
+                   state.scalar_type(), ", got ", hvps.scalar_type());
+  TORCH_CHECK_VALUE(hvps.size(0) >= 1, "hsc: hvps must hold at least one sign draw");
+  TORCH_CHECK_VALUE(signs.dim() == 2 && signs.size(0) == hvps.size(0) && signs.size(1) == N,
+                    "hsc: signs must have shape [samples, N] = [", hvps.size(0), ", ", N,
+                    "], got ", signs.sizes());
+  TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == N && mask.size(1) == b,
+                    "hsc: mask must have shape [N, b] = [", N, ", ", b, "], got ", mask.sizes());
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, "hsc: mask must be a bool tensor, got ",
+                   mask.scalar_type());
+  for (const at::Tensor* t : {&hvps, &signs, &mask})
+    TORCH_CHECK_VALUE(t->device() == state.device(), "hsc: hvps, signs and mask must be on state's "
+                      "device ", state.device(), ", got ", t->device());
+  TORCH_CHECK_VALUE(ema >= 0 && ema < 1, "hsc: ema must be in [0, 1), got ", ema);
+}
+
 }  // namespace hsc

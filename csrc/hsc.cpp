@@ -28,6 +28,8 @@ TORCH_LIBRARY(hsc, m) {
   m.def("solve(Tensor factor, Tensor G) -> Tensor");
   m.def("precondition(Tensor H, Tensor G, Tensor damping, float scale, str mode, int max_tries)"
         " -> (Tensor P, Tensor damping, Tensor status)");
+  m.def("accumulate_probes(Tensor(a!) state, Tensor hvps, Tensor signs, Tensor mask, float ema,"
+        " bool first) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hsc, CompositeExplicitAutograd, m) { m.impl("solve", &solve); }

@@ -104,6 +104,32 @@ def precondition(
         H, G, _damping_tensor(damping, H), float(scale), mode, int(max_tries)))
 
 
+def accumulate_probes(
+    state: torch.Tensor,
+    hvps: torch.Tensor,
+    signs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ema: float,
+    first: bool,
+) -> torch.Tensor:
+    """Fold sign-coded probe results into the running block-diagonal estimate, in place (SPEC §4).
+
+    Args:
+        state: ``[N, b, b]`` running estimate (float32/float64, contiguous), updated in place.
+        hvps: ``[S, b, N, b]`` Hessian-vector products of the probes, gathered into blocks:
+            ``hvps[s, j, k]`` is block k of H v_j for sign draw s.
+        signs: ``[S, N]`` the +-1 sign of each block in each draw.
+        mask: ``[N, b]`` bool, False at padding slots (held at identity rows/columns).
+        ema: weight of the previous state, in [0, 1).
+        first: overwrite ``state`` instead of averaging (the first refresh).
+    Returns:
+        ``[N]`` bool, False for blocks whose estimate was not finite: their state is left as it
+        was (on the first refresh it is written, and ``correct`` reports status 2).
+    """
+    return torch.ops.hsc.accumulate_probes.default(state, hvps, signs, mask, float(ema), bool(first))
+
+
 # ---- fake kernels: shapes and dtypes only, for torch.compile and meta tensors ----------------
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -126,3 +152,8 @@ def _solve_fake(factor, G):
 def _precondition_fake(H, G, damping, scale, mode, max_tries):
     N = H.shape[0]
     return torch.empty_like(G), H.new_empty((N,)), H.new_empty((N,), dtype=torch.int32)
+
+
+@torch.library.register_fake("hsc::accumulate_probes")
+def _accumulate_probes_fake(state, hvps, signs, mask, ema, first):
+    return state.new_empty((state.shape[0],), dtype=torch.bool)

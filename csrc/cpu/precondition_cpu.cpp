@@ -255,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> precondition_cpu(
   const at::Tensor Hc = H.to(ct).contiguous();
   const at::Tensor Gc = G.to(ct).contiguous();
   const at::Tensor dc = damping.to(ct).contiguous();
-  const int64_t N = H.size(0), b = H.size(1);
+  const int64_t N = H.size(0);
   at::Tensor P = at::empty(Gc.sizes(), Gc.options());
   at::Tensor damping_out = at::empty({N}, Hc.options());
   at::Tensor status = at::empty({N}, Hc.options().dtype(at::kInt));

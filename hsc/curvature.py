@@ -1,0 +1,94 @@
+"""Block-diagonal curvature from Hessian-vector products (SPEC §4).
+
+HVPs are taken by double backward through the graph of a gradient computed with
+``create_graph=True``, batched over probe vectors with ``is_grads_batched`` (vmap over the backward
+pass). Nothing hooks into modules, so a network called several times per loss (a GAN's
+discriminator) is handled like any other function.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Sequence
+
+import torch
+
+from .layout import BlockLayout
+
+# Probe vectors per batched HVP when no chunk_size is given: bounds the [chunk, n] buffers to
+# about 2^26 entries.
+_DEFAULT_CHUNK_ENTRIES = 1 << 26
+
+
+def default_chunk_size(numel: int) -> int:
+    return max(1, _DEFAULT_CHUNK_ENTRIES // max(numel, 1))
+
+
+def batched_hvp(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                vectors: torch.Tensor) -> torch.Tensor:
+    """H v for each row v of ``vectors`` ([B, n], the parameters flattened and concatenated).
+
+    ``grads`` must be the gradient of the loss with respect to ``params`` computed with
+    ``create_graph=True``. Returns ``[B, n]``.
+    """
+    B = vectors.shape[0]
+    outs = [v.reshape(B, *p.shape) for v, p in zip(vectors.split([p.numel() for p in params], 1), params)]
+    try:
+        hv = torch.autograd.grad(grads, params, grad_outputs=outs, retain_graph=True,
+                                 is_grads_batched=True, allow_unused=True)
+    except RuntimeError as err:  # an op without a batching rule: one HVP at a time
+        warnings.warn(f"hsc: batched HVP failed ({err}); falling back to one HVP per probe")
+        rows = []
+        for b in range(B):
+            h = torch.autograd.grad(grads, params, grad_outputs=[o[b] for o in outs],
+                                    retain_graph=True, allow_unused=True)
+            rows.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1)
+                                   for x, p in zip(h, params)]))
+        return torch.stack(rows)
+    return torch.cat([(x if x is not None else torch.zeros(B, *p.shape, dtype=vectors.dtype,
+                                                           device=vectors.device)).reshape(B, -1)
+                      for x, p in zip(hv, params)], dim=1)
+
+
+def _with_padding_slot(rows: torch.Tensor) -> torch.Tensor:
+    """Appends a zero column: the layout's padding slots index column n."""
+    return torch.cat([rows, rows.new_zeros(rows.shape[0], 1)], dim=1)
+
+
+def exact_blocks(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                 *, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """The diagonal blocks of the Hessian, ``[N, b, b]``, from n HVPs with unit vectors (one per
+    parameter entry), ``chunk_size`` at a time. Padding rows/columns are the identity."""
+    N, b, n = layout.num_blocks, layout.block_size, layout.numel
+    dtype, device = grads[0].dtype, grads[0].device
+    blocks = torch.zeros(N, b, b, dtype=dtype, device=device)
+    slots = layout.mask.nonzero()  # (block k, column j) of every real entry
+    chunk = chunk_size or default_chunk_size(n)
+    for start in range(0, slots.shape[0], chunk):
+        k, j = slots[start:start + chunk].unbind(1)
+        C = k.shape[0]
+        unit = torch.zeros(C, n, dtype=dtype, device=device)
+        unit[torch.arange(C, device=device), layout.index[k, j]] = 1
+        hv = _with_padding_slot(batched_hvp(grads, params, unit))
+        # Column j of block k = the rows of H e_(k, j) that belong to block k.
+        blocks[k, :, j] = torch.gather(hv, 1, layout.index[k])
+    return layout.identity_padding(blocks)
+
+
+def probe_hvps(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+               *, samples: int, generator: torch.Generator, chunk_size: Optional[int] = None):
+    """Sign-coded block probing: for each of ``samples`` draws of signs s in {+-1}^N and each
+    j < b, the HVP of the probe whose block m is s_m e_j. Returns ``(hvps, signs)`` with hvps
+    ``[samples, b, N, b]`` (draw, probe j, block, row), ready for ``ops.accumulate_probes``."""
+    N, b, n = layout.num_blocks, layout.block_size, layout.numel
+    dtype, device = grads[0].dtype, grads[0].device
+    signs = (torch.randint(0, 2, (samples, N), generator=generator) * 2 - 1).to(dtype=dtype, device=device)
+    hvps = torch.empty(samples, b, N, b, dtype=dtype, device=device)
+    chunk = min(b, chunk_size or default_chunk_size(n))
+    for s in range(samples):
+        for j0 in range(0, b, chunk):
+            js = torch.arange(j0, min(b, j0 + chunk), device=device)
+            probes = torch.zeros(js.shape[0], n + 1, dtype=dtype, device=device)
+            probes.scatter_(1, layout.index[:, js].T, signs[s].expand(js.shape[0], N))
+            hv = _with_padding_slot(batched_hvp(grads, params, probes[:, :n]))
+            hvps[s, j0:j0 + js.shape[0]] = hv[:, layout.index]
+    return hvps, signs

@@ -1,0 +1,135 @@
+"""``HSC``: a torch optimizer taking momentum steps along the corrected preconditioned gradient.
+
+The optimizer owns the update rule (momentum, weight decay, learning rate, safety checks); one
+:class:`~hsc.preconditioner.Preconditioner` per parameter group owns the curvature bookkeeping;
+the compiled ops own the matrix functions.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from .preconditioner import CONFIG_FIELDS, Preconditioner, PreconditionerConfig
+
+
+class HSC(torch.optim.Optimizer):
+    """Momentum SGD on p = M^-1 g (SPEC §5).
+
+    Args:
+        params: parameters or parameter groups; a group may override any option below.
+        lr: learning rate.
+        momentum: heavy-ball momentum on the preconditioned gradient.
+        weight_decay: decoupled weight decay (p <- p (1 - lr wd)).
+        **preconditioner_options: fields of :class:`PreconditionerConfig` (block_size, estimator,
+            samples, ema, update_every, damping, scale, mode, max_tries, chunk_size, patch, seed).
+
+    ``step(closure)``: ``closure()`` recomputes and returns the loss and does not call backward;
+    the optimizer differentiates it and, when a refresh is due, takes the HVPs from the same graph.
+    ``step()`` without a closure uses the ``.grad`` already there and the last factors.
+
+    A non-finite loss, gradient or update skips the step (counted in ``counters``) and leaves
+    the parameters untouched.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 **preconditioner_options):
+        if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
+            raise ValueError(f"hsc: lr must be a finite number > 0, got {lr!r}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"hsc: momentum must be in [0, 1), got {momentum!r}")
+        if not 0 <= weight_decay < math.inf:
+            raise ValueError(f"hsc: weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        unknown = set(preconditioner_options) - set(CONFIG_FIELDS)
+        if unknown:
+            raise TypeError(f"hsc: unknown option(s) {sorted(unknown)}; expected lr, momentum, "
+                            f"weight_decay or one of {CONFIG_FIELDS}")
+        config = PreconditionerConfig(**preconditioner_options).validate()
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        **{f: getattr(config, f) for f in CONFIG_FIELDS})
+        super().__init__(params, defaults)
+        self.preconditioners = [
+            Preconditioner(group["params"], **{f: group[f] for f in CONFIG_FIELDS})
+            for group in self.param_groups
+        ]
+        self.counters = {"steps": 0, "skipped_non_finite_loss": 0, "skipped_non_finite_gradient": 0,
+                         "skipped_non_finite_update": 0}
+
+    def _skip(self, reason: str) -> None:
+        self.counters[f"skipped_non_finite_{reason}"] += 1
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
+        loss = None
+        groups = [g["params"] for g in self.param_groups]
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+                if not bool(torch.isfinite(loss.detach()).all()):
+                    self._skip("loss")
+                    return loss
+                due = [pc.tick() for pc in self.preconditioners]
+                params = [p for ps in groups for p in ps]
+                flat = torch.autograd.grad(loss, params, create_graph=any(due), allow_unused=True)
+                flat = [g if g is not None else torch.zeros_like(p) for g, p in zip(flat, params)]
+                grads, start = [], 0
+                for ps in groups:
+                    grads.append(flat[start:start + len(ps)])
+                    start += len(ps)
+                for pc, gs, refresh in zip(self.preconditioners, grads, due):
+                    if refresh:
+                        pc.refresh(gs)
+            grads = [[g.detach() for g in gs] for gs in grads]
+            for ps, gs in zip(groups, grads):
+                for p, g in zip(ps, gs):
+                    p.grad = g.clone()
+        else:
+            grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in ps] for ps in groups]
+
+        if not all(bool(torch.isfinite(g).all()) for gs in grads for g in gs):
+            self._skip("gradient")
+            return loss
+        directions = [pc.precondition(gs) for pc, gs in zip(self.preconditioners, grads)]
+        if not all(bool(torch.isfinite(d).all()) for ds in directions for d in ds):
+            self._skip("update")
+            return loss
+
+        for group, ds in zip(self.param_groups, directions):
+            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p, d in zip(group["params"], ds):
+                state = self.state[p]
+                if momentum > 0:
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = d.clone()
+                    else:
+                        buf.mul_(momentum).add_(d)
+                    d = buf
+                if wd > 0:
+                    p.mul_(1 - lr * wd)
+                p.add_(d, alpha=-lr)
+        self.counters["steps"] += 1
+        return loss
+
+    def stats(self) -> dict:
+        """The optimizer's counters and each group's preconditioner statistics."""
+        return {**self.counters, "groups": [pc.stats() for pc in self.preconditioners]}
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["preconditioners"] = [pc.state_dict() for pc in self.preconditioners]
+        state["counters"] = dict(self.counters)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        preconditioners = state_dict.pop("preconditioners")
+        counters = state_dict.pop("counters")
+        if len(preconditioners) != len(self.preconditioners):
+            raise ValueError(f"hsc: state_dict has {len(preconditioners)} parameter groups, "
+                             f"this optimizer {len(self.preconditioners)}")
+        super().load_state_dict(state_dict)
+        for pc, s in zip(self.preconditioners, preconditioners):
+            pc.load_state_dict(s)
+        self.counters = dict(counters)

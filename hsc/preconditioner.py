@@ -1,0 +1,230 @@
+"""The block preconditioner bookkeeping: curvature estimate, factors, refresh schedule (SPEC §4-5).
+
+It rewrites gradients in place (``precondition_``) so that any torch optimizer can take the step;
+``hsc.optim.HSC`` wraps it into an optimizer of its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+
+from . import ops
+from .curvature import exact_blocks, probe_hvps
+from .layout import BlockLayout
+
+ESTIMATORS = ("probe", "exact")
+STATUS_NAMES = ("factorised", "damping_raised", "non_finite", "not_factorised")
+
+
+@dataclass
+class PreconditionerConfig:
+    """Options of a :class:`Preconditioner` (SPEC §2, §4)."""
+
+    block_size: int = 32
+    estimator: str = "probe"       # "probe" (b HVPs a sign draw) or "exact" (n HVPs)
+    samples: int = 1               # sign draws averaged per refresh (probe)
+    ema: float = 0.9               # weight of the previous estimate at each refresh
+    update_every: int = 10         # refresh the estimate and the factors once every this many calls
+    damping: float = 1e-4          # delta
+    scale: float = 1.0             # mu
+    mode: str = "cholesky"         # or "singular_safe"
+    max_tries: int = 32
+    chunk_size: Optional[int] = None  # probe vectors per batched HVP (memory bound)
+    patch: Optional[tuple] = None     # spatial patches (ph, pw) for image-shaped tensors
+    seed: int = 0                  # seeds the probe signs
+
+    def validate(self) -> "PreconditionerConfig":
+        def need(ok: bool, name: str, expected: str):
+            if not ok:
+                raise ValueError(f"hsc: {name} must be {expected}, got {getattr(self, name)!r}")
+
+        need(isinstance(self.block_size, int) and self.block_size >= 1, "block_size", "an int >= 1")
+        need(self.estimator in ESTIMATORS, "estimator", f"one of {ESTIMATORS}")
+        need(isinstance(self.samples, int) and self.samples >= 1, "samples", "an int >= 1")
+        need(0 <= self.ema < 1, "ema", "in [0, 1)")
+        need(isinstance(self.update_every, int) and self.update_every >= 1, "update_every", "an int >= 1")
+        need(self.damping >= 0 and self.damping != float("inf"), "damping", "a finite float >= 0")
+        need(0 < self.scale < float("inf"), "scale", "a finite float > 0")
+        need(self.mode in ops.MODES, "mode", f"one of {ops.MODES}")
+        need(isinstance(self.max_tries, int) and self.max_tries >= 1, "max_tries", "an int >= 1")
+        need(self.chunk_size is None or (isinstance(self.chunk_size, int) and self.chunk_size >= 1),
+             "chunk_size", "None or an int >= 1")
+        return self
+
+
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(PreconditionerConfig))
+
+
+class Preconditioner:
+    """Block-diagonal curvature of ``params`` and the corrected preconditioner M = A + mu^2 A^-1.
+
+    Use in a training loop (each player of a GAN has its own)::
+
+        pre = hsc.Preconditioner(model.parameters(), block_size=32)
+        loss = loss_fn(); opt.zero_grad(); loss.backward()
+        pre.update_curvature(loss_fn)   # refreshes once every update_every calls
+        pre.precondition_()             # p.grad <- M^-1 p.grad
+        opt.step()
+
+    Until the first refresh gradients pass through unchanged. Blocks whose refresh fails
+    (status 2 or 3) keep their previous factor when they have one (SPEC §5).
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], **options):
+        self.config = PreconditionerConfig(**options).validate()
+        self.params = [p for p in params]
+        if not self.params:
+            raise ValueError("hsc: params must hold at least one tensor")
+        self.layout = BlockLayout(self.params, self.config.block_size, patch=self.config.patch)
+        N = self.layout.num_blocks
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.calls = 0
+        self.estimate: Optional[torch.Tensor] = None
+        self.correction: Optional[ops.Correction] = None
+        self.has_factor = torch.zeros(N, dtype=torch.bool, device=self.layout.device)
+        self.counters = {"refreshes": 0, "kept_previous_factor": 0, "non_finite_estimate_blocks": 0,
+                         "non_finite_gradient_blocks": 0}
+        self.timings = {"hvp": 0.0, "assembly": 0.0, "factorisation": 0.0, "apply": 0.0}
+
+    # ---- schedule --------------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        """Counts one call; True when this call is due to refresh (the first, then every
+        ``update_every``-th)."""
+        due = self.calls % self.config.update_every == 0
+        self.calls += 1
+        return due
+
+    def update_curvature(self, loss_fn: Callable[[], torch.Tensor]) -> bool:
+        """Call once per step with a callable that recomputes the loss. Every ``update_every``
+        calls (the first included) it re-estimates the curvature and refactors; otherwise it
+        returns at once. Returns whether it refreshed."""
+        if not self.tick():
+            return False
+        with torch.enable_grad():
+            loss = loss_fn()
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ValueError("hsc: loss_fn must return a scalar tensor")
+            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
+            self.refresh(grads)
+        return True
+
+    # ---- refresh ---------------------------------------------------------------------------
+
+    def refresh(self, grads: Sequence[torch.Tensor]) -> None:
+        """Re-estimate the curvature from ``grads`` (the loss gradient with respect to the params,
+        computed with ``create_graph=True``) and refactor."""
+        cfg, layout = self.config, self.layout
+        t0 = time.perf_counter()
+        first = self.estimate is None
+        if cfg.estimator == "exact":
+            blocks = exact_blocks(layout, grads, self.params, chunk_size=cfg.chunk_size).detach()
+            t1 = time.perf_counter()
+            finite = torch.isfinite(blocks).flatten(1).all(1)
+            if first:
+                self.estimate = blocks
+            else:
+                keep = ~finite[:, None, None]
+                self.estimate = torch.where(keep, self.estimate, cfg.ema * self.estimate + (1 - cfg.ema) * blocks)
+        else:
+            hvps, signs = probe_hvps(layout, grads, self.params, samples=cfg.samples,
+                                     generator=self.generator, chunk_size=cfg.chunk_size)
+            hvps = hvps.detach()
+            t1 = time.perf_counter()
+            if first:
+                self.estimate = torch.empty(layout.num_blocks, cfg.block_size, cfg.block_size,
+                                            dtype=hvps.dtype, device=hvps.device)
+            finite = ops.accumulate_probes(self.estimate, hvps, signs, layout.mask, ema=cfg.ema, first=first)
+        self.counters["non_finite_estimate_blocks"] += int((~finite).sum())
+        t2 = time.perf_counter()
+        self._factorise()
+        t3 = time.perf_counter()
+        self.counters["refreshes"] += 1
+        self.timings["hvp"] += t1 - t0
+        self.timings["assembly"] += t2 - t1
+        self.timings["factorisation"] += t3 - t2
+
+    def _factorise(self) -> None:
+        cfg = self.config
+        new = ops.correct(self.estimate, damping=cfg.damping, scale=cfg.scale, mode=cfg.mode,
+                          max_tries=cfg.max_tries)
+        failed = new.status >= 2
+        keep = failed & self.has_factor
+        factor = new.factor
+        if self.correction is not None and bool(keep.any()):
+            factor = torch.where(keep[:, None, None], self.correction.factor, factor)
+            self.counters["kept_previous_factor"] += int(keep.sum())
+        self.has_factor |= ~failed
+        self.correction = ops.Correction(factor, new.damping, new.status)
+
+    # ---- apply -----------------------------------------------------------------------------
+
+    def precondition(self, grads: Sequence[torch.Tensor]) -> list:
+        """M^-1 g for gradients shaped like the params; returns new tensors (unchanged copies
+        before the first refresh). Non-finite gradient blocks are counted, not repaired."""
+        t0 = time.perf_counter()
+        if self.correction is None:
+            return [g.clone() for g in grads]
+        G = self.layout.gather(grads)
+        self.counters["non_finite_gradient_blocks"] += int((~torch.isfinite(G).all(1)).sum())
+        P = ops.solve(self.correction, G)
+        out = self.layout.scatter(P)
+        self.timings["apply"] += time.perf_counter() - t0
+        return out
+
+    @torch.no_grad()
+    def precondition_(self) -> None:
+        """Rewrites each parameter's ``.grad`` with M^-1 g, in place (parameters without a
+        gradient count as zero and are left without one)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        for p, g in zip(self.params, self.precondition(grads)):
+            if p.grad is not None:
+                p.grad.copy_(g)
+
+    # ---- reporting and checkpoints ---------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Blocks by status, damping used (min / median / max), refresh time split, counters."""
+        out = {"blocks": self.layout.num_blocks, "block_size": self.config.block_size,
+               "calls": self.calls, **self.counters, "seconds": dict(self.timings)}
+        if self.correction is not None:
+            status, damping = self.correction.status, self.correction.damping.double()
+            out["status"] = {name: int((status == code).sum()) for code, name in enumerate(STATUS_NAMES)}
+            out["damping"] = {"min": float(damping.min()), "median": float(damping.median()),
+                              "max": float(damping.max())} if damping.numel() else {}
+        return out
+
+    def state_dict(self) -> dict:
+        c = self.correction
+        return {
+            "config": dataclasses.asdict(self.config),
+            "num_blocks": self.layout.num_blocks,
+            "calls": self.calls,
+            "estimate": self.estimate,
+            "correction": None if c is None else {"factor": c.factor, "damping": c.damping, "status": c.status},
+            "has_factor": self.has_factor,
+            "generator": self.generator.get_state(),
+            "counters": dict(self.counters),
+            "timings": dict(self.timings),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_blocks"] != self.layout.num_blocks or state["config"]["block_size"] != self.config.block_size:
+            raise ValueError(f"hsc: state holds {state['num_blocks']} blocks of {state['config']['block_size']}, "
+                             f"this preconditioner has {self.layout.num_blocks} of {self.config.block_size}")
+        self.config = PreconditionerConfig(**state["config"]).validate()
+        device = self.layout.device
+        self.calls = state["calls"]
+        self.estimate = None if state["estimate"] is None else state["estimate"].to(device).clone()
+        c = state["correction"]
+        self.correction = None if c is None else ops.Correction(
+            c["factor"].to(device).clone(), c["damping"].to(device).clone(), c["status"].to(device).clone())
+        self.has_factor = state["has_factor"].to(device).clone()
+        self.generator.set_state(state["generator"])
+        self.counters = dict(state["counters"])
+        self.timings = dict(state["timings"])
