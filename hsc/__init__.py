@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from . import ops
+from . import ops, optim
+from .layout import BlockLayout
 from .ops import Correction
+from .optim import HSC
+from .preconditioner import Preconditioner, PreconditionerConfig
 
 __version__ = "0.1.0"
-__all__ = ["ops", "Correction", "info", "__version__"]
+__all__ = ["ops", "optim", "Correction", "BlockLayout", "Preconditioner", "PreconditionerConfig", "HSC",
+           "info", "__version__"]
 
 
 def _registered_backends() -> list[str]:

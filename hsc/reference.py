@@ -1,8 +1,9 @@
 """The float64 pure-torch definition of every hsc op (SPEC §2-3). Tests compare the compiled ops
 to these functions; they favour clarity over speed.
 
-Computation is in float64 whatever the input dtype; only the floor of tau (the smallest normal
-number) follows the dtype the compiled op computes in, as SPEC §2 defines it.
+Computation is in float64 whatever the input dtype (``dtype=`` selects another, for benchmarks
+of a pure-torch path); only the floor of tau (the smallest normal number) follows the dtype the
+compiled op computes in, as SPEC §2 defines it.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def symmetrise(H: torch.Tensor) -> torch.Tensor:
-    """S = (H + H^T)/2 in float64, halved before the sum as the compiled ops do."""
-    H = H.to(torch.float64)
+def symmetrise(H: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """S = (H + H^T)/2, halved before the sum as the compiled ops do."""
+    H = H.to(dtype)
     return 0.5 * H + 0.5 * H.mT
 
 
@@ -32,33 +33,34 @@ def tau(S: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(t == 0, torch.finfo(dtype).tiny, t)
 
 
-def _damping(damping: Damping, N: int) -> torch.Tensor:
+def _damping(damping: Damping, N: int, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(damping, torch.Tensor):
-        return damping.to(torch.float64).reshape(N).clone()
-    return torch.full((N,), float(damping), dtype=torch.float64)
+        return damping.to(dtype).reshape(N).clone()
+    return torch.full((N,), float(damping), dtype=dtype)
 
 
-def _eye(N: int, b: int) -> torch.Tensor:
-    return torch.eye(b, dtype=torch.float64).expand(N, b, b).clone()
+def _eye(N: int, b: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.eye(b, dtype=dtype).expand(N, b, b).clone()
 
 
-def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_tries: int):
+def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_tries: int,
+               dtype: torch.dtype):
     """Shared by correct and precondition: returns (S_or_A, chol, damping, status, ok)."""
     if mode not in ("cholesky", "singular_safe"):
         raise ValueError(f"mode must be 'cholesky' or 'singular_safe', got {mode!r}")
     N, b = H.shape[0], H.shape[1]
     finite = torch.isfinite(H).flatten(1).all(dim=1) if N else torch.zeros(0, dtype=torch.bool)
-    S = torch.where(finite[:, None, None], symmetrise(H), _eye(N, b))
-    d0 = _damping(damping, N)
+    S = torch.where(finite[:, None, None], symmetrise(H, dtype), _eye(N, b, dtype))
+    d0 = _damping(damping, N, dtype)
     status = torch.full((N,), 3, dtype=torch.int32)
     status[~finite] = 2
     used = d0.clone()
-    eye = torch.eye(b, dtype=torch.float64)
+    eye = torch.eye(b, dtype=dtype)
     mu2 = float(scale) ** 2
 
     if mode == "cholesky":
         t = tau(S, compute_dtype(H.dtype))
-        L = _eye(N, b)
+        L = _eye(N, b, dtype)
         todo = finite.clone()
         d = d0.clone()
         for attempt in range(max_tries):
@@ -76,7 +78,7 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
         ok = (status == 0) | (status == 1)
         A = S + used[:, None, None] * eye
         M = A + mu2 * torch.cholesky_inverse(L)
-        M = torch.where(ok[:, None, None], M, _eye(N, b))
+        M = torch.where(ok[:, None, None], M, _eye(N, b, dtype))
         LM, info = torch.linalg.cholesky_ex(M)
         status[ok & (info != 0)] = 3
         ok &= info == 0
@@ -90,38 +92,38 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
     return A, LC, used, status, ok
 
 
-def _fallback(N: int, b: int, scale: float) -> torch.Tensor:
-    return _eye(N, b) / (1.0 + float(scale) ** 2)
+def _fallback(N: int, b: int, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    return _eye(N, b, dtype) / (1.0 + float(scale) ** 2)
 
 
 def correct(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0, mode: str = "cholesky",
-            max_tries: int = 32) -> Correction:
-    """Reference of hsc.ops.correct: factor = M^{-1} per block (float64)."""
+            max_tries: int = 32, dtype: torch.dtype = torch.float64) -> Correction:
+    """Reference of hsc.ops.correct: factor = M^{-1} per block."""
     N, b = H.shape[0], H.shape[1]
-    A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries)
+    A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries, dtype)
     if mode == "cholesky":
         Minv = torch.cholesky_inverse(chol)
     else:
         # M^{-1} = A (A^2 + mu^2 I)^{-1}: in A's eigenbasis, lambda / (lambda^2 + mu^2).
         lam, Q = torch.linalg.eigh(A)
         Minv = (Q * (lam / (lam ** 2 + float(scale) ** 2))[..., None, :]) @ Q.mT
-    factor = torch.where(ok[:, None, None], Minv, _fallback(N, b, scale))
+    factor = torch.where(ok[:, None, None], Minv, _fallback(N, b, scale, dtype))
     return Correction(factor, used, status)
 
 
-def solve(correction: Correction, G: torch.Tensor) -> torch.Tensor:
-    """Reference of hsc.ops.solve: P = factor G per block (float64)."""
-    G = G.to(torch.float64)
-    f = correction.factor.to(torch.float64)
+def solve(correction: Correction, G: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Reference of hsc.ops.solve: P = factor G per block."""
+    G = G.to(dtype)
+    f = correction.factor.to(dtype)
     return (f @ G.unsqueeze(-1)).squeeze(-1) if G.dim() == 2 else f @ G
 
 
 def precondition(H: torch.Tensor, G: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0,
-                 mode: str = "cholesky", max_tries: int = 32):
-    """Reference of hsc.ops.precondition: (P, damping, status), P = M^{-1} G per block (float64)."""
-    G64 = G.to(torch.float64)
-    Gm = G64.unsqueeze(-1) if G.dim() == 2 else G64
-    A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries)
+                 mode: str = "cholesky", max_tries: int = 32, dtype: torch.dtype = torch.float64):
+    """Reference of hsc.ops.precondition: (P, damping, status), P = M^{-1} G per block."""
+    Gd = G.to(dtype)
+    Gm = Gd.unsqueeze(-1) if G.dim() == 2 else Gd
+    A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries, dtype)
     if mode == "cholesky":
         P = torch.cholesky_solve(Gm, chol)
     else:
