@@ -64,13 +64,48 @@ struct LaneOps<float> : ScalarLaneOps<float> {};
 template <>
 struct LaneOps<double> : ScalarLaneOps<double> {};
 
-// A b-by-b row-major matrix of lane values.
+// ---- Scalar rules of SPEC §2-3, used by every thread mapping ---------------------------------
+
+// S_ij = (H_ij + H_ji)/2, halved first so that entries near the overflow threshold stay finite.
+template <class V>
+HSC_HD V symmetric_entry(V h_ij, V h_ji) {
+  const V half = LaneOps<V>::splat(0.5);
+  return half * h_ij + half * h_ji;
+}
+
+// tau = 1e-6 max_ij |S_ij|, or the smallest normal number where that is 0.
+template <class V, class Ops = LaneOps<V>>
+HSC_HD V damping_floor(V max_abs) {
+  using T = typename Ops::scalar;
+  const V tau = Ops::splat(T(1e-6)) * max_abs;
+  return Ops::select(Ops::usable_pivot(tau), tau, Ops::splat(std::numeric_limits<T>::min()));
+}
+
+// The damping sequence: d_{i+1} = max(2 d_i, tau).
+template <class V, class Ops = LaneOps<V>>
+HSC_HD V next_damping(V d, V tau) {
+  return Ops::max(d + d, tau);
+}
+
+// The step of a block that could not be factorised (status 2 or 3): M = (1 + mu^2) I.
+template <class V>
+HSC_HD V fallback_step(V g, V mu2) {
+  return g / (LaneOps<V>::splat(1) + mu2);
+}
+
+HSC_HD int32_t status_code(bool finite, bool factorised, bool raised) {
+  return !finite ? kNonFinite : !factorised ? kNotFactorised : raised ? kDampingRaised : kFactorised;
+}
+
+// A b-by-b row-major matrix of lane values with row stride ld >= b (the GPU kernels pad rows
+// in shared memory to avoid bank conflicts; the CPU uses ld = b).
 template <class V>
 struct Block {
   V* p;
   int b;
-  HSC_HD V& operator()(int i, int j) const { return p[i * b + j]; }
-  HSC_HD V* row(int i) const { return p + i * b; }
+  int ld;
+  HSC_HD V& operator()(int i, int j) const { return p[i * ld + j]; }
+  HSC_HD V* row(int i) const { return p + i * ld; }
 };
 
 // A length-b vector of lane values.
@@ -103,9 +138,9 @@ HSC_HD typename Ops::mask cholesky_lower(Block<V> a, typename Ops::mask active) 
     int i = j + 1;
     for (; i + 4 <= b; i += 4) {
       V* __restrict__ r0 = a.row(i);
-      V* __restrict__ r1 = r0 + b;
-      V* __restrict__ r2 = r1 + b;
-      V* __restrict__ r3 = r2 + b;
+      V* __restrict__ r1 = r0 + a.ld;
+      V* __restrict__ r2 = r1 + a.ld;
+      V* __restrict__ r3 = r2 + a.ld;
       V s0 = r0[j], s1 = r1[j], s2 = r2[j], s3 = r3[j];
       for (int k = 0; k < j; ++k) {
         const V x = rj[k];
@@ -159,7 +194,7 @@ HSC_HD void invert_lower(Block<V> l, Block<V> w) {
       s1 += li[j + 2] * w(j + 2, j + 1) + li[j + 3] * w(j + 3, j + 1);
       s2 += li[j + 3] * w(j + 3, j + 2);
       const V* __restrict__ wk = w.row(j + 4) + j;
-      for (int k = j + 4; k < i; ++k, wk += b) {
+      for (int k = j + 4; k < i; ++k, wk += w.ld) {
         const V x = li[k];
         s0 += x * wk[0];
         s1 += x * wk[1];
@@ -195,7 +230,7 @@ HSC_HD void lower_gram(Block<V> w, Block<V> out, bool full) {
       const V* __restrict__ wk = w.row(i);
       V s0 = wk[i] * wk[j], s1 = wk[i] * wk[j + 1], s2 = wk[i] * wk[j + 2], s3 = wk[i] * wk[j + 3];
       for (int k = i + 1; k < b; ++k) {
-        wk += b;
+        wk += w.ld;
         const V x = wk[i];
         s0 += x * wk[j];
         s1 += x * wk[j + 1];
@@ -212,7 +247,7 @@ HSC_HD void lower_gram(Block<V> w, Block<V> out, bool full) {
       const V* __restrict__ wk = w.row(i);
       V s = wk[i] * wk[j];
       for (int k = i + 1; k < b; ++k) {
-        wk += b;
+        wk += w.ld;
         s += wk[i] * wk[j];
       }
       out(i, j) = s;
@@ -233,9 +268,9 @@ HSC_HD void square_plus_shift(Block<V> s, V mu2, Block<V> out) {
     int j = 0;
     for (; j + 4 <= i + 1; j += 4) {
       const V* __restrict__ r0 = s.row(j);
-      const V* __restrict__ r1 = r0 + b;
-      const V* __restrict__ r2 = r1 + b;
-      const V* __restrict__ r3 = r2 + b;
+      const V* __restrict__ r1 = r0 + s.ld;
+      const V* __restrict__ r2 = r1 + s.ld;
+      const V* __restrict__ r3 = r2 + s.ld;
       V s0 = si[0] * r0[0], s1 = si[0] * r1[0], s2 = si[0] * r2[0], s3 = si[0] * r3[0];
       for (int k = 1; k < b; ++k) {
         const V x = si[k];
@@ -271,7 +306,7 @@ HSC_HD void multiply(Block<V> x, Block<V> y, Block<V> out) {
       const V* __restrict__ yk = y.row(0) + j;
       V s0 = xi[0] * yk[0], s1 = xi[0] * yk[1], s2 = xi[0] * yk[2], s3 = xi[0] * yk[3];
       for (int k = 1; k < b; ++k) {
-        yk += b;
+        yk += y.ld;
         const V v = xi[k];
         s0 += v * yk[0];
         s1 += v * yk[1];
@@ -364,7 +399,7 @@ HSC_HD typename Ops::mask factorise_with_retries(const Workspace<V>& ws, V& damp
     if (t > 0) raised = Ops::or_(raised, ok);
     done = Ops::or_(done, ok);
     todo = Ops::andnot(todo, ok);
-    d = Ops::max(d + d, tau);
+    d = next_damping<V, Ops>(d, tau);
     // A damping that overflows can never give a usable factor: stop those lanes here.
     todo = Ops::and_(todo, Ops::usable_pivot(d));
   }

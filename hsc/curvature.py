@@ -28,25 +28,35 @@ def batched_hvp(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
     """H v for each row v of ``vectors`` ([B, n], the parameters flattened and concatenated).
 
     ``grads`` must be the gradient of the loss with respect to ``params`` computed with
-    ``create_graph=True``. Returns ``[B, n]``.
+    ``create_graph=True``. A gradient with no graph (a parameter the loss does not use, or uses
+    only linearly) contributes nothing to H v. Returns ``[B, n]``.
     """
     B = vectors.shape[0]
-    outs = [v.reshape(B, *p.shape) for v, p in zip(vectors.split([p.numel() for p in params], 1), params)]
+    vs = [v.reshape(B, *p.shape) for v, p in zip(vectors.split([p.numel() for p in params], 1), params)]
+    live = [i for i, g in enumerate(grads) if g.requires_grad]
+    wrt = [p for p in params if p.requires_grad]
+    out = vectors.new_zeros(B, vectors.shape[1])
+    if not live or not wrt:
+        return out
+    outputs, grad_outputs = [grads[i] for i in live], [vs[i] for i in live]
     try:
-        hv = torch.autograd.grad(grads, params, grad_outputs=outs, retain_graph=True,
+        hv = torch.autograd.grad(outputs, wrt, grad_outputs=grad_outputs, retain_graph=True,
                                  is_grads_batched=True, allow_unused=True)
     except RuntimeError as err:  # an op without a batching rule: one HVP at a time
         warnings.warn(f"hsc: batched HVP failed ({err}); falling back to one HVP per probe")
-        rows = []
-        for b in range(B):
-            h = torch.autograd.grad(grads, params, grad_outputs=[o[b] for o in outs],
-                                    retain_graph=True, allow_unused=True)
-            rows.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1)
-                                   for x, p in zip(h, params)]))
-        return torch.stack(rows)
-    return torch.cat([(x if x is not None else torch.zeros(B, *p.shape, dtype=vectors.dtype,
-                                                           device=vectors.device)).reshape(B, -1)
-                      for x, p in zip(hv, params)], dim=1)
+        rows = [torch.autograd.grad(outputs, wrt, grad_outputs=[o[b] for o in grad_outputs],
+                                    retain_graph=True, allow_unused=True) for b in range(B)]
+        hv = [None if all(r[i] is None for r in rows) else
+              torch.stack([r[i] if r[i] is not None else torch.zeros_like(p) for r in rows])
+              for i, p in enumerate(wrt)]
+    offsets, start = {}, 0
+    for p in params:
+        offsets[id(p)] = start
+        start += p.numel()
+    for h, p in zip(hv, wrt):
+        if h is not None:
+            out[:, offsets[id(p)]:offsets[id(p)] + p.numel()] = h.reshape(B, -1)
+    return out
 
 
 def _with_padding_slot(rows: torch.Tensor) -> torch.Tensor:

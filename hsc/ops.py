@@ -125,7 +125,9 @@ def accumulate_probes(
         first: overwrite ``state`` instead of averaging (the first refresh).
     Returns:
         ``[N]`` bool, False for blocks whose estimate was not finite: their state is left as it
-        was (on the first refresh it is written, and ``correct`` reports status 2).
+        was. A block whose state is not finite (nothing to keep: the first refresh, or a first
+        estimate that was not finite) is overwritten, and ``correct`` reports it as status 2 until
+        a finite estimate arrives.
     """
     return torch.ops.hsc.accumulate_probes.default(state, hvps, signs, mask, float(ema), bool(first))
 

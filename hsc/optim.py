@@ -69,48 +69,62 @@ class HSC(torch.optim.Optimizer):
                 if not bool(torch.isfinite(loss.detach()).all()):
                     self._skip("loss")
                     return loss
-                due = [pc.tick() for pc in self.preconditioners]
-                params = [p for ps in groups for p in ps]
-                flat = torch.autograd.grad(loss, params, create_graph=any(due), allow_unused=True)
-                flat = [g if g is not None else torch.zeros_like(p) for g, p in zip(flat, params)]
-                grads, start = [], 0
-                for ps in groups:
-                    grads.append(flat[start:start + len(ps)])
-                    start += len(ps)
-                for pc, gs, refresh in zip(self.preconditioners, grads, due):
-                    if refresh:
+                # Frozen parameters (requires_grad False) are left alone, as torch's optimizers do.
+                params = [p for ps in groups for p in ps if p.requires_grad]
+                due = [pc.refresh_due for pc in self.preconditioners]
+                found = torch.autograd.grad(loss, params, create_graph=any(due), allow_unused=True)
+                by_param = {id(p): g for p, g in zip(params, found)}
+                grads = [[by_param.get(id(p)) for p in ps] for ps in groups]
+                grads = [[g if g is not None else torch.zeros_like(p) for g, p in zip(gs, ps)]
+                         for gs, ps in zip(grads, groups)]
+                if not self._all_finite(grads):
+                    self._skip("gradient")
+                    return loss
+                for pc, gs in zip(self.preconditioners, grads):
+                    if pc.tick():
                         pc.refresh(gs)
             grads = [[g.detach() for g in gs] for gs in grads]
             for ps, gs in zip(groups, grads):
                 for p, g in zip(ps, gs):
-                    p.grad = g.clone()
+                    if p.requires_grad:
+                        p.grad = g.clone()
         else:
             grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in ps] for ps in groups]
+            if not self._all_finite(grads):
+                self._skip("gradient")
+                return loss
 
-        if not all(bool(torch.isfinite(g).all()) for gs in grads for g in gs):
-            self._skip("gradient")
-            return loss
         directions = [pc.precondition(gs) for pc, gs in zip(self.preconditioners, grads)]
-        if not all(bool(torch.isfinite(d).all()) for ds in directions for d in ds):
-            self._skip("update")
-            return loss
-
+        # The new momentum buffers and parameters are formed aside and written only when every
+        # value is finite: finite inputs can still overflow.
+        updates = []
         for group, ds in zip(self.param_groups, directions):
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p, d in zip(group["params"], ds):
-                state = self.state[p]
+                if not p.requires_grad:
+                    continue
+                buf = self.state[p].get("momentum_buffer") if momentum > 0 else None
+                new_buf = None
                 if momentum > 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d.clone()
-                    else:
-                        buf.mul_(momentum).add_(d)
-                    d = buf
-                if wd > 0:
-                    p.mul_(1 - lr * wd)
-                p.add_(d, alpha=-lr)
+                    new_buf = d.clone() if buf is None else buf * momentum + d
+                    d = new_buf
+                new_p = p * (1 - lr * wd) if wd > 0 else p.clone()
+                new_p.add_(d, alpha=-lr)
+                updates.append((p, new_p, new_buf))
+        if not all(bool(torch.isfinite(new_p).all()) and (buf is None or bool(torch.isfinite(buf).all()))
+                   for _, new_p, buf in updates):
+            self._skip("update")
+            return loss
+        for p, new_p, new_buf in updates:
+            p.copy_(new_p)
+            if new_buf is not None:
+                self.state[p]["momentum_buffer"] = new_buf
         self.counters["steps"] += 1
         return loss
+
+    @staticmethod
+    def _all_finite(tensors) -> bool:
+        return all(bool(torch.isfinite(t).all()) for ts in tensors for t in ts)
 
     def stats(self) -> dict:
         """The optimizer's counters and each group's preconditioner statistics."""

@@ -92,10 +92,14 @@ class Preconditioner:
 
     # ---- schedule --------------------------------------------------------------------------
 
+    @property
+    def refresh_due(self) -> bool:
+        """Whether the next call refreshes (the first, then every ``update_every``-th)."""
+        return self.calls % self.config.update_every == 0
+
     def tick(self) -> bool:
-        """Counts one call; True when this call is due to refresh (the first, then every
-        ``update_every``-th)."""
-        due = self.calls % self.config.update_every == 0
+        """Counts one call; returns whether it is due to refresh."""
+        due = self.refresh_due
         self.calls += 1
         return due
 
@@ -128,9 +132,12 @@ class Preconditioner:
             finite = torch.isfinite(blocks).flatten(1).all(1)
             if first:
                 self.estimate = blocks
-            else:
-                keep = ~finite[:, None, None]
-                self.estimate = torch.where(keep, self.estimate, cfg.ema * self.estimate + (1 - cfg.ema) * blocks)
+            else:  # as ops.accumulate_probes: keep a finite state, restart a non-finite one
+                fresh = ~torch.isfinite(self.estimate).flatten(1).all(1)
+                folded = torch.where(fresh[:, None, None], blocks,
+                                     cfg.ema * self.estimate + (1 - cfg.ema) * blocks)
+                keep = (~finite & ~fresh)[:, None, None]
+                self.estimate = torch.where(keep, self.estimate, folded)
         else:
             hvps, signs = probe_hvps(layout, grads, self.params, samples=cfg.samples,
                                      generator=self.generator, chunk_size=cfg.chunk_size)

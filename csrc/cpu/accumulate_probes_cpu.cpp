@@ -18,11 +18,27 @@ void accumulate(T* state, const T* hvps, const T* signs, const bool* mask, bool*
   at::parallel_for(0, N, 16, [&](int64_t k0, int64_t k1) {
     std::vector<T> estimate(b * b);
     for (int64_t k = k0; k < k1; ++k) {
-      accepted[k] = probe_block_estimate(hvps, signs, mask, estimate.data(), S, N, b, k);
-      // A non-finite estimate leaves the running state as it was; on the first refresh there is
-      // nothing to keep, so it is written and `correct` reports the block as status 2.
-      if (accepted[k] || first)
-        fold_block_estimate(state + k * b * b, estimate.data(), mask + k * b, b, ema, first);
+      const bool* real = mask + k * b;
+      bool finite = true;
+      for (int64_t i = 0; i < b; ++i) {
+        for (int64_t j = 0; j <= i; ++j) {
+          const T e = probe_entry(hvps, signs, S, N, b, k, i, j);
+          estimate[i * b + j] = estimate[j * b + i] = e;
+          if (real[i] && real[j]) finite = finite && LaneOps<T>::finite(e);
+        }
+      }
+      accepted[k] = finite;
+      T* st = state + k * b * b;
+      // A block whose state holds no finite estimate yet starts afresh, as on the first refresh.
+      bool fresh = first;
+      for (int64_t e = 0; e < b * b && !fresh; ++e) fresh = !LaneOps<T>::finite(st[e]);
+      // A non-finite estimate leaves a finite state as it was; with nothing to keep it is written,
+      // and `correct` reports the block as status 2.
+      if (!finite && !fresh) continue;
+      for (int64_t i = 0; i < b; ++i)
+        for (int64_t j = 0; j < b; ++j)
+          st[i * b + j] = folded_entry(st[i * b + j], estimate[i * b + j], real[i] && real[j], i == j,
+                                       ema, fresh);
     }
   });
 }

@@ -32,7 +32,7 @@ struct Group {
 
   explicit Group(int b_) : b(b_), storage(new V[3 * b_ * b_ + 3 * b_]) {
     V* p = storage.get();
-    ws = Workspace<V>{Block<V>{p, b}, Block<V>{p + b * b, b}, Block<V>{p + 2 * b * b, b}};
+    ws = Workspace<V>{Block<V>{p, b, b}, Block<V>{p + b * b, b, b}, Block<V>{p + 2 * b * b, b, b}};
     x = Column<V>{p + 3 * b * b};
     y = Column<V>{p + 3 * b * b + b};
     g = Column<V>{p + 3 * b * b + 2 * b};
@@ -53,11 +53,9 @@ struct Group {
     }
     mask finite = Ops::all_lanes();
     V maxabs = Ops::splat(0);
-    const V half = Ops::splat(T(0.5));
     for (int i = 0; i < b; ++i) {
       for (int j = 0; j < i; ++j) {
-        // Halve before adding so that entries near the overflow threshold stay finite.
-        const V v = half * raw(i, j) + half * raw(j, i);
+        const V v = symmetric_entry(raw(i, j), raw(j, i));
         finite = Ops::and_(finite, Ops::finite(v));
         maxabs = Ops::max(maxabs, Ops::abs(v));
         ws.s(i, j) = v;
@@ -72,8 +70,7 @@ struct Group {
     const V one = Ops::splat(1), zero = Ops::splat(0);
     for (int i = 0; i < b; ++i)
       for (int j = 0; j < b; ++j) ws.s(i, j) = Ops::select(finite, ws.s(i, j), i == j ? one : zero);
-    tau = Ops::splat(T(1e-6)) * maxabs;
-    tau = Ops::select(tau == T(0), Ops::splat(std::numeric_limits<T>::min()), tau);
+    tau = damping_floor<V>(maxabs);
     mask valid = Ops::no_lanes();
     for (int l = 0; l < count; ++l) valid[l] = -1;
     return Ops::and_(finite, valid);
@@ -133,16 +130,14 @@ void run_group(Group<T>& grp, const Problem<T>& pr, int64_t n0, int count) {
   }
   grp.set_identity_where_not(ok, ws.a, T(1));
 
-  const T fallback = T(1) / (T(1) + pr.mu2);  // SPEC §3: M = (1 + mu^2) I
+  const T fallback = fallback_step<T>(T(1), pr.mu2);  // the factor of SPEC §3: M = (1 + mu^2) I
   for (int l = 0; l < count; ++l) {
     const int64_t n = n0 + l;
     pr.damping_out[n] = damping[l];
-    pr.status[n] = !finite[l] ? kNonFinite : !ok[l] ? kNotFactorised
-                                           : raised[l] ? kDampingRaised : kFactorised;
+    pr.status[n] = status_code(finite[l] != 0, ok[l] != 0, raised[l] != 0);
   }
 
   if (pr.P != nullptr) {
-    const T one_plus_mu2 = T(1) + pr.mu2;
     for (int64_t c = 0; c < pr.r; ++c) {
       const T* g0 = pr.G + n0 * b * pr.r + c;
       for (int i = 0; i < b; ++i) {
@@ -155,7 +150,7 @@ void run_group(Group<T>& grp, const Problem<T>& pr, int64_t n0, int count) {
         symmetric_multiply(ws.s, grp.x, grp.y);  // p = A (A^2 + mu^2 I)^{-1} g
         p = grp.y;
       }
-      for (int i = 0; i < b; ++i) p[i] = Ops::select(ok, p[i], grp.g[i] / one_plus_mu2);
+      for (int i = 0; i < b; ++i) p[i] = Ops::select(ok, p[i], fallback_step(grp.g[i], mu2));
       for (int l = 0; l < count; ++l) {
         T* out = pr.P + (n0 + l) * b * pr.r + c;
         for (int i = 0; i < b; ++i) out[i * pr.r] = p[i][l];

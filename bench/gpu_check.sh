@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One-call GPU check: build the extension, run the CUDA tests, run compute-sanitizer on a small
+# case, benchmark against the torch chain. Run from the repository root on the GPU machine
+# (torch, nvcc, ninja, pybind11, pytest, pytest-benchmark already there; no package index).
+# Writes everything under $OUT (default: bench/results/gpu_run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench/results/gpu_run}"
+mkdir -p "$OUT"
+export MAX_JOBS="${MAX_JOBS:-16}" HSC_CUDA=1
+[ -d /usr/local/cuda ] && export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+
+step() { echo "== $1 ($(date +%T))"; }
+step build
+python setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+python -m hsc info | tee -a "$OUT/gpu.txt"
+
+step "CUDA tests"
+python -m pytest tests -q -x -k "cuda" -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/tests.txt"
+
+step "compute-sanitizer memcheck"
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+cat > /tmp/hsc_sanitize.py <<'PY'
+import torch
+from hsc import ops
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    for b in (3, 32, 33, 130):
+        H = torch.randn(9, b, b, dtype=dtype, device="cuda"); H[2, 0, 0] = float("nan")
+        G = torch.randn(9, b, 2, dtype=dtype, device="cuda")
+        for mode in ("cholesky", "singular_safe"):
+            ops.precondition(H, G, mode=mode); ops.correct(H, mode=mode)
+    st = torch.zeros(5, 4, 4, dtype=dtype, device="cuda")
+    ops.accumulate_probes(st, torch.randn(2, 4, 5, 4, dtype=dtype, device="cuda"),
+                          torch.ones(2, 5, dtype=dtype, device="cuda"),
+                          torch.ones(5, 4, dtype=torch.bool, device="cuda"), ema=0.9, first=True)
+torch.cuda.synchronize(); print("sanitizer case done")
+PY
+timeout 240 "$SAN" --tool memcheck --error-exitcode 9 python /tmp/hsc_sanitize.py 2>&1 | tail -8 | tee "$OUT/sanitizer.txt"
+
+step benchmark
+timeout 300 python bench/gpu_bench.py --out "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/bench.txt" | tail -30
+step done

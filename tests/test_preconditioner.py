@@ -1,0 +1,266 @@
+"""hsc.Preconditioner (SPEC §4-5): refresh schedule, precondition_, stats, failed blocks, a GAN-like
+two-player setup, and the state_dict round trip.
+
+Expected factors are computed independently: Hessian blocks from torch.autograd.functional.hessian
+and M^-1 from hsc.reference (the float64 definition of SPEC §2-3).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from curvature_helpers import (DT, diagonal_blocks, flat_loss, flat_params, full_hessian, regression_data,
+                               tiny_mlp)
+from hsc import Preconditioner, ops, reference
+
+
+def quadratic(w: torch.Tensor, H: torch.Tensor, c: torch.Tensor):
+    return lambda: 0.5 * (w - c) @ H @ (w - c)
+
+
+def nan_curvature_at_entry_0(w: torch.Tensor):
+    """A term with value 0 whose gradient at w[0] is +inf (d sqrt(u)/du at u = 0) and whose HVPs are
+    NaN in entry 0 (0 * inf), so only the block holding w[0] gets non-finite curvature."""
+    return torch.sqrt(w[0] - w[0].detach())
+
+
+def block_diag_quadratic(seed: int, eigs):
+    """b = 2 blocks with the given eigenvalue pairs, randomly rotated; returns (H, c)."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = []
+    for pair in eigs:
+        Q, _ = torch.linalg.qr(torch.randn(2, 2, generator=g, dtype=DT))
+        blocks.append(Q @ torch.diag(torch.tensor(pair, dtype=DT)) @ Q.T)
+    return torch.block_diag(*blocks), torch.randn(2 * len(eigs), generator=g, dtype=DT)
+
+
+# ---- schedule ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("update_every", [1, 3])
+def test_update_curvature_refreshes_on_schedule(update_every):
+    w = torch.randn(5, dtype=DT, requires_grad=True)
+    evaluations = []
+
+    def loss_fn():
+        evaluations.append(1)
+        return (w ** 4).sum()
+
+    pre = Preconditioner([w], block_size=2, update_every=update_every)
+    refreshed = [pre.update_curvature(loss_fn) for _ in range(10)]
+    expected = [i % update_every == 0 for i in range(10)]
+    assert refreshed == expected
+    assert pre.counters["refreshes"] == sum(expected)
+    assert len(evaluations) == sum(expected)  # the closure is only evaluated when due
+    assert pre.stats()["calls"] == 10
+
+
+# ---- precondition_ --------------------------------------------------------------------------------
+
+def test_precondition_before_first_refresh_leaves_grads_unchanged():
+    model = tiny_mlp()
+    x, y = regression_data(model)
+    ((model(x) - y) ** 2).mean().backward()
+    before = [p.grad.clone() for p in model.parameters()]
+    pre = Preconditioner(model.parameters(), block_size=4)
+    pre.precondition_()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("estimator", ["exact", "probe"])
+def test_precondition_rewrites_grads_with_m_inverse_g(estimator):
+    model = tiny_mlp()
+    x, y = regression_data(model)
+    loss_fn = lambda: ((model(x) - y) ** 2).mean()  # noqa: E731
+    params = list(model.parameters())
+    pre = Preconditioner(params, block_size=7, estimator=estimator, damping=1e-3, scale=0.5)
+    assert pre.update_curvature(loss_fn)
+    loss_fn().backward()
+    grads = [p.grad.clone() for p in params]
+    params[3].grad = None  # a parameter without a gradient is left without one
+    pre.precondition_()
+    assert params[3].grad is None
+
+    layout = pre.layout
+    via_solve = layout.scatter(ops.solve(pre.correction, layout.gather([*grads[:3], torch.zeros_like(grads[3])])))
+    for p, expected in zip(params[:3], via_solve):
+        assert torch.equal(p.grad, expected)
+    if estimator == "exact":
+        # Independently: M^-1 from the float64 reference on autograd's Hessian blocks.
+        H = full_hessian(flat_loss(model, lambda fwd: ((fwd(x) - y) ** 2).mean()), flat_params(params))
+        ref = reference.correct(diagonal_blocks(H, layout), damping=1e-3, scale=0.5)
+        P = reference.solve(ref, layout.gather(grads))
+        for p, expected in zip(params[:3], layout.scatter(P)[:3]):
+            torch.testing.assert_close(p.grad, expected, rtol=1e-9, atol=1e-12)
+    changed = any(not torch.equal(p.grad, g) for p, g in zip(params[:3], grads))
+    assert changed
+
+
+# ---- stats ----------------------------------------------------------------------------------------
+
+def test_stats_reports_status_damping_and_timings():
+    w = torch.zeros(6, dtype=DT, requires_grad=True)
+    # Blocks 0 and 2 positive definite; block 1 indefinite (eigenvalue -2), so its damping is raised.
+    H, c = block_diag_quadratic(0, [(1.0, 3.0), (-2.0, 5.0), (0.5, 4.0)])
+    pre = Preconditioner([w], block_size=2, estimator="exact", damping=1e-4)
+    s0 = pre.stats()
+    assert s0["blocks"] == 3 and s0["block_size"] == 2 and s0["calls"] == 0
+    assert set(s0["seconds"]) == {"hvp", "assembly", "factorisation", "apply"}
+    pre.update_curvature(quadratic(w, H, c))
+    w.grad = torch.ones(6, dtype=DT)
+    pre.precondition_()
+    s = pre.stats()
+    assert s["status"] == {"factorised": 2, "damping_raised": 1, "non_finite": 0, "not_factorised": 0}
+    assert s["damping"]["min"] == pytest.approx(1e-4) and s["damping"]["median"] == pytest.approx(1e-4)
+    assert s["damping"]["max"] > 2.0  # A = S + d I must be positive definite: d > 2
+    assert s["damping"]["max"] == pytest.approx(float(pre.correction.damping[1]))
+    assert set(s["seconds"]) == {"hvp", "assembly", "factorisation", "apply"}
+    assert all(v >= 0 for v in s["seconds"].values())
+    assert s["seconds"]["hvp"] > 0 and s["seconds"]["factorisation"] > 0 and s["seconds"]["apply"] > 0
+    assert s["refreshes"] == 1 and s["calls"] == 1
+
+
+# ---- failed blocks ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("estimator", ["exact", "probe"])
+def test_nan_curvature_block_keeps_previous_factor(estimator):
+    w = torch.zeros(6, dtype=DT, requires_grad=True)
+    H1, c1 = block_diag_quadratic(1, [(1.0, 3.0), (2.0, 5.0), (0.5, 4.0)])
+    H2, c2 = block_diag_quadratic(2, [(7.0, 9.0), (6.0, 8.0), (3.0, 10.0)])
+    # ema 0: each refresh replaces the estimate, so refreshed blocks visibly change.
+    pre = Preconditioner([w], block_size=2, estimator=estimator, ema=0.0, update_every=1)
+    pre.update_curvature(quadratic(w, H1, c1))
+    old = pre.correction.factor.clone()
+    good2 = quadratic(w, H2, c2)
+    pre.update_curvature(lambda: good2() + nan_curvature_at_entry_0(w))
+    new = pre.correction.factor
+    assert torch.equal(new[0], old[0])  # block 0 (non-finite curvature) keeps its factor
+    expected = reference.correct(diagonal_blocks(H2, pre.layout), damping=1e-4, scale=1.0).factor
+    torch.testing.assert_close(new[1:], expected[1:], rtol=1e-10, atol=1e-12)  # the others refresh
+    assert pre.counters["non_finite_estimate_blocks"] == 1
+    # The step stays finite.
+    w.grad = torch.autograd.grad(good2(), w)[0]
+    pre.precondition_()
+    assert bool(torch.isfinite(w.grad).all())
+
+
+@pytest.mark.parametrize("estimator", ["exact", "probe"])
+def test_failed_factorisation_keeps_previous_factor_and_counts_it(estimator):
+    w = torch.zeros(6, dtype=DT, requires_grad=True)
+    H1, c1 = block_diag_quadratic(3, [(1.0, 3.0), (2.0, 5.0), (0.5, 4.0)])
+    H2, c2 = block_diag_quadratic(4, [(7.0, 9.0), (-6.0, 8.0), (3.0, 10.0)])  # block 1 indefinite
+    # damping 0 and one try: an indefinite block cannot be factorised (status 3).
+    pre = Preconditioner([w], block_size=2, estimator=estimator, ema=0.0, update_every=1, damping=0.0,
+                         max_tries=1)
+    pre.update_curvature(quadratic(w, H1, c1))
+    assert pre.correction.status.tolist() == [0, 0, 0]
+    old = pre.correction.factor.clone()
+    pre.update_curvature(quadratic(w, H2, c2))
+    assert pre.correction.status.tolist() == [0, 3, 0]
+    assert torch.equal(pre.correction.factor[1], old[1])
+    assert not torch.equal(pre.correction.factor[0], old[0])
+    assert pre.counters["kept_previous_factor"] == 1
+
+
+@pytest.mark.parametrize("estimator", ["exact", "probe"])
+def test_block_with_nan_first_refresh_recovers_on_next_good_refresh(estimator):
+    # SPEC §3-5: a non-finite estimate gets the fallback (status 2) for that refresh. A later refresh
+    # with finite curvature must factorise the block again; the NaN of the first refresh must not
+    # stay in the running estimate forever (NaN * ema is NaN).
+    w = torch.zeros(6, dtype=DT, requires_grad=True)
+    H, c = block_diag_quadratic(5, [(1.0, 3.0), (2.0, 5.0), (0.5, 4.0)])
+    good = quadratic(w, H, c)
+    pre = Preconditioner([w], block_size=2, estimator=estimator, ema=0.5, update_every=1)
+    pre.update_curvature(lambda: good() + nan_curvature_at_entry_0(w))
+    assert pre.correction.status.tolist() == [2, 0, 0]
+    assert pre.stats()["status"]["non_finite"] == 1
+    for _ in range(3):
+        pre.update_curvature(good)
+    assert pre.correction.status[0].item() == 0, (
+        f"block 0 is still {pre.correction.status.tolist()} after 3 finite refreshes; its estimate is "
+        f"{pre.estimate[0].tolist()}")
+
+
+# ---- a GAN-like two-player setup ---------------------------------------------------------------
+
+def test_gan_players_exact_blocks_match_autograd_hessian():
+    torch.manual_seed(0)
+    G = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).to(DT)
+    D = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).to(DT)
+    real, z = torch.randn(12, 2, dtype=DT), torch.randn(12, 2, dtype=DT)
+    sp = torch.nn.functional.softplus
+
+    def d_loss_with(d):  # the discriminator is called twice per loss
+        return sp(-d(real)).mean() + sp(d(G(z).detach())).mean()
+
+    def g_loss_with(g):  # the generator's loss goes through D
+        return sp(-D(g(z))).mean()
+
+    pre_d = Preconditioner(D.parameters(), block_size=5, estimator="exact")
+    pre_g = Preconditioner(G.parameters(), block_size=3, estimator="exact")
+    assert pre_d.update_curvature(lambda: d_loss_with(D))
+    assert pre_g.update_curvature(lambda: g_loss_with(G))
+
+    H_d = full_hessian(flat_loss(D, d_loss_with), flat_params(D.parameters()))
+    H_g = full_hessian(flat_loss(G, g_loss_with), flat_params(G.parameters()))
+    torch.testing.assert_close(pre_d.estimate, diagonal_blocks(H_d, pre_d.layout), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(pre_g.estimate, diagonal_blocks(H_g, pre_g.layout), rtol=1e-10, atol=1e-10)
+
+    # One preconditioned step for each player.
+    for net, pre, loss_with in ((D, pre_d, d_loss_with), (G, pre_g, g_loss_with)):
+        net.zero_grad()
+        loss_with(net).backward()
+        raw = [p.grad.clone() for p in net.parameters()]
+        pre.precondition_()
+        assert all(bool(torch.isfinite(p.grad).all()) for p in net.parameters())
+        assert any(not torch.equal(p.grad, g) for p, g in zip(net.parameters(), raw))
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+
+def _train(model, pre, x, y, steps, lr=0.05):
+    loss_fn = lambda: ((model(x) - y) ** 2).mean()  # noqa: E731
+    for _ in range(steps):
+        model.zero_grad()
+        loss_fn().backward()
+        pre.update_curvature(loss_fn)
+        pre.precondition_()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sub_(lr * p.grad)
+
+
+def test_preconditioner_state_dict_round_trip_is_bit_identical():
+    # The probe estimator (its sign generator is part of the state) and update_every = 3 with k = 4:
+    # the resumed run is mid-interval, so the schedule position matters too.
+    options = dict(block_size=6, estimator="probe", update_every=3, ema=0.8, scale=0.3, seed=11)
+    model = tiny_mlp(seed=0)
+    x, y = regression_data(model)
+    pre = Preconditioner(model.parameters(), **options)
+    _train(model, pre, x, y, steps=4)
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_pre = copy.deepcopy(pre.state_dict())
+    _train(model, pre, x, y, steps=5)
+
+    resumed = tiny_mlp(seed=123)  # different initial weights, overwritten by the load
+    resumed.load_state_dict(saved_model)
+    pre2 = Preconditioner(resumed.parameters(), **{**options, "seed": 99})
+    pre2.load_state_dict(saved_pre)
+    _train(resumed, pre2, x, y, steps=5)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert pre2.calls == pre.calls and pre2.counters == pre.counters
+
+    # The check has teeth: resuming the model alone (fresh preconditioner state) diverges from it.
+    alone = tiny_mlp(seed=123)
+    alone.load_state_dict(saved_model)
+    _train(alone, Preconditioner(alone.parameters(), **options), x, y, steps=5)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), alone.parameters()))
+
+
+def test_preconditioner_load_state_dict_rejects_other_layout():
+    pre = Preconditioner([torch.zeros(10, dtype=DT, requires_grad=True)], block_size=4)
+    other = Preconditioner([torch.zeros(10, dtype=DT, requires_grad=True)], block_size=5)
+    with pytest.raises(ValueError, match="block"):
+        other.load_state_dict(pre.state_dict())
