@@ -43,9 +43,9 @@ struct ScalarLaneOps {
   using scalar = T;
   using mask = bool;
   HSC_HD static T splat(T x) { return x; }
-  // A pivot counts only when it is positive and finite: NaN and Inf fail (!(d > 0) catches NaN).
-  HSC_HD static mask usable_pivot(T d) {
-    return d > T(0) && d <= std::numeric_limits<T>::max();
+  // A pivot counts only when it is above `floor` and finite: NaN and Inf fail (!(d > 0) catches NaN).
+  HSC_HD static mask usable_pivot(T d, T floor) {
+    return d > floor && d <= std::numeric_limits<T>::max();
   }
   HSC_HD static mask finite(T x) { return x - x == T(0); }
   HSC_HD static T select(mask m, T a, T b) { return m ? a : b; }
@@ -78,7 +78,8 @@ template <class V, class Ops = LaneOps<V>>
 HSC_HD V damping_floor(V max_abs) {
   using T = typename Ops::scalar;
   const V tau = Ops::splat(T(1e-6)) * max_abs;
-  return Ops::select(Ops::usable_pivot(tau), tau, Ops::splat(std::numeric_limits<T>::min()));
+  return Ops::select(Ops::usable_pivot(tau, Ops::splat(0)), tau,
+                     Ops::splat(std::numeric_limits<T>::min()));
 }
 
 // The damping sequence: d_{i+1} = max(2 d_i, tau).
@@ -116,11 +117,12 @@ struct Column {
 };
 
 // In-place lower Cholesky factorisation of the lower triangle of `a` (the upper triangle is not
-// read). Writes only lanes in `active`; returns the active lanes whose every pivot was usable.
+// read). Writes only lanes in `active`; returns the active lanes whose every pivot was usable
+// (finite and > min_pivot).
 // Dot-product (left-looking) form, four rows at a time so four independent sums share each load
 // of row j.
 template <class V, class Ops = LaneOps<V>>
-HSC_HD typename Ops::mask cholesky_lower(Block<V> a, typename Ops::mask active) {
+HSC_HD typename Ops::mask cholesky_lower(Block<V> a, typename Ops::mask active, V min_pivot) {
   using mask = typename Ops::mask;
   const int b = a.b;
   const V one = Ops::splat(1);
@@ -129,7 +131,7 @@ HSC_HD typename Ops::mask cholesky_lower(Block<V> a, typename Ops::mask active) 
     const V* __restrict__ rj = a.row(j);
     V d = rj[j];
     for (int k = 0; k < j; ++k) d -= rj[k] * rj[k];
-    const mask pivot_ok = Ops::usable_pivot(d);
+    const mask pivot_ok = Ops::usable_pivot(d, min_pivot);
     ok = Ops::and_(ok, pivot_ok);
     if (!Ops::any(ok)) return ok;  // every active lane has failed: nothing left to compute
     const V r = Ops::sqrt(Ops::select(pivot_ok, d, one));
@@ -371,21 +373,32 @@ HSC_HD void symmetric_multiply(Block<V> a, Column<V> x, Column<V> y) {
 template <class V>
 struct Workspace {
   Block<V> s;  // S = (H + H^T)/2, full; in singular_safe mode A = S + delta I
-  Block<V> a;  // factors and products, see the stages below
-  Block<V> m;
+  Block<V> a;  // scratch: L, A^{-1}, M
+  Block<V> m;  // scratch: L^{-1}
+  Block<V> f;  // the final lower factor: L_M (cholesky) or L_C (singular_safe)
 };
 
-// Stage 1 (mode cholesky): find the first damping of the sequence d_0 = delta,
-// d_{i+1} = max(2 d_i, tau) whose Cholesky factorisation succeeds, for every lane in `todo`.
-// On return ws.a holds L with L L^T = S + d I for the lanes in the returned mask; `damping` holds
-// the value used, `raised` the lanes that needed more than d_0. Lanes not returned have failed
-// max_tries times (status 3) and `damping` holds the last value tried.
+// Smallest pivot accepted in M's factorisation. M's eigenvalues are lambda + mu^2/lambda >= 2 mu, so
+// every pivot is >= 2 mu in exact arithmetic; one below mu means rounding has destroyed M (A too
+// ill-conditioned for the dtype at this damping), and the damping is raised instead.
+template <class V>
+HSC_HD V correction_min_pivot(V mu) {
+  return mu;
+}
+
+// Mode cholesky: for every lane in `todo`, the first damping d of the sequence d_0 = delta,
+// d_{i+1} = max(2 d_i, tau) for which both factorisations succeed: L L^T = A = S + d I, then
+// L_M L_M^T = M = A + mu^2 A^{-1} with every pivot of M at least correction_min_pivot(mu).
+// On return ws.f holds L_M for the returned lanes; `damping` holds the value used (the last value
+// tried for lanes that failed max_tries times, status 3), `raised` the lanes that needed more
+// than d_0.
 template <class V, class Ops = LaneOps<V>>
-HSC_HD typename Ops::mask factorise_with_retries(const Workspace<V>& ws, V& damping, V tau,
-                                                 int max_tries, typename Ops::mask todo,
-                                                 typename Ops::mask& raised) {
+HSC_HD typename Ops::mask factorise_corrected(const Workspace<V>& ws, V& damping, V tau, V mu2,
+                                              V mu, int max_tries, typename Ops::mask todo,
+                                              typename Ops::mask& raised) {
   using mask = typename Ops::mask;
   const int b = ws.s.b;
+  const V zero = Ops::splat(0), min_pivot = correction_min_pivot(mu);
   mask done = Ops::no_lanes();
   raised = Ops::no_lanes();
   V d = damping;
@@ -394,39 +407,41 @@ HSC_HD typename Ops::mask factorise_with_retries(const Workspace<V>& ws, V& damp
       for (int j = 0; j < i; ++j) ws.a(i, j) = Ops::select(todo, ws.s(i, j), ws.a(i, j));
       ws.a(i, i) = Ops::select(todo, ws.s(i, i) + d, ws.a(i, i));
     }
-    const mask ok = cholesky_lower<V, Ops>(ws.a, todo);
     damping = Ops::select(todo, d, damping);
-    if (t > 0) raised = Ops::or_(raised, ok);
-    done = Ops::or_(done, ok);
-    todo = Ops::andnot(todo, ok);
+    const mask factorised = cholesky_lower<V, Ops>(ws.a, todo, zero);
+    if (Ops::any(factorised)) {
+      invert_lower(ws.a, ws.m);        // m = L^{-1}
+      lower_gram(ws.m, ws.a, false);   // a = L^{-T} L^{-1} = A^{-1}
+      for (int i = 0; i < b; ++i) {    // a = S + d I + mu^2 A^{-1}
+        for (int j = 0; j < i; ++j) ws.a(i, j) = ws.s(i, j) + mu2 * ws.a(i, j);
+        ws.a(i, i) = (ws.s(i, i) + d) + mu2 * ws.a(i, i);
+      }
+      const mask ok = cholesky_lower<V, Ops>(ws.a, factorised, min_pivot);
+      for (int i = 0; i < b; ++i)
+        for (int j = 0; j <= i; ++j) ws.f(i, j) = Ops::select(ok, ws.a(i, j), ws.f(i, j));
+      if (t > 0) raised = Ops::or_(raised, ok);
+      done = Ops::or_(done, ok);
+      todo = Ops::andnot(todo, ok);
+    }
     d = next_damping<V, Ops>(d, tau);
     // A damping that overflows can never give a usable factor: stop those lanes here.
-    todo = Ops::and_(todo, Ops::usable_pivot(d));
+    todo = Ops::and_(todo, Ops::usable_pivot(d, zero));
   }
   return done;
 }
 
-// Stage 2 (mode cholesky): from L (in ws.a) with A = S + d I, form M = A + mu^2 A^{-1} and
-// factorise it, leaving L_M in ws.a. Returns the lanes (of `active`) where that succeeded.
-template <class V, class Ops = LaneOps<V>>
-HSC_HD typename Ops::mask factorise_correction(const Workspace<V>& ws, V damping, V mu2,
-                                               typename Ops::mask active) {
-  const int b = ws.s.b;
-  invert_lower(ws.a, ws.m);        // m = L^{-1}
-  lower_gram(ws.m, ws.a, false);   // a = L^{-T} L^{-1} = A^{-1}
-  for (int i = 0; i < b; ++i) {    // a = S + d I + mu^2 A^{-1}
-    for (int j = 0; j < i; ++j) ws.a(i, j) = ws.s(i, j) + mu2 * ws.a(i, j);
-    ws.a(i, i) = (ws.s(i, i) + damping) + mu2 * ws.a(i, i);
-  }
-  return cholesky_lower<V, Ops>(ws.a, active);
+// Smallest pivot accepted in the factorisation of C = A^2 + mu^2 I, whose eigenvalues are >= mu^2.
+template <class V>
+HSC_HD V shifted_square_min_pivot(V mu2) {
+  return LaneOps<V>::splat(0.5) * mu2;
 }
 
-// Stage 2 (mode singular_safe): with A in ws.s, factorise C = A^2 + mu^2 I into ws.a.
+// Mode singular_safe: with A in ws.s, factorise C = A^2 + mu^2 I into ws.f.
 template <class V, class Ops = LaneOps<V>>
 HSC_HD typename Ops::mask factorise_shifted_square(const Workspace<V>& ws, V mu2,
                                                    typename Ops::mask active) {
-  square_plus_shift(ws.s, mu2, ws.a);
-  return cholesky_lower<V, Ops>(ws.a, active);
+  square_plus_shift(ws.s, mu2, ws.f);
+  return cholesky_lower<V, Ops>(ws.f, active, shifted_square_min_pivot(mu2));
 }
 
 }  // namespace hsc

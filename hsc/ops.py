@@ -39,7 +39,7 @@ def _damping_tensor(damping: Damping, H: torch.Tensor) -> torch.Tensor:
         return damping
     if isinstance(damping, bool) or not isinstance(damping, (int, float)):
         raise TypeError(f"hsc: damping must be a float or a [N] tensor, got {type(damping).__name__}")
-    if not damping >= 0 or damping == float("inf"):
+    if not 0 <= damping < float("inf"):
         raise ValueError(f"hsc: damping must be a finite float >= 0, got {damping}")
     dtype = H.dtype if H.dtype.is_floating_point else torch.float32
     return torch.full((H.shape[0] if H.dim() >= 1 else 0,), float(damping), dtype=dtype, device=H.device)
@@ -138,8 +138,19 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _same_device(**tensors: torch.Tensor) -> None:
+    """The dispatcher sends a call to the fake kernel when any argument is a meta tensor, so the
+    device check the real kernels make is repeated here."""
+    (first, t0), *rest = tensors.items()
+    for name, t in rest:
+        if t.device != t0.device:
+            raise ValueError(f"hsc: {name} is on {t.device} but {first} is on {t0.device}; all tensor "
+                             "arguments must be on one device")
+
+
 @torch.library.register_fake("hsc::correct")
 def _correct_fake(H, damping, scale, mode, max_tries):
+    _same_device(H=H, damping=damping)
     N, b = H.shape[0], H.shape[1]
     factor = H.new_empty((N, b, b), dtype=_compute_dtype(H.dtype))
     return factor, H.new_empty((N,)), H.new_empty((N,), dtype=torch.int32)
@@ -147,15 +158,18 @@ def _correct_fake(H, damping, scale, mode, max_tries):
 
 @torch.library.register_fake("hsc::solve")
 def _solve_fake(factor, G):
-    return torch.empty_like(G)
+    _same_device(factor=factor, G=G)
+    return G.new_empty(G.shape)
 
 
 @torch.library.register_fake("hsc::precondition")
 def _precondition_fake(H, G, damping, scale, mode, max_tries):
+    _same_device(H=H, G=G, damping=damping)
     N = H.shape[0]
-    return torch.empty_like(G), H.new_empty((N,)), H.new_empty((N,), dtype=torch.int32)
+    return G.new_empty(G.shape), H.new_empty((N,)), H.new_empty((N,), dtype=torch.int32)
 
 
 @torch.library.register_fake("hsc::accumulate_probes")
 def _accumulate_probes_fake(state, hvps, signs, mask, ema, first):
+    _same_device(state=state, hvps=hvps, signs=signs, mask=mask)
     return state.new_empty((state.shape[0],), dtype=torch.bool)

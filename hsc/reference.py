@@ -59,8 +59,10 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
     mu2 = float(scale) ** 2
 
     if mode == "cholesky":
+        # delta_k: the first damping of the sequence for which both factorisations succeed, M's
+        # with every pivot above mu (its eigenvalues are >= 2 mu; see csrc/block_math.h).
         t = tau(S, compute_dtype(H.dtype))
-        L = _eye(N, b, dtype)
+        LM = _eye(N, b, dtype)
         todo = finite.clone()
         d = d0.clone()
         for attempt in range(max_tries):
@@ -68,26 +70,27 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
                 break
             idx = todo.nonzero().squeeze(1)
             used[idx] = d[idx]
-            Lt, info = torch.linalg.cholesky_ex(S[idx] + d[idx, None, None] * eye)
-            good = idx[info == 0]
-            L[good] = Lt[info == 0]
+            A = S[idx] + d[idx, None, None] * eye
+            L, info = torch.linalg.cholesky_ex(A)
+            factorised = info == 0
+            M = A[factorised] + mu2 * torch.cholesky_inverse(L[factorised])
+            Lt, info = torch.linalg.cholesky_ex(M)
+            ok = (info == 0) & (Lt.diagonal(dim1=-2, dim2=-1) ** 2 > float(scale)).all(-1)
+            good = idx[factorised][ok]
+            LM[good] = Lt[ok]
             status[good] = 0 if attempt == 0 else 1
             todo[good] = False
             d = torch.maximum(2 * d, t)
             todo &= torch.isfinite(d)
         ok = (status == 0) | (status == 1)
-        A = S + used[:, None, None] * eye
-        M = A + mu2 * torch.cholesky_inverse(L)
-        M = torch.where(ok[:, None, None], M, _eye(N, b, dtype))
-        LM, info = torch.linalg.cholesky_ex(M)
-        status[ok & (info != 0)] = 3
-        ok &= info == 0
-        return A, LM, used, status, ok
+        return S + used[:, None, None] * eye, LM, used, status, ok
 
     A = S + torch.where(finite, d0, 0.0)[:, None, None] * eye
     C = A @ A + mu2 * eye
     LC, info = torch.linalg.cholesky_ex(C)
-    status[finite & (info == 0)] = 0
+    # C's eigenvalues are >= mu^2: a pivot below mu^2 / 2 means rounding has destroyed C.
+    pivots_ok = (LC.diagonal(dim1=-2, dim2=-1) ** 2 > 0.5 * mu2).all(-1)
+    status[finite & (info == 0) & pivots_ok] = 0
     ok = status == 0
     return A, LC, used, status, ok
 

@@ -54,8 +54,8 @@ struct VectorLaneOps {
   static constexpr int W = kLanes<T>;
 
   static value splat(T x) { return value{} + x; }
-  static mask usable_pivot(value d) {
-    return (d > T(0)) & (d <= std::numeric_limits<T>::max());
+  static mask usable_pivot(value d, value floor) {
+    return (d > floor) & (d <= std::numeric_limits<T>::max());
   }
   static mask finite(value x) { return (x - x) == T(0); }
   static value select(mask m, value a, value b) { return m ? a : b; }

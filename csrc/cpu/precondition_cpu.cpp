@@ -26,16 +26,18 @@ struct Group {
   static constexpr int W = kLanes<T>;
 
   int b;
-  std::unique_ptr<V[]> storage;  // s, a, m (b*b each), then x, y and g (b each)
+  std::unique_ptr<V[]> storage;  // s, a, m, f (b*b each), then x, y and g (b each)
   Workspace<V> ws;
   Column<V> x, y, g;
 
-  explicit Group(int b_) : b(b_), storage(new V[3 * b_ * b_ + 3 * b_]) {
+  explicit Group(int b_) : b(b_), storage(new V[4 * b_ * b_ + 3 * b_]) {
     V* p = storage.get();
-    ws = Workspace<V>{Block<V>{p, b, b}, Block<V>{p + b * b, b, b}, Block<V>{p + 2 * b * b, b, b}};
-    x = Column<V>{p + 3 * b * b};
-    y = Column<V>{p + 3 * b * b + b};
-    g = Column<V>{p + 3 * b * b + 2 * b};
+    const int bb = b * b;
+    ws = Workspace<V>{Block<V>{p, b, b}, Block<V>{p + bb, b, b}, Block<V>{p + 2 * bb, b, b},
+                      Block<V>{p + 3 * bb, b, b}};
+    x = Column<V>{p + 4 * bb};
+    y = Column<V>{p + 4 * bb + b};
+    g = Column<V>{p + 4 * bb + 2 * b};
   }
 
   // Loads blocks [n0, n0 + count) of H into ws.s as S = (H + H^T)/2 (plus `shift` on the diagonal
@@ -92,6 +94,7 @@ struct Problem {
   int64_t N;
   int b;
   T mu2;
+  T mu;
   Mode mode;
   int max_tries;
   // Either a gradient to precondition (fused path) or a factor to write (correct).
@@ -115,20 +118,16 @@ void run_group(Group<T>& grp, const Problem<T>& pr, int64_t n0, int count) {
   const mask finite = grp.load(pr.H, n0, count, tau);
   V damping = Ops::splat(0);
   for (int l = 0; l < count; ++l) damping[l] = pr.damping_in[n0 + l];
-  const V mu2 = Ops::splat(pr.mu2);
+  const V mu2 = Ops::splat(pr.mu2), mu = Ops::splat(pr.mu);
 
   mask ok, raised = Ops::no_lanes();
   if (pr.mode == Mode::kCholesky) {
-    ok = factorise_with_retries<V>(ws, damping, tau, pr.max_tries, finite, raised);
-    grp.set_identity_where_not(ok, ws.a, T(1));
-    const mask ok2 = factorise_correction<V>(ws, damping, mu2, ok);
-    ok = Ops::and_(ok, ok2);
-    raised = Ops::and_(raised, ok);
+    ok = factorise_corrected<V>(ws, damping, tau, mu2, mu, pr.max_tries, finite, raised);
   } else {
     for (int i = 0; i < b; ++i) ws.s(i, i) += Ops::select(finite, damping, Ops::splat(0));
     ok = factorise_shifted_square<V>(ws, mu2, finite);
   }
-  grp.set_identity_where_not(ok, ws.a, T(1));
+  grp.set_identity_where_not(ok, ws.f, T(1));  // keeps the lanes that failed benign
 
   const T fallback = fallback_step<T>(T(1), pr.mu2);  // the factor of SPEC §3: M = (1 + mu^2) I
   for (int l = 0; l < count; ++l) {
@@ -144,7 +143,7 @@ void run_group(Group<T>& grp, const Problem<T>& pr, int64_t n0, int count) {
         grp.g[i] = gather(g0 + i * pr.r, b * pr.r, count);
         grp.x[i] = grp.g[i];
       }
-      cholesky_solve_inplace(ws.a, grp.x);  // x = M^{-1} g, or (A^2 + mu^2 I)^{-1} g
+      cholesky_solve_inplace(ws.f, grp.x);  // x = M^{-1} g, or (A^2 + mu^2 I)^{-1} g
       Column<V> p = grp.x;
       if (pr.mode == Mode::kSingularSafe) {
         symmetric_multiply(ws.s, grp.x, grp.y);  // p = A (A^2 + mu^2 I)^{-1} g
@@ -158,7 +157,7 @@ void run_group(Group<T>& grp, const Problem<T>& pr, int64_t n0, int count) {
     }
   } else {
     // The factor is M^{-1} itself (see hsc/ops.py): solve is then one batched product.
-    invert_lower(ws.a, ws.m);
+    invert_lower(ws.f, ws.m);
     if (pr.mode == Mode::kCholesky) {
       lower_gram(ws.m, ws.a, true);  // a = L_M^{-T} L_M^{-1} = M^{-1}
     } else {
@@ -196,8 +195,8 @@ void run_blocks(const Problem<T>& pr) {
 
 // Reading a damping tensor's values is free on the CPU, so bad values are refused up front.
 void check_damping_values(const at::Tensor& damping) {
-  TORCH_CHECK_VALUE(damping.numel() == 0 || (damping >= 0).all().item<bool>(),
-                    "hsc: damping must be >= 0 (and not NaN) for every block");
+  TORCH_CHECK_VALUE(damping.numel() == 0 || ((damping >= 0) & damping.isfinite()).all().item<bool>(),
+                    "hsc: damping must be finite and >= 0 for every block");
 }
 
 template <class T>
@@ -211,6 +210,7 @@ Problem<T> make_problem(const at::Tensor& H, const at::Tensor& damping, at::Tens
   pr.N = H.size(0);
   pr.b = static_cast<int>(H.size(1));
   pr.mu2 = static_cast<T>(scale * scale);
+  pr.mu = static_cast<T>(scale);
   pr.mode = mode;
   // Past a few thousand doublings every dtype's damping has overflowed, which ends the retries.
   pr.max_tries = static_cast<int>(std::min<int64_t>(max_tries, 1 << 16));

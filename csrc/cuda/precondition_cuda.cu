@@ -35,6 +35,7 @@ struct Params {
   int64_t N;
   int b;
   T mu2;
+  T mu;
   Mode mode;
   int max_tries;
 };
@@ -78,10 +79,11 @@ __device__ T team_max(const Team<kWarp>& team, const TeamScalars<T>& sc, T v) {
 }
 
 // In-place lower Cholesky of a's lower triangle; false (for the whole team) at the first pivot
-// that is not usable. Left-looking: for column j every thread reduces its rows i >= j, then
+// that is not usable (finite and > min_pivot). Left-looking: for column j every thread reduces its rows i >= j, then
 // rank 0 takes the pivot and the rows are scaled.
 template <class T, bool kWarp>
-__device__ bool team_cholesky(const Team<kWarp>& team, const TeamScalars<T>& sc, Block<T> a) {
+__device__ bool team_cholesky(const Team<kWarp>& team, const TeamScalars<T>& sc, Block<T> a,
+                              T min_pivot) {
   const int b = a.b;
   for (int j = 0; j < b; ++j) {
     const T* rj = a.row(j);
@@ -94,7 +96,7 @@ __device__ bool team_cholesky(const Team<kWarp>& team, const TeamScalars<T>& sc,
     team.sync();
     if (team.rank == 0) {
       const T d = a(j, j);
-      const bool ok = LaneOps<T>::usable_pivot(d);
+      const bool ok = LaneOps<T>::usable_pivot(d, min_pivot);
       sc.flag[0] = ok;
       if (ok) {
         const T r = LaneOps<T>::sqrt(d);
@@ -239,9 +241,10 @@ __global__ void corrected_kernel(Params<T> p, int team_size, int teams_per_block
   }
   max_abs = team_max(team, sc, max_abs);
   const T damping = p.damping_in[n];
-  // A negative or NaN damping is not checked on the host (that would synchronise): such a block
-  // takes the fallback, as a non-finite H does.
-  const bool finite = team_max(team, sc, non_finite) == T(0) && damping >= T(0);
+  // A negative, infinite or NaN damping is not checked on the host (that would synchronise): such
+  // a block takes the fallback, as a non-finite H does.
+  const bool finite = team_max(team, sc, non_finite) == T(0) && damping >= T(0) &&
+                      LaneOps<T>::finite(damping);
   if (!finite)
     for (int e = team.rank; e < b * b; e += team.size) s(e / b, e % b) = (e / b == e % b) ? T(1) : T(0);
   team.sync();
@@ -259,30 +262,29 @@ __global__ void corrected_kernel(Params<T> p, int team_size, int teams_per_block
       }
       team.sync();
       used = d;
-      ok = team_cholesky(team, sc, a);
+      if (team_cholesky(team, sc, a, T(0))) {
+        team_invert_lower(team, a, m);        // m = L^{-1}
+        team_lower_gram(team, m, a, false);   // a = A^{-1}
+        for (int e = team.rank; e < b * b; e += team.size) {  // a = S + d I + mu^2 A^{-1}
+          const int i = e / b, j = e % b;
+          if (j < i) a(i, j) = s(i, j) + p.mu2 * a(i, j);
+          else if (j == i) a(i, i) = (s(i, i) + d) + p.mu2 * a(i, i);
+        }
+        team.sync();
+        ok = team_cholesky(team, sc, a, correction_min_pivot(p.mu));  // a = L_M
+      }
       if (ok) {
         raised = t > 0;
         break;
       }
       d = next_damping<T>(d, tau);
-      if (!LaneOps<T>::usable_pivot(d)) break;  // an overflowing damping never gives a factor
-    }
-    if (ok) {
-      team_invert_lower(team, a, m);        // m = L^{-1}
-      team_lower_gram(team, m, a, false);   // a = A^{-1}
-      for (int e = team.rank; e < b * b; e += team.size) {  // a = S + d I + mu^2 A^{-1}
-        const int i = e / b, j = e % b;
-        if (j < i) a(i, j) = s(i, j) + p.mu2 * a(i, j);
-        else if (j == i) a(i, i) = (s(i, i) + used) + p.mu2 * a(i, i);
-      }
-      team.sync();
-      ok = team_cholesky(team, sc, a);      // a = L_M
+      if (!LaneOps<T>::usable_pivot(d, T(0))) break;  // an overflowing damping never gives a factor
     }
   } else if (finite) {
     for (int i = team.rank; i < b; i += team.size) s(i, i) += damping;  // A = S + delta I
     team.sync();
     team_square_plus_shift(team, s, p.mu2, a);
-    ok = team_cholesky(team, sc, a);        // a = L_C, C = A^2 + mu^2 I
+    ok = team_cholesky(team, sc, a, shifted_square_min_pivot(p.mu2));  // a = L_C, C = A^2 + mu^2 I
   }
 
   if (team.rank == 0) {
@@ -382,6 +384,7 @@ Params<T> make_params(const at::Tensor& H, const at::Tensor& damping, at::Tensor
   p.N = H.size(0);
   p.b = static_cast<int>(H.size(1));
   p.mu2 = static_cast<T>(scale * scale);
+  p.mu = static_cast<T>(scale);
   p.mode = mode;
   p.max_tries = static_cast<int>(std::min<int64_t>(max_tries, 1 << 16));
   return p;
