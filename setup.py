@@ -44,15 +44,18 @@ def extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     march = os.environ.get("HSC_MARCH", "native")
     # -ffp-contract=fast: ISO C++ mode would otherwise forbid fused multiply-adds.
-    cxx = ["-O3", f"-march={march}", "-fno-math-errno", "-ffp-contract=fast"]
+    # -fopenmp: at::parallel_for is inline OpenMP code, serial unless the extension is built with it.
+    cxx = ["-O3", f"-march={march}", "-fno-math-errno", "-ffp-contract=fast", "-fopenmp"]
+    link = ["-fopenmp"]
     if not want_cuda():
-        return CppExtension("hsc._C", sources, extra_compile_args={"cxx": cxx})
+        return CppExtension("hsc._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     cuda_version = torch.version.cuda
     cxx += ["-DHSC_WITH_CUDA", f'-DHSC_CUDA_VERSION="{cuda_version}"']
     nvcc = ["-O3", "-DHSC_WITH_CUDA", "-lineinfo"]
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
-    return CUDAExtension("hsc._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+    return CUDAExtension("hsc._C", sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                         extra_link_args=link)
 
 
 setup(

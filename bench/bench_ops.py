@@ -53,6 +53,18 @@ METHODS = {
 }
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_gemm_ceiling(benchmark, collector, dtype):
+    """A large matrix product: the machine's practical FLOP/s ceiling for this dtype."""
+    n = 2048
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(n, n, dtype=dtype, generator=g), torch.randn(n, n, dtype=dtype, generator=g)
+    benchmark.group = "gemm"
+    benchmark.pedantic(torch.mm, args=(A, B), rounds=3, warmup_rounds=1)
+    collector.add("gemm", (str(dtype),), "gemm", benchmark.stats.stats.median,
+                  dtype=str(dtype).replace("torch.", ""), gflops=2 * n ** 3 / benchmark.stats.stats.median / 1e9)
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("b", BLOCK_SIZES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))

@@ -60,8 +60,10 @@ def collector() -> Collector:
 def pytest_terminal_summary(terminalreporter):
     from bench_report import REPORTERS
 
+    info = machine()
+    info["gemm_gflops"] = {r["dtype"]: r["gflops"] for r in _collector.tables.get("gemm", {}).values()}
     for table, rows in _collector.tables.items():
         if table in REPORTERS and rows:
-            text = REPORTERS[table](list(rows.values()), machine())
+            text = REPORTERS[table](list(rows.values()), info)
             terminalreporter.write_line("")
             terminalreporter.write_line(text)

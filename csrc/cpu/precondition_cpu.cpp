@@ -30,14 +30,16 @@ struct Group {
   Workspace<V> ws;
   Column<V> x, y, g;
 
-  explicit Group(int b_) : b(b_), storage(new V[4 * b_ * b_ + 3 * b_]) {
+  // Rows are padded to b + 1 vectors: with b a power of two, walking down a column would
+  // otherwise hit one cache set again and again.
+  explicit Group(int b_) : b(b_), storage(new V[4 * b_ * (b_ + 1) + 3 * b_]) {
     V* p = storage.get();
-    const int bb = b * b;
-    ws = Workspace<V>{Block<V>{p, b, b}, Block<V>{p + bb, b, b}, Block<V>{p + 2 * bb, b, b},
-                      Block<V>{p + 3 * bb, b, b}};
-    x = Column<V>{p + 4 * bb};
-    y = Column<V>{p + 4 * bb + b};
-    g = Column<V>{p + 4 * bb + 2 * b};
+    const int ld = b + 1, size = b * ld;
+    ws = Workspace<V>{Block<V>{p, b, ld}, Block<V>{p + size, b, ld}, Block<V>{p + 2 * size, b, ld},
+                      Block<V>{p + 3 * size, b, ld}};
+    x = Column<V>{p + 4 * size};
+    y = Column<V>{p + 4 * size + b};
+    g = Column<V>{p + 4 * size + 2 * b};
   }
 
   // Loads blocks [n0, n0 + count) of H into ws.s as S = (H + H^T)/2 (plus `shift` on the diagonal
@@ -47,7 +49,8 @@ struct Group {
     const int bb = b * b;
     Block<V> raw = ws.m;
     const T* h = H + n0 * bb;
-    for (int e = 0; e < bb; ++e) raw.p[e] = gather(h + e, bb, count);
+    for (int i = 0; i < b; ++i)
+      for (int j = 0; j < b; ++j) raw(i, j) = gather(h + i * b + j, bb, count);
     if (count < W) {  // padding lanes hold the identity
       V pad_diagonal = Ops::splat(1);
       for (int l = 0; l < count; ++l) pad_diagonal[l] = 0;
@@ -163,13 +166,15 @@ void run_group(Group<T>& grp, const Problem<T>& pr, int64_t n0, int count) {
     } else {
       lower_gram(ws.m, ws.a, true);  // a = C^{-1}
       multiply(ws.s, ws.a, ws.m);    // m = A C^{-1}
-      for (int e = 0; e < b * b; ++e) ws.a.p[e] = ws.m.p[e];
+      for (int i = 0; i < b; ++i)
+        for (int j = 0; j < b; ++j) ws.a(i, j) = ws.m(i, j);
     }
     grp.set_identity_where_not(ok, ws.a, fallback);
     const int bb = b * b;
     for (int l = 0; l < count; ++l) {
       T* f = pr.factor + (n0 + l) * bb;
-      for (int e = 0; e < bb; ++e) f[e] = ws.a.p[e][l];
+      for (int i = 0; i < b; ++i)
+        for (int j = 0; j < b; ++j) f[i * b + j] = ws.a(i, j)[l];
     }
   }
 }
