@@ -13,6 +13,7 @@
 
 #include "../block_math.h"
 #include "../checks.h"
+#include "../correction_call.h"
 #include "lanes.h"
 
 namespace hsc::cpu {
@@ -88,29 +89,10 @@ struct Group {
   }
 };
 
-template <class T>
-struct Problem {
-  const T* H;
-  const T* damping_in;
-  T* damping_out;
-  int32_t* status;
-  int64_t N;
-  int b;
-  T mu2;
-  T mu;
-  Mode mode;
-  int max_tries;
-  // Either a gradient to precondition (fused path) or a factor to write (correct).
-  const T* G = nullptr;
-  T* P = nullptr;
-  int64_t r = 0;
-  T* factor = nullptr;
-};
-
 // Runs SPEC §2 on one lane group and writes its outputs. Returns nothing: every per-block outcome
 // goes to `status`.
 template <class T>
-void run_group(Group<T>& grp, const Problem<T>& pr, int64_t n0, int count) {
+void run_group(Group<T>& grp, const CorrectionArgs<T>& pr, int64_t n0, int count) {
   using V = Vec<T>;
   using Ops = LaneOps<V>;
   using mask = typename Ops::mask;
@@ -186,7 +168,7 @@ namespace hsc::cpu {
 namespace {
 
 template <class T>
-void run_blocks(const Problem<T>& pr) {
+void run_blocks(const CorrectionArgs<T>& pr) {
   constexpr int W = kLanes<T>;
   const int64_t groups = (pr.N + W - 1) / W;
   at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
@@ -204,69 +186,23 @@ void check_damping_values(const at::Tensor& damping) {
                     "hsc: damping must be finite and >= 0 for every block");
 }
 
-template <class T>
-Problem<T> make_problem(const at::Tensor& H, const at::Tensor& damping, at::Tensor& damping_out,
-                        at::Tensor& status, double scale, Mode mode, int64_t max_tries) {
-  Problem<T> pr;
-  pr.H = H.data_ptr<T>();
-  pr.damping_in = damping.data_ptr<T>();
-  pr.damping_out = damping_out.data_ptr<T>();
-  pr.status = status.data_ptr<int32_t>();
-  pr.N = H.size(0);
-  pr.b = static_cast<int>(H.size(1));
-  pr.mu2 = static_cast<T>(scale * scale);
-  pr.mu = static_cast<T>(scale);
-  pr.mode = mode;
-  // Past a few thousand doublings every dtype's damping has overflowed, which ends the retries.
-  pr.max_tries = static_cast<int>(std::min<int64_t>(max_tries, 1 << 16));
-  return pr;
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const CorrectionCall& call) {
+  check_damping_values(call.damping);
+  AT_DISPATCH_FLOATING_TYPES(call.dtype, "hsc::correct", [&] { run_blocks(call.args<scalar_t>()); });
+  return call.result();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> correct_cpu(const at::Tensor& H,
                                                           const at::Tensor& damping, double scale,
                                                           c10::string_view mode,
                                                           int64_t max_tries) {
-  check_correction_args(H, damping, scale, max_tries);
-  check_damping_values(damping);
-  const Mode m = parse_mode(std::string(mode));
-  const auto ct = compute_dtype(H.scalar_type());
-  const at::Tensor Hc = H.to(ct).contiguous();
-  const at::Tensor dc = damping.to(ct).contiguous();
-  const int64_t N = H.size(0), b = H.size(1);
-  at::Tensor factor = at::empty({N, b, b}, Hc.options());
-  at::Tensor damping_out = at::empty({N}, Hc.options());
-  at::Tensor status = at::empty({N}, Hc.options().dtype(at::kInt));
-  AT_DISPATCH_FLOATING_TYPES(ct, "hsc::correct", [&] {
-    Problem<scalar_t> pr = make_problem<scalar_t>(Hc, dc, damping_out, status, scale, m, max_tries);
-    pr.factor = factor.data_ptr<scalar_t>();
-    run_blocks(pr);
-  });
-  return {factor, damping_out.to(H.scalar_type()), status};
+  return run(CorrectionCall::correct(H, damping, scale, mode, max_tries));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> precondition_cpu(
     const at::Tensor& H, const at::Tensor& G, const at::Tensor& damping, double scale,
     c10::string_view mode, int64_t max_tries) {
-  check_correction_args(H, damping, scale, max_tries);
-  check_gradient(G, H.size(0), H.size(1), H, "H");
-  check_damping_values(damping);
-  const Mode m = parse_mode(std::string(mode));
-  const auto ct = compute_dtype(at::promote_types(H.scalar_type(), G.scalar_type()));
-  const at::Tensor Hc = H.to(ct).contiguous();
-  const at::Tensor Gc = G.to(ct).contiguous();
-  const at::Tensor dc = damping.to(ct).contiguous();
-  const int64_t N = H.size(0);
-  at::Tensor P = at::empty(Gc.sizes(), Gc.options());
-  at::Tensor damping_out = at::empty({N}, Hc.options());
-  at::Tensor status = at::empty({N}, Hc.options().dtype(at::kInt));
-  AT_DISPATCH_FLOATING_TYPES(ct, "hsc::precondition", [&] {
-    Problem<scalar_t> pr = make_problem<scalar_t>(Hc, dc, damping_out, status, scale, m, max_tries);
-    pr.G = Gc.data_ptr<scalar_t>();
-    pr.P = P.data_ptr<scalar_t>();
-    pr.r = G.dim() == 3 ? G.size(2) : 1;
-    run_blocks(pr);
-  });
-  return {P.to(G.scalar_type()), damping_out.to(H.scalar_type()), status};
+  return run(CorrectionCall::precondition(H, G, damping, scale, mode, max_tries));
 }
 
 }  // namespace

@@ -17,27 +17,16 @@
 
 #include "../block_math.h"
 #include "../checks.h"
+#include "../correction_call.h"
 
 namespace hsc::cuda {
 namespace {
 
+// The kernel's arguments: those of every backend, plus the global workspace used when a matrix's
+// workspace does not fit in shared memory.
 template <class T>
-struct Params {
-  const T* H;
-  const T* damping_in;
-  T* damping_out;
-  int32_t* status;
-  const T* G;  // fused path: P = M^{-1} G (P != nullptr)
-  T* P;
-  int64_t r;
-  T* factor;   // correct: the factor M^{-1} (factor != nullptr)
-  T* scratch;  // the workspace in global memory when it does not fit in shared memory
-  int64_t N;
-  int b;
-  T mu2;
-  T mu;
-  Mode mode;
-  int max_tries;
+struct Params : CorrectionArgs<T> {
+  T* scratch = nullptr;
 };
 
 // The threads that own one matrix: a warp, or the whole thread block.
@@ -373,70 +362,28 @@ void launch(Params<T> p, const at::TensorOptions& options, at::Tensor& scratch) 
   }
 }
 
-template <class T>
-Params<T> make_params(const at::Tensor& H, const at::Tensor& damping, at::Tensor& damping_out,
-                      at::Tensor& status, double scale, Mode mode, int64_t max_tries) {
-  Params<T> p{};
-  p.H = H.data_ptr<T>();
-  p.damping_in = damping.data_ptr<T>();
-  p.damping_out = damping_out.data_ptr<T>();
-  p.status = status.data_ptr<int32_t>();
-  p.N = H.size(0);
-  p.b = static_cast<int>(H.size(1));
-  p.mu2 = static_cast<T>(scale * scale);
-  p.mu = static_cast<T>(scale);
-  p.mode = mode;
-  p.max_tries = static_cast<int>(std::min<int64_t>(max_tries, 1 << 16));
-  return p;
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const CorrectionCall& call) {
+  const c10::cuda::CUDAGuard guard(call.H.device());
+  at::Tensor scratch;
+  AT_DISPATCH_FLOATING_TYPES(call.dtype, "hsc::correct", [&] {
+    Params<scalar_t> p;
+    static_cast<CorrectionArgs<scalar_t>&>(p) = call.args<scalar_t>();
+    launch(p, call.H.options(), scratch);
+  });
+  return call.result();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> correct_cuda(const at::Tensor& H,
                                                            const at::Tensor& damping, double scale,
                                                            c10::string_view mode,
                                                            int64_t max_tries) {
-  check_correction_args(H, damping, scale, max_tries);
-  const Mode m = parse_mode(std::string(mode));
-  const c10::cuda::CUDAGuard guard(H.device());
-  const auto ct = compute_dtype(H.scalar_type());
-  const at::Tensor Hc = H.to(ct).contiguous();
-  const at::Tensor dc = damping.to(ct).contiguous();
-  const int64_t N = H.size(0), b = H.size(1);
-  at::Tensor factor = at::empty({N, b, b}, Hc.options());
-  at::Tensor damping_out = at::empty({N}, Hc.options());
-  at::Tensor status = at::empty({N}, Hc.options().dtype(at::kInt));
-  at::Tensor scratch;
-  AT_DISPATCH_FLOATING_TYPES(ct, "hsc::correct", [&] {
-    Params<scalar_t> p = make_params<scalar_t>(Hc, dc, damping_out, status, scale, m, max_tries);
-    p.factor = factor.data_ptr<scalar_t>();
-    launch(p, Hc.options(), scratch);
-  });
-  return {factor, damping_out.to(H.scalar_type()), status};
+  return run(CorrectionCall::correct(H, damping, scale, mode, max_tries));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> precondition_cuda(
     const at::Tensor& H, const at::Tensor& G, const at::Tensor& damping, double scale,
     c10::string_view mode, int64_t max_tries) {
-  check_correction_args(H, damping, scale, max_tries);
-  check_gradient(G, H.size(0), H.size(1), H, "H");
-  const Mode m = parse_mode(std::string(mode));
-  const c10::cuda::CUDAGuard guard(H.device());
-  const auto ct = compute_dtype(at::promote_types(H.scalar_type(), G.scalar_type()));
-  const at::Tensor Hc = H.to(ct).contiguous();
-  const at::Tensor Gc = G.to(ct).contiguous();
-  const at::Tensor dc = damping.to(ct).contiguous();
-  const int64_t N = H.size(0);
-  at::Tensor P = at::empty(Gc.sizes(), Gc.options());
-  at::Tensor damping_out = at::empty({N}, Hc.options());
-  at::Tensor status = at::empty({N}, Hc.options().dtype(at::kInt));
-  at::Tensor scratch;
-  AT_DISPATCH_FLOATING_TYPES(ct, "hsc::precondition", [&] {
-    Params<scalar_t> p = make_params<scalar_t>(Hc, dc, damping_out, status, scale, m, max_tries);
-    p.G = Gc.data_ptr<scalar_t>();
-    p.P = P.data_ptr<scalar_t>();
-    p.r = G.dim() == 3 ? G.size(2) : 1;
-    launch(p, Hc.options(), scratch);
-  });
-  return {P.to(G.scalar_type()), damping_out.to(H.scalar_type()), status};
+  return run(CorrectionCall::precondition(H, G, damping, scale, mode, max_tries));
 }
 
 }  // namespace

@@ -1,0 +1,114 @@
+// Host side of hsc::correct and hsc::precondition, shared by every backend: argument checks, the
+// compute dtype, contiguous inputs, the output tensors, and the kernel arguments.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <string>
+#include <tuple>
+
+#include "block_math.h"
+#include "checks.h"
+
+namespace hsc {
+
+// Raw pointers and sizes the kernels of every backend take.
+template <class T>
+struct CorrectionArgs {
+  const T* H;
+  const T* damping_in;
+  T* damping_out;
+  int32_t* status;
+  const T* G = nullptr;  // fused path: P = M^{-1} G (P != nullptr)
+  T* P = nullptr;
+  int64_t r = 0;
+  T* factor = nullptr;   // correct: the factor M^{-1} (factor != nullptr)
+  int64_t N;
+  int b;
+  T mu2;
+  T mu;
+  Mode mode;
+  int max_tries;
+};
+
+struct CorrectionCall {
+  Mode mode;
+  double scale;
+  int64_t max_tries;
+  at::ScalarType H_dtype, G_dtype, dtype;  // inputs' dtypes and the compute dtype
+  at::Tensor H, G, damping;                // contiguous, in the compute dtype (G: fused path only)
+  at::Tensor factor, P, damping_out, status;
+
+  // hsc::correct(H, damping, scale, mode, max_tries)
+  static CorrectionCall correct(const at::Tensor& H, const at::Tensor& damping, double scale,
+                                c10::string_view mode, int64_t max_tries) {
+    check_correction_args(H, damping, scale, max_tries);
+    CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries);
+    c.factor = at::empty({H.size(0), H.size(1), H.size(1)}, c.H.options());
+    return c;
+  }
+
+  // hsc::precondition(H, G, damping, scale, mode, max_tries)
+  static CorrectionCall precondition(const at::Tensor& H, const at::Tensor& G,
+                                     const at::Tensor& damping, double scale,
+                                     c10::string_view mode, int64_t max_tries) {
+    check_correction_args(H, damping, scale, max_tries);
+    check_gradient(G, H.size(0), H.size(1), H, "H");
+    CorrectionCall c = common(H, at::promote_types(H.scalar_type(), G.scalar_type()), damping,
+                              scale, mode, max_tries);
+    c.G_dtype = G.scalar_type();
+    c.G = G.to(c.dtype).contiguous();
+    c.P = at::empty(c.G.sizes(), c.G.options());
+    return c;
+  }
+
+  template <class T>
+  CorrectionArgs<T> args() const {
+    CorrectionArgs<T> a;
+    a.H = H.data_ptr<T>();
+    a.damping_in = damping.data_ptr<T>();
+    a.damping_out = damping_out.data_ptr<T>();
+    a.status = status.data_ptr<int32_t>();
+    if (P.defined()) {
+      a.G = G.data_ptr<T>();
+      a.P = P.data_ptr<T>();
+      a.r = G.dim() == 3 ? G.size(2) : 1;
+    } else {
+      a.factor = factor.data_ptr<T>();
+    }
+    a.N = H.size(0);
+    a.b = static_cast<int>(H.size(1));
+    a.mu2 = static_cast<T>(scale * scale);
+    a.mu = static_cast<T>(scale);
+    a.mode = mode;
+    // Past a few thousand doublings every dtype's damping has overflowed, which ends the retries.
+    a.max_tries = static_cast<int>(std::min<int64_t>(max_tries, 1 << 16));
+    return a;
+  }
+
+  // (factor, damping, status) or (P, damping, status): P in G's dtype, damping in H's; the factor
+  // stays in the compute dtype.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const {
+    return {P.defined() ? P.to(G_dtype) : factor, damping_out.to(H_dtype), status};
+  }
+
+ private:
+  static CorrectionCall common(const at::Tensor& H, at::ScalarType promoted,
+                               const at::Tensor& damping, double scale, c10::string_view mode,
+                               int64_t max_tries) {
+    CorrectionCall c;
+    c.mode = parse_mode(std::string(mode));
+    c.scale = scale;
+    c.max_tries = max_tries;
+    c.H_dtype = c.G_dtype = H.scalar_type();
+    c.dtype = compute_dtype(promoted);
+    c.H = H.to(c.dtype).contiguous();
+    c.damping = damping.to(c.dtype).contiguous();
+    c.damping_out = at::empty({H.size(0)}, c.H.options());
+    c.status = at::empty({H.size(0)}, c.H.options().dtype(at::kInt));
+    return c;
+  }
+};
+
+}  // namespace hsc
