@@ -1,0 +1,168 @@
+"""``hsc gan``: train GANs with several optimizers and seeds, print a table, write metrics and pictures.
+
+Example (the README's main job)::
+
+    hsc gan --data ring8 --optim hsc,adam,acgd --seconds 20 --seeds 0,1,2 --out runs/gan-ring8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .data import DATASETS, make_dataset
+from .metrics import metric_names
+from .train import BASES, METHODS, PLAYERS, UPDATES, HSCOptions, RunResult, TrainConfig, Trainer
+
+DEFAULT_SECONDS = 20.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = HSCOptions()
+    parser.add_argument("--data", choices=DATASETS, default="ring8")
+    parser.add_argument("--optim", default="hsc,adam,acgd", help=f"comma list of {METHODS}")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--seconds", type=float, help=f"training seconds per run (default {DEFAULT_SECONDS:g})")
+    budget.add_argument("--steps", type=int, help="training steps per run")
+    parser.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
+    parser.add_argument("--out", default="runs/gan", help="output folder")
+    parser.add_argument("--update", choices=UPDATES, default="simultaneous")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--eval-every", type=float, default=None,
+                        help="snapshot period: seconds (seconds budget) or steps (steps budget)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--checkpoint", action="store_true", help="save each run's final checkpoint")
+    g = parser.add_argument_group("hsc method")
+    g.add_argument("--hsc-players", choices=PLAYERS, default=d.players)
+    g.add_argument("--hsc-block-size", type=int, default=d.block_size)
+    g.add_argument("--hsc-update-every", type=int, default=d.update_every)
+    g.add_argument("--hsc-scale", type=float, default=d.scale, help="mu")
+    g.add_argument("--hsc-damping", type=float, default=d.damping)
+    g.add_argument("--hsc-estimator", choices=("probe", "exact"), default=d.estimator)
+    g.add_argument("--hsc-samples", type=int, default=d.samples)
+    g.add_argument("--hsc-base", choices=BASES, default=d.base)
+    g.add_argument("--hsc-lr", type=float, default=d.lr)
+    g.add_argument("--hsc-graft", choices=("on", "off"), default="on" if d.graft else "off")
+
+
+def hsc_options(args: argparse.Namespace) -> HSCOptions:
+    return HSCOptions(players=args.hsc_players, block_size=args.hsc_block_size,
+                      update_every=args.hsc_update_every, scale=args.hsc_scale, damping=args.hsc_damping,
+                      estimator=args.hsc_estimator, samples=args.hsc_samples, base=args.hsc_base,
+                      lr=args.hsc_lr, graft=args.hsc_graft == "on")
+
+
+def run_configs(configs: Sequence[TrainConfig], out: Optional[Path] = None, checkpoint: bool = False,
+                show_progress: bool = True) -> List[RunResult]:
+    """Runs ``configs`` one after the other under one tqdm bar over the total budget."""
+    from tqdm import tqdm
+
+    total = sum(c.steps if c.steps is not None else c.seconds for c in configs)
+    unit = "step" if configs[0].steps is not None else "s"
+    results = []
+    with tqdm(total=total, unit=unit, disable=not show_progress, dynamic_ncols=True, mininterval=0.5,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}]") as bar:
+        for cfg in configs:
+            bar.set_description(f"{cfg.method} seed {cfg.seed}")
+            trainer = Trainer(cfg)
+            budget = cfg.steps if cfg.steps is not None else cfg.seconds
+            done = [0.0]
+
+            def advance(amount: float) -> None:  # the last step overshoots a seconds budget: clamp
+                amount = min(amount, budget - done[0])
+                done[0] += amount
+                bar.update(amount)
+
+            result = trainer.run(advance)
+            if checkpoint and out is not None:
+                trainer.save(out / f"checkpoint-{cfg.method}-seed{cfg.seed}.pt")
+            results.append(result)
+    return results
+
+
+def summarise(runs_by_method: Dict[str, List[RunResult]], keys: Sequence[str]) -> dict:
+    """method -> metric -> {mean, std, values} over seeds (plus steps and seconds)."""
+    out = {}
+    for method, runs in runs_by_method.items():
+        row = {}
+        for key in (*keys, "steps", "seconds"):
+            values = [float(r.final[key]) if key in r.final else float(getattr(r, key)) for r in runs]
+            row[key] = {"mean": statistics.fmean(values),
+                        "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+        out[method] = row
+    return out
+
+
+def format_table(summary: dict, names: dict) -> str:
+    """A markdown table, mean ± std over seeds."""
+    cols = list(names) + ["steps"]
+    header = ["method"] + [names[c][0] if c in names else c for c in cols]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, row in summary.items():
+        cells = [method] + [f"{row[c]['mean']:.{0 if c == 'steps' else 2}f} ± {row[c]['std']:.{0 if c == 'steps' else 2}f}"
+                            for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), " \
+           f"{__import__('os').cpu_count()} cores, torch {torch.__version__}"
+
+
+def build_configs(args: argparse.Namespace) -> List[TrainConfig]:
+    methods = [m.strip() for m in args.optim.split(",") if m.strip()]
+    for m in methods:
+        if m not in METHODS:
+            raise SystemExit(f"hsc gan: unknown optimizer {m!r}; expected some of {METHODS}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seconds = None if args.steps is not None else (args.seconds or DEFAULT_SECONDS)
+    eval_kw = {}
+    if args.eval_every is not None:
+        eval_kw = {"eval_every_steps": int(args.eval_every)} if args.steps is not None \
+            else {"eval_every_seconds": args.eval_every}
+    return [TrainConfig(data=args.data, method=m, seed=s, steps=args.steps, seconds=seconds,
+                        update=args.update, batch_size=args.batch_size, hsc=hsc_options(args), **eval_kw)
+            for m in methods for s in seeds]
+
+
+def main(args: argparse.Namespace) -> int:
+    from .plots import plot_curves, plot_samples
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = build_configs(args)
+    results = run_configs(configs, out, checkpoint=args.checkpoint)
+    runs_by_method: Dict[str, List[RunResult]] = {}
+    for r in results:
+        runs_by_method.setdefault(r.config.method, []).append(r)
+    dataset = make_dataset(args.data)
+    names = metric_names(dataset)
+    summary = summarise(runs_by_method, list(names))
+    table = format_table(summary, names)
+    print(table)
+    if not dataset.is_mixture:
+        print(f"digits classifier held-out accuracy: {results[0].final['classifier_accuracy']:.1f} %")
+    report = {"data": args.data, "machine": machine(), "summary": summary,
+              "configs": [c.to_dict() for c in configs], "runs": [r.to_dict() for r in results]}
+    (out / "metrics.json").write_text(json.dumps(report, indent=1, default=_json_default))
+    for method, runs in runs_by_method.items():
+        plot_samples(runs, dataset, out / f"samples-{method}.png", f"{args.data}: {method}")
+    plot_curves(runs_by_method, dataset, out / "metrics-vs-time.png")
+    print(f"wrote {out}/metrics.json, samples-*.png, metrics-vs-time.png")
+    return 0
+
+
+def _json_default(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    raise TypeError(type(obj))

@@ -1,0 +1,160 @@
+"""hsc.gan: metrics on constructed samples, short runs of each optimizer, the CLI, resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from hsc.__main__ import main as hsc_main
+from hsc.gan.data import make_dataset
+from hsc.gan.metrics import digits_classifier, digits_metrics, kl_to_uniform, mixture_metrics
+from hsc.gan.train import HSCOptions, TrainConfig, Trainer, train
+
+FAST_HSC = HSCOptions(block_size=8, update_every=3)
+
+
+# ---- metrics --------------------------------------------------------------------------------
+
+def test_kl_to_uniform_known_values():
+    assert kl_to_uniform(torch.tensor([5, 5, 5, 5])) == pytest.approx(0.0)
+    assert kl_to_uniform(torch.tensor([7, 0, 0, 0])) == pytest.approx(math.log(4))
+    assert kl_to_uniform(torch.tensor([1, 1, 0, 0])) == pytest.approx(math.log(2))
+    assert kl_to_uniform(torch.tensor([0, 0, 0])) == pytest.approx(math.log(3))  # no sample: log K
+
+
+def test_mixture_metrics_on_constructed_samples():
+    data = make_dataset("ring8")
+    sigma = data.sigma
+    means = data.means
+    # 3 modes hit: mode 0 twice (one at 2.9 sigma), mode 2 and mode 5 once; mode 1 only at 3.1 sigma
+    # (not high quality); 3 samples far from every mean.
+    hits = torch.stack([means[0], means[0] + torch.tensor([2.9 * sigma, 0.0]), means[2], means[5],
+                        means[1] + torch.tensor([0.0, 3.1 * sigma])])
+    far = torch.tensor([[0.0, 0.0], [5.0, 5.0], [0.5, 0.5]])
+    m = mixture_metrics(torch.cat([hits, far]), means, sigma)
+    assert m["modes"] == 3
+    assert m["high_quality"] == pytest.approx(100 * 4 / 8)
+    p = torch.tensor([2, 1, 1]) / 4
+    assert m["reverse_kl"] == pytest.approx(float((p * (p * 8).log()).sum()))
+
+
+def test_mixture_metrics_on_the_data_itself():
+    data = make_dataset("grid25")
+    real = data.sample(2500, torch.Generator().manual_seed(0))
+    m = mixture_metrics(real, data.means, data.sigma)
+    assert m["modes"] == 25 and m["high_quality"] > 98 and m["reverse_kl"] < 0.02
+
+
+def test_digits_classifier_and_metrics_on_real_digits():
+    clf = digits_classifier()
+    assert clf.held_out_accuracy >= 95.0
+    data = make_dataset("digits")
+    real = data.sample(2000, torch.Generator().manual_seed(0))
+    m = digits_metrics(real)
+    assert m["classes"] == 10 and m["class_kl"] < 0.02
+    assert m["frechet"] < 1.0
+    ones = data.images[data.labels == 1]
+    collapsed = digits_metrics(ones)
+    assert collapsed["classes"] <= 3 and collapsed["class_kl"] > 1.5 and collapsed["frechet"] > m["frechet"] + 10
+
+
+# ---- training -------------------------------------------------------------------------------
+
+def _flat(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+@pytest.mark.parametrize("method,update", [("adam", "simultaneous"), ("adam", "alternating"),
+                                           ("hsc", "simultaneous"), ("hsc", "alternating"),
+                                           ("acgd", "simultaneous")])
+def test_short_run_changes_parameters_and_stays_finite(method, update):
+    cfg = TrainConfig(method=method, update=update, steps=8, batch_size=64, eval_samples=200, hsc=FAST_HSC)
+    trainer = Trainer(cfg)
+    g0, d0 = _flat(trainer.G), _flat(trainer.D)
+    result = trainer.run()
+    for before, module in ((g0, trainer.G), (d0, trainer.D)):
+        after = _flat(module)
+        assert torch.isfinite(after).all()
+        assert not torch.equal(before, after)
+    assert result.steps == 8 and torch.isfinite(result.samples).all()
+    if method == "hsc":
+        assert result.stats["G_preconditioner"]["refreshes"] == 3
+
+
+@pytest.mark.parametrize("players", ["G", "D"])
+def test_hsc_one_player_preconditioned(players):
+    cfg = TrainConfig(method="hsc", steps=3, batch_size=32, eval_samples=100,
+                      hsc=dataclasses.replace(FAST_HSC, players=players))
+    result = train(cfg)
+    assert ("G_preconditioner" in result.stats) == (players == "G")
+    assert ("D_preconditioner" in result.stats) == (players == "D")
+
+
+def test_digits_short_run():
+    cfg = TrainConfig(data="digits", method="hsc", steps=3, batch_size=32, eval_samples=300,
+                      hsc=dataclasses.replace(FAST_HSC, block_size=32))
+    result = train(cfg)
+    assert result.samples.shape == (300, 64) and set(result.final) >= {"classes", "class_kl", "frechet"}
+
+
+@pytest.mark.parametrize("method", ["adam", "hsc", "acgd"])
+def test_resume_equals_uninterrupted_run(method, tmp_path):
+    cfg = TrainConfig(method=method, steps=10, batch_size=64, eval_samples=100, eval_every_steps=5,
+                      hsc=FAST_HSC)
+    whole = Trainer(cfg)
+    whole.run()
+    first = Trainer(dataclasses.replace(cfg, steps=5))
+    first.run()
+    first.save(tmp_path / "ckpt.pt")
+    resumed = Trainer.load(tmp_path / "ckpt.pt", steps=10)
+    resumed.run()
+    assert torch.equal(_flat(whole.G), _flat(resumed.G))
+    assert torch.equal(_flat(whole.D), _flat(resumed.D))
+    assert [s.metrics for s in whole.history] == [s.metrics for s in resumed.history]
+    if method == "hsc":
+        for name in ("G", "D"):
+            a = whole.players[name].preconditioner.state_dict()
+            b = resumed.players[name].preconditioner.state_dict()
+            assert torch.equal(a["estimate"], b["estimate"]) and a["calls"] == b["calls"]
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    cfg = TrainConfig(method="hsc", steps=4, batch_size=32, eval_samples=100, hsc=FAST_HSC)
+    a, b = Trainer(cfg), Trainer(cfg)
+    c = Trainer(dataclasses.replace(cfg, seed=1))
+    for t in (a, b, c):
+        t.run()
+    assert torch.equal(_flat(a.G), _flat(b.G)) and not torch.equal(_flat(a.G), _flat(c.G))
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+def test_cli_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = hsc_main(["gan", "--data", "ring8", "--optim", "hsc,adam,acgd", "--steps", "6", "--seeds", "0,1",
+                   "--batch-size", "32", "--out", str(out), "--hsc-block-size", "8", "--checkpoint"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| hsc |" in printed and "| acgd |" in printed and "±" in printed
+    report = json.loads((out / "metrics.json").read_text())
+    assert set(report["summary"]) == {"hsc", "adam", "acgd"}
+    assert len(report["runs"]) == 6 and report["summary"]["adam"]["modes"]["values"]
+    for name in ("samples-hsc.png", "samples-adam.png", "samples-acgd.png", "metrics-vs-time.png",
+                 "checkpoint-hsc-seed1.pt"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_cli_seconds_budget_counts_training_time_only(tmp_path):
+    out = tmp_path / "run"
+    assert hsc_main(["gan", "--optim", "adam", "--seconds", "0.5", "--seeds", "0", "--batch-size", "32",
+                     "--eval-every", "0.1", "--out", str(out)]) == 0
+    run = json.loads((out / "metrics.json").read_text())["runs"][0]
+    assert 0.5 <= run["seconds"] < 1.0 and len(run["history"]) >= 3
+
+
+def test_info_still_works(capsys):
+    assert hsc_main(["info"]) == 0
+    assert "hsc" in capsys.readouterr().out
