@@ -14,6 +14,12 @@ import torch
 from .preconditioner import CONFIG_FIELDS, Preconditioner, PreconditionerConfig
 
 
+def _all_finite(tensors) -> bool:
+    """Whether every entry of every tensor is finite: one host synchronisation, not one per tensor."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return not flags or bool(torch.stack(flags).all())
+
+
 class HSC(torch.optim.Optimizer):
     """Momentum SGD on p = M^-1 g (SPEC §5).
 
@@ -77,7 +83,7 @@ class HSC(torch.optim.Optimizer):
                 grads = [[by_param.get(id(p)) for p in ps] for ps in groups]
                 grads = [[g if g is not None else torch.zeros_like(p) for g, p in zip(gs, ps)]
                          for gs, ps in zip(grads, groups)]
-                if not self._all_finite(grads):
+                if not _all_finite(g for gs in grads for g in gs):
                     self._skip("gradient")
                     return loss
                 for pc, gs in zip(self.preconditioners, grads):
@@ -90,7 +96,7 @@ class HSC(torch.optim.Optimizer):
                         p.grad = g.clone()
         else:
             grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in ps] for ps in groups]
-            if not self._all_finite(grads):
+            if not _all_finite(g for gs in grads for g in gs):
                 self._skip("gradient")
                 return loss
 
@@ -111,8 +117,8 @@ class HSC(torch.optim.Optimizer):
                 new_p = p * (1 - lr * wd) if wd > 0 else p.clone()
                 new_p.add_(d, alpha=-lr)
                 updates.append((p, new_p, new_buf))
-        if not all(bool(torch.isfinite(new_p).all()) and (buf is None or bool(torch.isfinite(buf).all()))
-                   for _, new_p, buf in updates):
+        if not _all_finite([new_p for _, new_p, _ in updates] +
+                           [buf for _, _, buf in updates if buf is not None]):
             self._skip("update")
             return loss
         for p, new_p, new_buf in updates:
@@ -121,10 +127,6 @@ class HSC(torch.optim.Optimizer):
                 self.state[p]["momentum_buffer"] = new_buf
         self.counters["steps"] += 1
         return loss
-
-    @staticmethod
-    def _all_finite(tensors) -> bool:
-        return all(bool(torch.isfinite(t).all()) for ts in tensors for t in ts)
 
     def stats(self) -> dict:
         """The optimizer's counters and each group's preconditioner statistics."""

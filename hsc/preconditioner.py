@@ -171,16 +171,19 @@ class Preconditioner:
 
     # ---- apply -----------------------------------------------------------------------------
 
-    def precondition(self, grads: Sequence[torch.Tensor]) -> list:
-        """M^-1 g for gradients shaped like the params; returns new tensors (unchanged copies
-        before the first refresh). Non-finite gradient blocks are counted, not repaired."""
-        t0 = time.perf_counter()
-        if self.correction is None:
-            return [g.clone() for g in grads]
+    def _solve_blocks(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """M^-1 g as ``[N, b]`` blocks. Non-finite gradient blocks are counted, not repaired."""
         G = self.layout.gather(grads)
         self.counters["non_finite_gradient_blocks"] += int((~torch.isfinite(G).all(1)).sum())
-        P = ops.solve(self.correction, G)
-        out = self.layout.scatter(P)
+        return ops.solve(self.correction, G)
+
+    def precondition(self, grads: Sequence[torch.Tensor]) -> list:
+        """M^-1 g for gradients shaped like the params; returns new tensors (unchanged copies
+        before the first refresh)."""
+        if self.correction is None:
+            return [g.clone() for g in grads]
+        t0 = time.perf_counter()
+        out = self.layout.scatter(self._solve_blocks(grads))
         self.timings["apply"] += time.perf_counter() - t0
         return out
 
@@ -188,10 +191,13 @@ class Preconditioner:
     def precondition_(self) -> None:
         """Rewrites each parameter's ``.grad`` with M^-1 g, in place (parameters without a
         gradient count as zero and are left without one)."""
+        if self.correction is None:
+            return
+        t0 = time.perf_counter()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        for p, g in zip(self.params, self.precondition(grads)):
-            if p.grad is not None:
-                p.grad.copy_(g)
+        # Parameters without a gradient receive their (discarded) share in a temporary.
+        self.layout.scatter_(self._solve_blocks(grads), grads)
+        self.timings["apply"] += time.perf_counter() - t0
 
     # ---- reporting and checkpoints ---------------------------------------------------------
 
