@@ -14,7 +14,7 @@ import torch
 from .preconditioner import CONFIG_FIELDS, Preconditioner, PreconditionerConfig
 
 
-def _all_finite(tensors) -> bool:
+def all_finite(tensors) -> bool:
     """Whether every entry of every tensor is finite: one host synchronisation, not one per tensor."""
     flags = [torch.isfinite(t).all() for t in tensors]
     return not flags or bool(torch.stack(flags).all())
@@ -83,7 +83,7 @@ class HSC(torch.optim.Optimizer):
                 grads = [[by_param.get(id(p)) for p in ps] for ps in groups]
                 grads = [[g if g is not None else torch.zeros_like(p) for g, p in zip(gs, ps)]
                          for gs, ps in zip(grads, groups)]
-                if not _all_finite(g for gs in grads for g in gs):
+                if not all_finite(g for gs in grads for g in gs):
                     self._skip("gradient")
                     return loss
                 for pc, gs in zip(self.preconditioners, grads):
@@ -96,7 +96,7 @@ class HSC(torch.optim.Optimizer):
                         p.grad = g.clone()
         else:
             grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in ps] for ps in groups]
-            if not _all_finite(g for gs in grads for g in gs):
+            if not all_finite(g for gs in grads for g in gs):
                 self._skip("gradient")
                 return loss
 
@@ -117,7 +117,7 @@ class HSC(torch.optim.Optimizer):
                 new_p = p * (1 - lr * wd) if wd > 0 else p.clone()
                 new_p.add_(d, alpha=-lr)
                 updates.append((p, new_p, new_buf))
-        if not _all_finite([new_p for _, new_p, _ in updates] +
+        if not all_finite([new_p for _, new_p, _ in updates] +
                            [buf for _, _, buf in updates if buf is not None]):
             self._skip("update")
             return loss

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 from pathlib import Path
@@ -113,7 +114,7 @@ def format_table(summary: dict, names: dict) -> str:
 
 def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), " \
-           f"{__import__('os').cpu_count()} cores, torch {torch.__version__}"
+           f"{os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def build_configs(args: argparse.Namespace) -> List[TrainConfig]:

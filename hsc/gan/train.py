@@ -17,6 +17,7 @@ equals an uninterrupted one bit for bit on the CPU.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..optim import all_finite
 from ..preconditioner import Preconditioner
 from .data import make_dataset
 from .metrics import EVAL_SAMPLES, evaluate
@@ -146,10 +148,6 @@ class GraftedAdam(torch.optim.Optimizer):
         self._raw = []
 
 
-def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
 class Player:
     """One player's update for ``adam``/``hsc``: gradient, optional preconditioning and grafting,
     then the base optimizer's step. ``prepare`` and ``apply`` are separate so that simultaneous
@@ -168,7 +166,7 @@ class Player:
         """Sets ``.grad`` to the (preconditioned) gradient of ``loss_fn()``; returns the loss."""
         loss = loss_fn()
         grads = torch.autograd.grad(loss, self.params)
-        self.ready = bool(torch.isfinite(loss)) and _all_finite(grads)
+        self.ready = bool(torch.isfinite(loss)) and all_finite(grads)
         if not self.ready:
             self.skipped += 1
             return loss.detach()
@@ -184,7 +182,7 @@ class Player:
                 if raw_norms is not None:
                     for p, n in zip(self.params, raw_norms):
                         p.grad.mul_(n / p.grad.norm().clamp_min(1e-30))
-            self.ready = _all_finite([p.grad for p in self.params])
+            self.ready = all_finite([p.grad for p in self.params])
             if not self.ready:
                 self.skipped += 1
         return loss.detach()
@@ -366,7 +364,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "G": self.G.state_dict(), "D": self.D.state_dict(),
                 "players": {k: p.state_dict() for k, p in self.players.items()},
-                "acgd": None if self.acgd is None else _clone(self.acgd.state),
+                "acgd": None if self.acgd is None else copy.deepcopy(self.acgd.state),
                 "sampler": self.sampler.get_state(), "step_count": self.step_count,
                 "train_seconds": self.train_seconds,
                 "history": [dataclasses.asdict(s) for s in self.history]}
@@ -377,7 +375,7 @@ class Trainer:
         for k, p in self.players.items():
             p.load_state_dict(state["players"][k])
         if self.acgd is not None:
-            self.acgd.state.update(_clone(state["acgd"]))
+            self.acgd.state.update(copy.deepcopy(state["acgd"]))
         self.sampler.set_state(state["sampler"])
         self.step_count = state["step_count"]
         self.train_seconds = state["train_seconds"]
@@ -395,16 +393,6 @@ class Trainer:
         trainer.load_state_dict(state)
         return trainer
 
-
-def _clone(obj):
-    """Deep copy of nested dicts/lists of tensors."""
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
-    return obj
 
 
 def train(config: TrainConfig, progress: Optional[Callable[[float], None]] = None) -> RunResult:
