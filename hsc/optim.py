@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .distributed import RankGroup
 from .preconditioner import CONFIG_FIELDS, Preconditioner, PreconditionerConfig
 
 
@@ -28,6 +29,7 @@ class HSC(torch.optim.Optimizer):
         lr: learning rate.
         momentum: heavy-ball momentum on the preconditioned gradient.
         weight_decay: decoupled weight decay (p <- p (1 - lr wd)).
+        process_group: a ``torch.distributed`` group for data-parallel training, or ``None``.
         **preconditioner_options: fields of :class:`PreconditionerConfig` (block_size, estimator,
             samples, ema, update_every, damping, scale, mode, max_tries, chunk_size, patch, seed).
 
@@ -37,10 +39,18 @@ class HSC(torch.optim.Optimizer):
 
     A non-finite loss, gradient or update skips the step (counted in ``counters``) and leaves
     the parameters untouched.
+
+    Data-parallel (``process_group`` of R ranks, every rank calling ``step`` together): with a
+    closure, each rank evaluates it on its own micro-batch and the optimizer averages the loss and
+    the gradients over the ranks itself (one all-reduce; no DDP wrapper is needed, and DDP does
+    not support the double backward the HVPs take). Without a closure, ``.grad`` must already be
+    averaged (DDP's backward). Curvature and factors are sharded as in :class:`Preconditioner`;
+    every rank applies the same update, so the parameters stay identical. An exception in the
+    closure on one rank is raised on every rank.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 **preconditioner_options):
+                 *, process_group=None, **preconditioner_options):
         if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
             raise ValueError(f"hsc: lr must be a finite number > 0, got {lr!r}")
         if not 0 <= momentum < 1:
@@ -55,8 +65,9 @@ class HSC(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         **{f: getattr(config, f) for f in CONFIG_FIELDS})
         super().__init__(params, defaults)
+        self.ranks = RankGroup(process_group)
         self.preconditioners = [
-            Preconditioner(group["params"], **{f: group[f] for f in CONFIG_FIELDS})
+            Preconditioner(group["params"], ranks=self.ranks, **{f: group[f] for f in CONFIG_FIELDS})
             for group in self.param_groups
         ]
         self.counters = {"steps": 0, "skipped_non_finite_loss": 0, "skipped_non_finite_gradient": 0,
@@ -71,25 +82,43 @@ class HSC(torch.optim.Optimizer):
         groups = [g["params"] for g in self.param_groups]
         if closure is not None:
             with torch.enable_grad():
-                loss = closure()
-                if not bool(torch.isfinite(loss.detach()).all()):
+                loss, grads, error = None, None, None
+                try:
+                    loss = closure()
+                    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                        raise ValueError("hsc: closure must return the loss as a scalar tensor")
+                    # Frozen parameters (requires_grad False) are left alone, as torch's optimizers do.
+                    params = [p for ps in groups for p in ps if p.requires_grad]
+                    if not bool(torch.isfinite(loss.detach()).all()) and not self.ranks.distributed:
+                        self._skip("loss")
+                        return loss
+                    due = [pc.refresh_due for pc in self.preconditioners]
+                    found = torch.autograd.grad(loss, params, create_graph=any(due), allow_unused=True)
+                    by_param = {id(p): g for p, g in zip(params, found)}
+                    grads = [[by_param.get(id(p)) for p in ps] for ps in groups]
+                    grads = [[g if g is not None else torch.zeros_like(p) for g, p in zip(gs, ps)]
+                             for gs, ps in zip(grads, groups)]
+                except Exception as err:
+                    error = err
+                self.ranks.agree(error, "closure", groups[0][0].device)
+                # The step takes the rank mean of the loss and gradients; each rank's HVPs come from
+                # its own graph (the grads with create_graph), averaged by the refresh.
+                copy = self.ranks.distributed  # the mean is taken in place: keep the graph's grads
+                step_grads = [[g.detach().clone() if copy else g.detach() for g in gs] for gs in grads]
+                mean_loss = loss.detach().reshape(1).clone()
+                self.ranks.all_reduce_mean_([mean_loss] + [g for gs in step_grads for g in gs])
+                if self.ranks.distributed:
+                    loss = mean_loss.reshape(loss.shape)
+                if not bool(torch.isfinite(mean_loss).all()):
                     self._skip("loss")
                     return loss
-                # Frozen parameters (requires_grad False) are left alone, as torch's optimizers do.
-                params = [p for ps in groups for p in ps if p.requires_grad]
-                due = [pc.refresh_due for pc in self.preconditioners]
-                found = torch.autograd.grad(loss, params, create_graph=any(due), allow_unused=True)
-                by_param = {id(p): g for p, g in zip(params, found)}
-                grads = [[by_param.get(id(p)) for p in ps] for ps in groups]
-                grads = [[g if g is not None else torch.zeros_like(p) for g, p in zip(gs, ps)]
-                         for gs, ps in zip(grads, groups)]
-                if not all_finite(g for gs in grads for g in gs):
+                if not all_finite(g for gs in step_grads for g in gs):
                     self._skip("gradient")
                     return loss
                 for pc, gs in zip(self.preconditioners, grads):
                     if pc.tick():
                         pc.refresh(gs)
-            grads = [[g.detach() for g in gs] for gs in grads]
+            grads = step_grads
             for ps, gs in zip(groups, grads):
                 for p, g in zip(ps, gs):
                     if p.requires_grad:

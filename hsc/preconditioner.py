@@ -14,6 +14,7 @@ import torch
 
 from . import ops
 from .curvature import exact_blocks, probe_hvps
+from .distributed import BlockShards, RankGroup
 from .layout import BlockLayout
 
 ESTIMATORS = ("probe", "exact")
@@ -72,23 +73,43 @@ class Preconditioner:
 
     Until the first refresh gradients pass through unchanged. Blocks whose refresh fails
     (status 2 or 3) keep their previous factor when they have one (SPEC §5).
+
+    Data-parallel training (``process_group``, a ``torch.distributed`` group of R ranks): rank r
+    owns the blocks ``layout.ranges(R)[r]`` and holds the estimate and factors of those only. At a
+    refresh each rank takes the HVPs of its own micro-batch (``loss_fn`` on this rank's data);
+    the block estimates are reduce-scattered (mean) to their owners, which factorise them.
+    ``precondition_`` expects gradients already averaged over the ranks (as DDP leaves them):
+    each owner solves its blocks and one all-gather hands every rank the whole of M^-1 g. Every
+    rank must make the same calls in the same order (``update_curvature``, ``precondition_``,
+    ``state_dict``: they are collectives); an exception raised on one rank during a refresh is
+    raised on every rank as :class:`hsc.distributed.RankFailure`. The probe signs come from a
+    generator seeded by ``seed`` on every rank, so all ranks probe with the same signs.
+    ``stats()`` describes this rank's blocks.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], **options):
+    def __init__(self, params: Iterable[torch.Tensor], *, process_group=None,
+                 ranks: Optional[RankGroup] = None, **options):
+        """``ranks`` lets an optimizer share one :class:`RankGroup` (and its byte counts) between its
+        preconditioners; give ``process_group`` otherwise."""
         self.config = PreconditionerConfig(**options).validate()
         self.params = [p for p in params]
         if not self.params:
             raise ValueError("hsc: params must hold at least one tensor")
         self.layout = BlockLayout(self.params, self.config.block_size, patch=self.config.patch)
-        N = self.layout.num_blocks
+        if ranks is not None and process_group is not None:
+            raise ValueError("hsc: give process_group or ranks, not both")
+        self.ranks = ranks if ranks is not None else RankGroup(process_group)
+        self.shards = BlockShards(self.layout, self.ranks)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.calls = 0
+        # Estimate and factors of the owned blocks only (all blocks without a process group).
         self.estimate: Optional[torch.Tensor] = None
         self.correction: Optional[ops.Correction] = None
-        self.has_factor = torch.zeros(N, dtype=torch.bool, device=self.layout.device)
+        self.has_factor = torch.zeros(self.shards.num_owned, dtype=torch.bool, device=self.layout.device)
         self.counters = {"refreshes": 0, "kept_previous_factor": 0, "non_finite_estimate_blocks": 0,
                          "non_finite_gradient_blocks": 0}
-        self.timings = {"hvp": 0.0, "assembly": 0.0, "factorisation": 0.0, "apply": 0.0}
+        self.timings = {"hvp": 0.0, "assembly": 0.0, "communication": 0.0, "factorisation": 0.0,
+                        "apply": 0.0}
 
     # ---- schedule --------------------------------------------------------------------------
 
@@ -109,52 +130,85 @@ class Preconditioner:
         returns at once. Returns whether it refreshed."""
         if not self.tick():
             return False
+        grads, error = None, None
         with torch.enable_grad():
-            loss = loss_fn()
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError("hsc: loss_fn must return a scalar tensor")
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-            grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
-            self.refresh(grads)
+            try:
+                loss = loss_fn()
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise ValueError("hsc: loss_fn must return a scalar tensor")
+                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
+            except Exception as err:  # raised on every rank by refresh, not only on this one
+                error = err
+            self.refresh(grads, error=error)
         return True
 
     # ---- refresh ---------------------------------------------------------------------------
 
-    def refresh(self, grads: Sequence[torch.Tensor]) -> None:
+    def refresh(self, grads: Optional[Sequence[torch.Tensor]], *,
+                error: Optional[BaseException] = None) -> None:
         """Re-estimate the curvature from ``grads`` (the loss gradient with respect to the params,
-        computed with ``create_graph=True``) and refactor."""
+        computed with ``create_graph=True``) and refactor.
+
+        ``error``: an exception the caller met while computing ``grads`` on this rank; it is
+        raised on every rank (with a process group), after the ranks have agreed on it.
+        """
         cfg, layout = self.config, self.layout
         t0 = time.perf_counter()
         first = self.estimate is None
-        if cfg.estimator == "exact":
-            blocks = exact_blocks(layout, grads, self.params, chunk_size=cfg.chunk_size).detach()
-            t1 = time.perf_counter()
-            finite = torch.isfinite(blocks).flatten(1).all(1)
-            if first:
-                self.estimate = blocks
-            else:  # as ops.accumulate_probes: keep a finite state, restart a non-finite one
-                fresh = ~torch.isfinite(self.estimate).flatten(1).all(1)
-                folded = torch.where(fresh[:, None, None], blocks,
-                                     cfg.ema * self.estimate + (1 - cfg.ema) * blocks)
-                keep = (~finite & ~fresh)[:, None, None]
-                self.estimate = torch.where(keep, self.estimate, folded)
-        else:
-            hvps, signs = probe_hvps(layout, grads, self.params, samples=cfg.samples,
-                                     generator=self.generator, chunk_size=cfg.chunk_size)
-            hvps = hvps.detach()
-            t1 = time.perf_counter()
-            if first:
-                self.estimate = torch.empty(layout.num_blocks, cfg.block_size, cfg.block_size,
-                                            dtype=hvps.dtype, device=hvps.device)
-            finite = ops.accumulate_probes(self.estimate, hvps, signs, layout.mask, ema=cfg.ema, first=first)
-        self.counters["non_finite_estimate_blocks"] += int((~finite).sum())
+        blocks, t1 = None, t0
+        if error is None:
+            try:
+                if cfg.estimator == "exact":
+                    blocks = exact_blocks(layout, grads, self.params, chunk_size=cfg.chunk_size).detach()
+                    t1 = time.perf_counter()
+                else:
+                    hvps, signs = probe_hvps(layout, grads, self.params, samples=cfg.samples,
+                                             generator=self.generator, chunk_size=cfg.chunk_size)
+                    hvps = hvps.detach()
+                    t1 = time.perf_counter()
+                    if not self.ranks.distributed:  # one pass, folded straight into the state
+                        if first:
+                            self.estimate = hvps.new_empty(layout.num_blocks, cfg.block_size, cfg.block_size)
+                        finite = ops.accumulate_probes(self.estimate, hvps, signs, layout.mask,
+                                                       ema=cfg.ema, first=first)
+                    else:  # this rank's estimate of every block, averaged over the ranks below
+                        blocks = hvps.new_empty(layout.num_blocks, cfg.block_size, cfg.block_size)
+                        ops.accumulate_probes(blocks, hvps, signs, layout.mask, ema=0.0, first=True)
+            except Exception as err:
+                error = err
+        self.ranks.agree(error, "refresh", layout.device)
         t2 = time.perf_counter()
+        if blocks is not None:
+            blocks = self.shards.reduce_scatter_mean(blocks)
+            t3 = time.perf_counter()
+            finite = self._fold(blocks, first)
+        else:
+            t3 = t2
+        self.counters["non_finite_estimate_blocks"] += int((~finite).sum())
+        t4 = time.perf_counter()
         self._factorise()
-        t3 = time.perf_counter()
+        t5 = time.perf_counter()
         self.counters["refreshes"] += 1
         self.timings["hvp"] += t1 - t0
-        self.timings["assembly"] += t2 - t1
-        self.timings["factorisation"] += t3 - t2
+        self.timings["assembly"] += (t2 - t1) + (t4 - t3)
+        self.timings["communication"] += t3 - t2
+        self.timings["factorisation"] += t5 - t4
+
+    def _fold(self, blocks: torch.Tensor, first: bool) -> torch.Tensor:
+        """EMA of assembled block estimates into the state, with ``ops.accumulate_probes``' rules:
+        a non-finite block keeps a finite state; a non-finite state restarts. Returns ``[N]``
+        finiteness of ``blocks``."""
+        finite = torch.isfinite(blocks).flatten(1).all(1)
+        if first:
+            self.estimate = blocks
+        else:
+            ema = self.config.ema
+            fresh = ~torch.isfinite(self.estimate).flatten(1).all(1)
+            folded = torch.where(fresh[:, None, None], blocks, ema * self.estimate + (1 - ema) * blocks)
+            keep = (~finite & ~fresh)[:, None, None]
+            self.estimate = torch.where(keep, self.estimate, folded)
+        return finite
 
     def _factorise(self) -> None:
         cfg = self.config
@@ -172,10 +226,11 @@ class Preconditioner:
     # ---- apply -----------------------------------------------------------------------------
 
     def _solve_blocks(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
-        """M^-1 g as ``[N, b]`` blocks. Non-finite gradient blocks are counted, not repaired."""
-        G = self.layout.gather(grads)
+        """M^-1 g as ``[N, b]`` blocks: this rank solves its own, the all-gather brings the rest.
+        Non-finite gradient blocks are counted (the owned ones), not repaired."""
+        G = self.shards.owned(self.layout.gather(grads))
         self.counters["non_finite_gradient_blocks"] += int((~torch.isfinite(G).all(1)).sum())
-        return ops.solve(self.correction, G)
+        return self.shards.all_gather(ops.solve(self.correction, G))
 
     def precondition(self, grads: Sequence[torch.Tensor]) -> list:
         """M^-1 g for gradients shaped like the params; returns new tensors (unchanged copies
@@ -202,9 +257,14 @@ class Preconditioner:
     # ---- reporting and checkpoints ---------------------------------------------------------
 
     def stats(self) -> dict:
-        """Blocks by status, damping used (min / median / max), refresh time split, counters."""
+        """Blocks by status, damping used (min / median / max), refresh time split, counters.
+
+        With a process group: this rank's blocks (``owned``), and the collectives' payload bytes."""
         out = {"blocks": self.layout.num_blocks, "block_size": self.config.block_size,
                "calls": self.calls, **self.counters, "seconds": dict(self.timings)}
+        if self.ranks.distributed:
+            out.update(rank=self.ranks.rank, world_size=self.ranks.world_size,
+                       owned=(self.shards.start, self.shards.end), sent_bytes=dict(self.ranks.sent_bytes))
         if self.correction is not None:
             status, damping = self.correction.status, self.correction.damping.double()
             out["status"] = {name: int((status == code).sum()) for code, name in enumerate(STATUS_NAMES)}
@@ -213,14 +273,23 @@ class Preconditioner:
         return out
 
     def state_dict(self) -> dict:
+        """Rank-independent: every block's state, gathered from the owners (a collective with a
+        process group), so it loads on any number of ranks. ``ranges`` records the saving run's split."""
         c = self.correction
+
+        def full(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else self.shards.all_gather(t, phase="checkpoint")
+
         return {
             "config": dataclasses.asdict(self.config),
             "num_blocks": self.layout.num_blocks,
+            "ranges": list(self.shards.ranges),
             "calls": self.calls,
-            "estimate": self.estimate,
-            "correction": None if c is None else {"factor": c.factor, "damping": c.damping, "status": c.status},
-            "has_factor": self.has_factor,
+            "estimate": full(self.estimate),
+            "correction": None if c is None else
+            {"factor": full(c.factor), "damping": full(c.damping), "status": full(c.status)},
+            # uint8: not every backend gathers bool
+            "has_factor": full(self.has_factor.to(torch.uint8)).bool(),
             "generator": self.generator.get_state(),
             "counters": dict(self.counters),
             "timings": dict(self.timings),
@@ -232,12 +301,16 @@ class Preconditioner:
                              f"this preconditioner has {self.layout.num_blocks} of {self.config.block_size}")
         self.config = PreconditionerConfig(**state["config"]).validate()
         device = self.layout.device
+
+        def owned(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if t is None else self.shards.owned(t).to(device).clone()
+
         self.calls = state["calls"]
-        self.estimate = None if state["estimate"] is None else state["estimate"].to(device).clone()
+        self.estimate = owned(state["estimate"])
         c = state["correction"]
         self.correction = None if c is None else ops.Correction(
-            c["factor"].to(device).clone(), c["damping"].to(device).clone(), c["status"].to(device).clone())
-        self.has_factor = state["has_factor"].to(device).clone()
+            owned(c["factor"]), owned(c["damping"]), owned(c["status"]))
+        self.has_factor = owned(state["has_factor"])
         self.generator.set_state(state["generator"])
         self.counters = dict(state["counters"])
-        self.timings = dict(state["timings"])
+        self.timings = {**dict.fromkeys(self.timings, 0.0), **state["timings"]}

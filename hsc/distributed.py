@@ -1,0 +1,156 @@
+"""Block ownership and the collectives of data-parallel hsc (torch.distributed; NCCL or gloo).
+
+With a process group of R ranks, rank r owns the contiguous block range ``BlockLayout.ranges(R)[r]``
+(balanced by cost: every block costs b^3, so by count). The preconditioner exchanges three things:
+
+- refresh: each rank's block estimates from its own micro-batch are reduce-scattered (mean), so each
+  owner holds the data-parallel average of its blocks only (N b^2 / R values per rank);
+- step: each owner preconditions its blocks and one all-gather gives every rank all of M^-1 g;
+- agreement: before any collective that follows local work that may fail, the ranks exchange one
+  flag, so an error on one rank is raised on every rank instead of leaving the others waiting.
+
+Collectives need equal-sized pieces, so every rank's range is padded to the largest one, C = ceil(N / R).
+Without a process group (or with R = 1) every method is the identity and no collective is issued.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from .layout import BlockLayout
+
+# torch >= 2.12 renamed the tensor collectives; older versions have only the first names.
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+class RankFailure(RuntimeError):
+    """Raised on every rank when local work failed on one or more of them."""
+
+
+def _payload_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class RankGroup:
+    """A process group (or none) with the two collectives hsc issues outside block exchange.
+
+    Args:
+        process_group: a ``torch.distributed`` process group, or ``None`` for one process
+            (``torch.distributed.group.WORLD`` is the default group).
+
+    Attributes:
+        world_size: R (1 without a group).
+        rank: this rank's index in the group (0 without a group).
+        sent_bytes: payload bytes this rank handed to collectives, by phase ("refresh", "step",
+            "checkpoint"): the input tensors' sizes, not the bytes on the wire, which depend on
+            the backend's algorithm (a ring sends about (R - 1) / R of the payload).
+    """
+
+    def __init__(self, process_group: Optional[dist.ProcessGroup] = None):
+        if process_group is not None and not dist.is_initialized():
+            raise ValueError("hsc: process_group was given but torch.distributed is not initialised; "
+                             "call torch.distributed.init_process_group first")
+        self.group = process_group
+        self.world_size = dist.get_world_size(process_group) if process_group is not None else 1
+        self.rank = dist.get_rank(process_group) if process_group is not None else 0
+        self.sent_bytes = {"refresh": 0, "step": 0, "checkpoint": 0}
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce_mean_(self, tensors: Sequence[torch.Tensor], phase: str = "step") -> None:
+        """Replace each tensor by its mean over ranks, in place, with one collective."""
+        if not self.distributed or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        # SUM then divide: gloo in older torch versions has no AVG.
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        self.sent_bytes[phase] += _payload_bytes(flat)
+        flat.div_(self.world_size)
+        for t, piece in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.copy_(piece.view_as(t))
+
+    def agree(self, error: Optional[BaseException], where: str, device: torch.device) -> None:
+        """Collective: raise :class:`RankFailure` on every rank if ``error`` is set on any rank.
+
+        Every rank must call it at the same point. Without a group it re-raises ``error``.
+        """
+        if not self.distributed:
+            if error is not None:
+                raise error
+            return
+        flag = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=self.group)
+        if int(flag) == 0:
+            return
+        messages: List[Optional[str]] = [None] * self.world_size
+        dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}",
+                               group=self.group)
+        failed = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None)
+        raise RankFailure(f"hsc: {where} failed on {int(flag)} of {self.world_size} ranks ({failed})") from error
+
+
+class BlockShards:
+    """Which blocks this rank owns, and the collectives that move blocks between owners.
+
+    Args:
+        layout: the block layout (the same on every rank).
+        ranks: the :class:`RankGroup` to exchange blocks in.
+
+    Attributes:
+        ranges: every rank's ``(start, end)`` block range, ``layout.ranges(R)``.
+        start, end: this rank's range.
+        chunk: C, the largest range's length, to which every piece is padded.
+    """
+
+    def __init__(self, layout: BlockLayout, ranks: RankGroup):
+        self.ranks = ranks
+        self.ranges: List[Tuple[int, int]] = layout.ranges(ranks.world_size)
+        self.start, self.end = self.ranges[ranks.rank]
+        self.num_blocks = layout.num_blocks
+        self.chunk = max(end - start for start, end in self.ranges)
+        device = layout.device
+        # Padded order: rank r's blocks then filler up to C. to_padded[i] = the block at padded
+        # position i, or N (a zero filler block); real_rows = the padded positions of blocks 0..N-1.
+        to_padded, real_rows = [], []
+        for r, (start, end) in enumerate(self.ranges):
+            to_padded += list(range(start, end)) + [self.num_blocks] * (self.chunk - (end - start))
+            real_rows += range(r * self.chunk, r * self.chunk + end - start)
+        self._to_padded = torch.tensor(to_padded, dtype=torch.int64, device=device)
+        self._real_rows = torch.tensor(real_rows, dtype=torch.int64, device=device)
+
+    @property
+    def num_owned(self) -> int:
+        return self.end - self.start
+
+    def owned(self, blocks: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a tensor holding every block along dim 0."""
+        return blocks[self.start:self.end]
+
+    def reduce_scatter_mean(self, blocks: torch.Tensor, phase: str = "refresh") -> torch.Tensor:
+        """The mean over ranks of ``blocks`` (all N, ``[N, ...]``), returned for this rank's range only."""
+        ranks = self.ranks
+        if not ranks.distributed:
+            return blocks
+        filler = blocks.new_zeros((1, *blocks.shape[1:]))
+        padded = torch.cat([blocks, filler])[self._to_padded]
+        out = blocks.new_empty((self.chunk, *blocks.shape[1:]))
+        _reduce_scatter(out, padded, op=dist.ReduceOp.SUM, group=ranks.group)
+        ranks.sent_bytes[phase] += _payload_bytes(padded)
+        return out[:self.num_owned].div_(ranks.world_size)
+
+    def all_gather(self, owned: torch.Tensor, phase: str = "step") -> torch.Tensor:
+        """Every rank's ``owned`` rows (``[end - start, ...]``) concatenated in block order, ``[N, ...]``."""
+        ranks = self.ranks
+        if not ranks.distributed:
+            return owned
+        piece = owned.new_zeros((self.chunk, *owned.shape[1:]))
+        piece[:self.num_owned] = owned
+        gathered = owned.new_empty((ranks.world_size * self.chunk, *owned.shape[1:]))
+        _all_gather(gathered, piece, group=ranks.group)
+        ranks.sent_bytes[phase] += _payload_bytes(piece)
+        return gathered[self._real_rows]

@@ -1,0 +1,170 @@
+"""What each rank runs in tests/test_distributed.py, and the same runs in one process.
+
+A run trains a small tanh MLP in float64 on a fixed sequence of batches. Rank r of R takes rows
+[r B / R, (r + 1) B / R) of every batch, so R ranks together see exactly the batch one process sees.
+Each scenario returns tensors; the parent process compares them with the single-process run.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import traceback
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+import hsc
+from hsc.distributed import RankFailure
+
+BATCH = 12          # divisible by 1, 2 and 3
+LAYER_SIZES = (3, 6, 2)
+# block_size 5 cuts the 38 parameters into 10 blocks (4 + 2 + 3 + 1), split 5/5 on two ranks and
+# 4/3/3 on three: uneven ranges exercise the padded collectives.
+OPTIONS = dict(lr=0.2, momentum=0.5, block_size=5, update_every=2, damping=1e-3, scale=0.3, samples=2,
+               ema=0.5, seed=7)
+STEPS = 6
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(LAYER_SIZES[0], LAYER_SIZES[1]), nn.Tanh(),
+                          nn.Linear(LAYER_SIZES[1], LAYER_SIZES[2]))
+    return model.double()
+
+
+def batch(step: int, rank: int = 0, world_size: int = 1):
+    """Rows of batch ``step`` belonging to ``rank`` of ``world_size``."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(BATCH, LAYER_SIZES[0], dtype=torch.float64, generator=gen)
+    y = torch.sin(3 * x[:, :LAYER_SIZES[2]]) + 0.1 * torch.randn(BATCH, LAYER_SIZES[2], dtype=torch.float64,
+                                                                   generator=gen)
+    share = BATCH // world_size
+    return x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
+
+
+def flat_params(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+
+def train_hsc(model, opt, steps: range, rank: int = 0, world_size: int = 1,
+              fail_at: Optional[int] = None) -> None:
+    """HSC with closures; ``fail_at``: the step at which this rank's closure raises."""
+    for t in steps:
+        x, y = batch(t, rank, world_size)
+
+        def closure():
+            if t == fail_at:
+                raise ValueError(f"closure of step {t} cannot read its data")
+            return F.mse_loss(model(x), y)
+
+        opt.step(closure)
+
+
+def hsc_run(estimator: str, group=None, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    model = make_model()
+    opt = hsc.HSC(model.parameters(), estimator=estimator, process_group=group, **OPTIONS)
+    train_hsc(model, opt, range(STEPS), rank, world_size)
+    return flat_params(model)
+
+
+def ddp_preconditioner_run(ddp_wrap: Optional[Callable] = None, rank: int = 0, world_size: int = 1,
+                           group=None) -> torch.Tensor:
+    """A torch optimizer stepping on gradients preconditioned by ``hsc.Preconditioner``, the model
+    wrapped by DDP (which averages ``.grad`` in backward) when ``ddp_wrap`` is given."""
+    model = make_model()
+    wrapped = ddp_wrap(model) if ddp_wrap is not None else model
+    pre = hsc.Preconditioner(model.parameters(), block_size=5, estimator="probe", update_every=2,
+                             damping=1e-3, scale=0.3, samples=2, ema=0.5, seed=3, process_group=group)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.5)
+    for t in range(STEPS):
+        x, y = batch(t, rank, world_size)
+        opt.zero_grad()
+        F.mse_loss(wrapped(x), y).backward()
+        # HVPs through the plain module: DDP does not take double backward.
+        pre.update_curvature(lambda: F.mse_loss(model(x), y))
+        pre.precondition_()
+        opt.step()
+    return flat_params(model)
+
+
+def checkpoint_run(path: str, group=None, rank: int = 0, world_size: int = 1,
+                   save: bool = False) -> Dict[str, torch.Tensor]:
+    """Train 3 steps and save (``save``), or load the saved checkpoint; then train 3 more."""
+    model = make_model()
+    opt = hsc.HSC(model.parameters(), estimator="probe", process_group=group, **OPTIONS)
+    if save:
+        train_hsc(model, opt, range(3), rank, world_size)
+        state = {"model": model.state_dict(), "opt": opt.state_dict()}  # every rank: a collective
+        if rank == 0:
+            torch.save(state, path)
+        if group is not None:
+            dist.barrier(group)
+    else:
+        state = torch.load(path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+    train_hsc(model, opt, range(3, STEPS), rank, world_size)
+    return {"params": flat_params(model)}
+
+
+def failure_run(group, rank: int, world_size: int) -> Dict[str, str]:
+    """Rank 1 raises in its closure at a refresh step, then rank 0 in a Preconditioner's loss_fn.
+    Each rank records what it caught; the group stays usable after each failure."""
+    caught = {}
+    model = make_model()
+    opt = hsc.HSC(model.parameters(), estimator="probe", process_group=group, **OPTIONS)
+    try:
+        train_hsc(model, opt, range(STEPS), rank, world_size, fail_at=2 if rank == 1 else None)
+    except RankFailure as err:
+        caught["closure"] = str(err)
+    pre = hsc.Preconditioner(model.parameters(), block_size=5, process_group=group)
+
+    def loss_fn():
+        if rank == 0:
+            raise RuntimeError("loss_fn ran out of memory")
+        x, y = batch(0, rank, world_size)
+        return F.mse_loss(model(x), y)
+
+    try:
+        pre.update_curvature(loss_fn)
+    except RankFailure as err:
+        caught["refresh"] = str(err)
+    dist.barrier(group)  # still usable
+    caught["params_finite"] = str(bool(torch.isfinite(flat_params(model)).all()))
+    return caught
+
+
+def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios: list) -> None:
+    """Entry point of a spawned rank: runs ``scenarios`` and saves ``{name: result}`` to
+    ``out_dir/rank<r>.pt``; on an unexpected error saves its traceback and exits with 1."""
+    torch.set_num_threads(1)
+    result = {}
+    try:
+        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=60))
+        group = dist.group.WORLD
+
+        def ddp_wrap(model):
+            return nn.parallel.DistributedDataParallel(model)
+
+        for name in scenarios:
+            if name in ("exact", "probe"):
+                result[name] = hsc_run(name, group, rank, world_size)
+            elif name == "ddp":
+                result[name] = ddp_preconditioner_run(ddp_wrap, rank, world_size, group)
+            elif name in ("save", "load"):
+                result[name] = checkpoint_run(os.path.join(out_dir, "..", "checkpoint.pt"), group, rank,
+                                              world_size, save=name == "save")
+            elif name == "failure":
+                result[name] = failure_run(group, rank, world_size)
+            else:
+                raise ValueError(f"unknown scenario {name!r}")
+        dist.destroy_process_group()
+    except BaseException:
+        with open(os.path.join(out_dir, f"rank{rank}.error"), "w") as f:
+            f.write(traceback.format_exc())
+        raise SystemExit(1)
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

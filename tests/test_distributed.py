@@ -1,0 +1,163 @@
+"""Data-parallel hsc on torch.distributed (gloo on loopback, spawned processes).
+
+Each world size is spawned once (module fixtures) and runs every scenario in
+tests/distributed_workers.py; the tests compare the ranks' results with one process training on
+the concatenated batch.
+
+Tolerance: the runs differ only in float64 reduction order (a mean of per-rank means against one
+mean over the batch; sums over ranks in the collectives), about 1e-16 relative per value. Six
+steps through factors with cond(M) below about 1e3 amplify that to well under 1e-10; 1e-9
+relative leaves an order of magnitude of headroom and still fails on any real difference
+(a wrong block owner, a missing average, different probe signs: all of order 1e-2 or more).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import pathlib
+import socket
+import time
+
+import pytest
+import torch
+
+import hsc
+from hsc.distributed import BlockShards, RankGroup
+
+import distributed_workers as work
+
+RTOL, ATOL = 1e-9, 1e-12
+JOIN_TIMEOUT_S = 180  # a hang fails the test instead of the CI job
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(world_size: int, scenarios: list, out_dir: pathlib.Path) -> list:
+    """Runs ``scenarios`` on ``world_size`` spawned ranks; returns each rank's results."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = multiprocessing.get_context("spawn")
+    init = f"tcp://127.0.0.1:{_free_port()}"
+    procs = [ctx.Process(target=work.worker, args=(r, world_size, init, str(out_dir), scenarios))
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not hung, f"ranks {hung} of {world_size} still running after {JOIN_TIMEOUT_S} s"
+    errors = {r: (out_dir / f"rank{r}.error").read_text() for r in range(world_size)
+              if (out_dir / f"rank{r}.error").exists()}
+    assert not errors and all(p.exitcode == 0 for p in procs), f"ranks failed: {errors}"
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("distributed")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(workdir):
+    return spawn(2, ["exact", "probe", "ddp", "save", "failure"], workdir / "r2")
+
+
+@pytest.fixture(scope="module")
+def three_ranks(workdir, two_ranks):  # loads the checkpoint two_ranks saved
+    return spawn(3, ["exact", "probe", "load"], workdir / "r3")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("estimator", ["exact", "probe"])
+@pytest.mark.parametrize("ranks", ["two_ranks", "three_ranks"])
+def test_ranks_match_one_process_on_the_concatenated_batch(estimator, ranks, request):
+    results = request.getfixturevalue(ranks)
+    single = work.hsc_run(estimator)
+    start = work.flat_params(work.make_model())
+    assert (single - start).abs().max() > 1e-2  # the run moves the parameters
+    for rank, result in enumerate(results):
+        _close(result[estimator], single)
+    # every rank holds the same parameters, bit for bit (they apply the same update)
+    for result in results[1:]:
+        assert torch.equal(result[estimator], results[0][estimator])
+
+
+def test_estimators_differ_so_the_comparison_has_teeth():
+    assert (work.hsc_run("exact") - work.hsc_run("probe")).abs().max() > 1e-4
+
+
+def test_ddp_gradients_with_sharded_preconditioner_match_one_process(two_ranks):
+    single = work.ddp_preconditioner_run()
+    for result in two_ranks:
+        _close(result["ddp"], single)
+
+
+def test_checkpoint_saved_on_two_ranks_resumes_on_one_and_three(workdir, two_ranks, three_ranks):
+    # one process without interruption
+    model = work.make_model()
+    opt = hsc.HSC(model.parameters(), estimator="probe", **work.OPTIONS)
+    work.train_hsc(model, opt, range(work.STEPS))
+    reference = work.flat_params(model)
+
+    saved = torch.load(workdir / "checkpoint.pt", weights_only=False)
+    pre_state = saved["opt"]["preconditioners"][0]
+    assert pre_state["ranges"] == [(0, 5), (5, 10)]          # recorded split of the saving run
+    assert pre_state["estimate"].shape == (10, 5, 5)         # every block, rank-independent
+
+    resumed_on_one = work.checkpoint_run(str(workdir / "checkpoint.pt"), save=False)["params"]
+    _close(resumed_on_one, reference)
+    for result in two_ranks:
+        _close(result["save"]["params"], reference)
+    for result in three_ranks:
+        _close(result["load"]["params"], reference)
+
+
+def test_a_rank_that_raises_is_reported_on_every_rank(two_ranks):
+    for rank, result in enumerate(two_ranks):
+        caught = result["failure"]
+        assert "closure" in caught and "refresh" in caught, f"rank {rank} caught {caught}"
+        assert "rank 1: ValueError: closure of step 2 cannot read its data" in caught["closure"]
+        assert "rank 0" not in caught["closure"]
+        assert "rank 0: RuntimeError: loss_fn ran out of memory" in caught["refresh"]
+        assert caught["params_finite"] == "True"
+
+
+def test_without_a_group_nothing_is_sharded():
+    model = work.make_model()
+    pre = hsc.Preconditioner(model.parameters(), block_size=5)
+    assert (pre.shards.start, pre.shards.end) == (0, 10) and not pre.ranks.distributed
+    blocks = torch.randn(10, 5, 5)
+    assert pre.shards.reduce_scatter_mean(blocks) is blocks
+    assert pre.shards.all_gather(blocks) is blocks
+
+
+def test_process_group_without_init_is_a_named_error():
+    with pytest.raises(ValueError, match="process_group"):
+        RankGroup(object())
+
+
+def test_shard_padding_maps_every_block_once():
+    layout = hsc.BlockLayout([torch.zeros(38)], 5)  # 8 blocks
+    ranks = RankGroup()
+    ranks.world_size, ranks.rank = 3, 2  # the arithmetic only; no collective is issued
+    shards = BlockShards(layout, ranks)
+    assert shards.ranges == [(0, 3), (3, 6), (6, 8)] and shards.chunk == 3
+    assert (shards.start, shards.end) == (6, 8)
+    assert shards._to_padded.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    layout = hsc.BlockLayout([torch.zeros(21)], 5)  # 5 blocks on 3 ranks: 2, 2, 1 (+1 filler)
+    shards = BlockShards(layout, ranks)
+    assert shards._to_padded.tolist() == [0, 1, 2, 3, 4, 5]
+    assert shards._real_rows.tolist() == [0, 1, 2, 3, 4]
+    layout = hsc.BlockLayout([torch.zeros(16)], 4)  # 4 blocks on 3 ranks: 2, 1, 1
+    shards = BlockShards(layout, ranks)
+    assert shards._to_padded.tolist() == [0, 1, 2, 4, 3, 4]
+    assert shards._real_rows.tolist() == [0, 1, 2, 4]
