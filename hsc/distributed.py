@@ -113,6 +113,7 @@ class BlockShards:
         self.start, self.end = self.ranges[ranks.rank]
         self.num_blocks = layout.num_blocks
         self.chunk = max(end - start for start, end in self.ranges)
+        self.even = self.chunk * ranks.world_size == self.num_blocks  # no padding needed
         device = layout.device
         # Padded order: rank r's blocks then filler up to C. to_padded[i] = the block at padded
         # position i, or N (a zero filler block); real_rows = the padded positions of blocks 0..N-1.
@@ -136,8 +137,12 @@ class BlockShards:
         ranks = self.ranks
         if not ranks.distributed:
             return blocks
-        filler = blocks.new_zeros((1, *blocks.shape[1:]))
-        padded = torch.cat([blocks, filler])[self._to_padded]
+        if self.even:
+            padded = blocks.contiguous()
+        else:  # one copy: each rank's range at the start of its piece, zeros after
+            padded = blocks.new_zeros((ranks.world_size * self.chunk, *blocks.shape[1:]))
+            for r, (start, end) in enumerate(self.ranges):
+                padded[r * self.chunk:r * self.chunk + end - start] = blocks[start:end]
         out = blocks.new_empty((self.chunk, *blocks.shape[1:]))
         _reduce_scatter(out, padded, op=dist.ReduceOp.SUM, group=ranks.group)
         ranks.sent_bytes[phase] += _payload_bytes(padded)
@@ -148,9 +153,12 @@ class BlockShards:
         ranks = self.ranks
         if not ranks.distributed:
             return owned
-        piece = owned.new_zeros((self.chunk, *owned.shape[1:]))
-        piece[:self.num_owned] = owned
+        if self.num_owned == self.chunk:
+            piece = owned.contiguous()
+        else:
+            piece = owned.new_zeros((self.chunk, *owned.shape[1:]))
+            piece[:self.num_owned] = owned
         gathered = owned.new_empty((ranks.world_size * self.chunk, *owned.shape[1:]))
         _all_gather(gathered, piece, group=ranks.group)
         ranks.sent_bytes[phase] += _payload_bytes(piece)
-        return gathered[self._real_rows]
+        return gathered if self.even else gathered[self._real_rows]

@@ -202,9 +202,12 @@ class Preconditioner:
         finite = torch.isfinite(blocks).flatten(1).all(1)
         if first:
             self.estimate = blocks
+            return finite
+        ema = self.config.ema
+        fresh = ~torch.isfinite(self.estimate).flatten(1).all(1)
+        if bool(finite.all()) and not bool(fresh.any()):  # the usual case: one pass, in place
+            self.estimate.mul_(ema).add_(blocks, alpha=1 - ema)
         else:
-            ema = self.config.ema
-            fresh = ~torch.isfinite(self.estimate).flatten(1).all(1)
             folded = torch.where(fresh[:, None, None], blocks, ema * self.estimate + (1 - ema) * blocks)
             keep = (~finite & ~fresh)[:, None, None]
             self.estimate = torch.where(keep, self.estimate, folded)

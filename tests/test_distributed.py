@@ -161,3 +161,22 @@ def test_shard_padding_maps_every_block_once():
     shards = BlockShards(layout, ranks)
     assert shards._to_padded.tolist() == [0, 1, 2, 4, 3, 4]
     assert shards._real_rows.tolist() == [0, 1, 2, 4]
+
+
+def test_ddp_gan_example_runs_under_torchrun(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(_free_port()), str(root / "examples" / "ddp_gan.py"), "--steps", "60", "--batch-size", "16",
+           "--out", str(tmp_path / "ddp_gan.pt")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=JOIN_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 ranks, 60 steps" in done.stdout and "owns blocks (0, " in done.stdout
+    state = torch.load(tmp_path / "ddp_gan.pt", weights_only=False)
+    g_state = state["preconditioners"][0]
+    assert g_state["counters"]["refreshes"] == 2  # steps 0 and 50 (update_every 50)
+    assert g_state["estimate"].shape[0] == g_state["num_blocks"]  # every block, gathered
