@@ -184,6 +184,12 @@ class BlockLayout:
                            torch.arange(self.index.numel(), dtype=torch.int64, device=self.device))
         self._inverse = inverse[: self.numel]
         self._padded_blocks = torch.tensor(padded_blocks, dtype=torch.int64, device=self.device)
+        # Plain order (every tensor's entries in order, then its padding): gather is one
+        # concatenation and scatter takes views, instead of an indexed copy each way.
+        # A tensor cut into one segment (no tiles, or one tile covering it: order lead, y, x) is
+        # in flat order. If all are, gather is one concatenation and scatter takes views,
+        # instead of an indexed copy each way.
+        self._plain = all(len(_segment_lengths(shape, patch)) <= 1 for shape in self.shapes)
 
     def _tensor_slots(
         self,
@@ -273,6 +279,14 @@ class BlockLayout:
         differ). One concatenation and one indexing; differentiable.
         """
         tensors = self._check_like_params(tensors, "tensors")
+        if self._plain:  # torch.cat promotes dtypes as the indexed path does
+            pieces = []
+            for t, (start, end) in zip(tensors, self.tensor_blocks):
+                pieces.append(t.reshape(-1))
+                padding = (end - start) * self.block_size - t.numel()
+                if padding:
+                    pieces.append(t.new_zeros(padding))
+            return torch.cat(pieces).view(self.num_blocks, self.block_size)
         flat = torch.cat([t.reshape(-1) for t in tensors] + [tensors[0].new_zeros(1)])
         return flat[self.index]
 
@@ -280,13 +294,23 @@ class BlockLayout:
         """The real entries of ``blocks`` in flat parameter order, ``[numel]``."""
         return blocks.reshape(-1)[self._inverse]
 
+    def _plain_pieces(self, blocks: torch.Tensor) -> List[torch.Tensor]:
+        """Views of ``blocks`` shaped like the params (plain layouts only)."""
+        flat = blocks.reshape(-1)
+        b = self.block_size
+        return [flat[start * b:start * b + math.prod(shape)].view(shape)
+                for shape, (start, _) in zip(self.shapes, self.tensor_blocks)]
+
     def scatter(self, blocks: torch.Tensor) -> List[torch.Tensor]:
         """The inverse of :meth:`gather`: ``[N, b]`` blocks -> tensors shaped like the params.
 
-        Padding slots are ignored. The returned tensors are views into one new flat tensor of
-        ``blocks``' dtype (one indexing, no per-tensor copies); differentiable.
+        Padding slots are ignored. The returned tensors are views into one flat tensor of
+        ``blocks``' dtype: ``blocks`` itself when the layout is plain (no spatial tiles), else
+        one new tensor (one indexing, no per-tensor copies); differentiable.
         """
         blocks = self._check_blocks(blocks)
+        if self._plain:
+            return self._plain_pieces(blocks)
         flat = self._flat_entries(blocks)
         return [piece.view(shape) for piece, shape in
                 zip(flat.split([math.prod(s) for s in self.shapes]), self.shapes)]
@@ -299,6 +323,10 @@ class BlockLayout:
         """
         blocks = self._check_blocks(blocks)
         out = self._check_like_params(out, "out")
+        if self._plain:
+            for target, piece in zip(out, self._plain_pieces(blocks)):
+                target.copy_(piece)
+            return
         flat = self._flat_entries(blocks)
         for target, piece, shape in zip(out, flat.split([math.prod(s) for s in self.shapes]),
                                         self.shapes):

@@ -12,13 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from .distributed import RankGroup
-from .preconditioner import CONFIG_FIELDS, Preconditioner, PreconditionerConfig
-
-
-def all_finite(tensors) -> bool:
-    """Whether every entry of every tensor is finite: one host synchronisation, not one per tensor."""
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return not flags or bool(torch.stack(flags).all())
+from .preconditioner import CONFIG_FIELDS, Preconditioner, PreconditionerConfig, all_finite
 
 
 class HSC(torch.optim.Optimizer):
@@ -76,28 +70,45 @@ class HSC(torch.optim.Optimizer):
     def _skip(self, reason: str) -> None:
         self.counters[f"skipped_non_finite_{reason}"] += 1
 
+    def _grads(self, loss: torch.Tensor, groups, create_graph: bool) -> list:
+        """d loss / d params per group (zeros where unused). Frozen parameters (requires_grad
+        False) get zeros and are left alone by the step, as torch's optimizers do."""
+        params = [p for ps in groups for p in ps if p.requires_grad]
+        found = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+        by_param = {id(p): g for p, g in zip(params, found) if g is not None}
+        return [[by_param[id(p)] if id(p) in by_param else torch.zeros_like(p) for p in ps] for ps in groups]
+
+    @staticmethod
+    def _scalar(loss, name: str) -> torch.Tensor:
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError(f"hsc: {name} must return the loss as a scalar tensor")
+        return loss
+
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None,
+             curvature_closure: Optional[Callable[[], torch.Tensor]] = None):
+        """One step. ``closure()`` returns the loss (no backward). When a refresh is due the HVPs
+        are taken from the closure's graph, or from ``curvature_closure()`` when given: a loss on
+        part of the batch, say, since a refresh costs ``block_size`` HVPs (subsampled curvature,
+        as Sophia and K-FAC use)."""
         loss = None
         groups = [g["params"] for g in self.param_groups]
+        if curvature_closure is not None and closure is None:
+            raise ValueError("hsc: curvature_closure needs a closure (the step's loss)")
         if closure is not None:
             with torch.enable_grad():
-                loss, grads, error = None, None, None
+                loss, grads, curvature_grads, error = None, None, None, None
                 try:
-                    loss = closure()
-                    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                        raise ValueError("hsc: closure must return the loss as a scalar tensor")
-                    # Frozen parameters (requires_grad False) are left alone, as torch's optimizers do.
-                    params = [p for ps in groups for p in ps if p.requires_grad]
+                    loss = self._scalar(closure(), "closure")
                     if not bool(torch.isfinite(loss.detach()).all()) and not self.ranks.distributed:
                         self._skip("loss")
                         return loss
-                    due = [pc.refresh_due for pc in self.preconditioners]
-                    found = torch.autograd.grad(loss, params, create_graph=any(due), allow_unused=True)
-                    by_param = {id(p): g for p, g in zip(params, found)}
-                    grads = [[by_param.get(id(p)) for p in ps] for ps in groups]
-                    grads = [[g if g is not None else torch.zeros_like(p) for g, p in zip(gs, ps)]
-                             for gs, ps in zip(grads, groups)]
+                    due = any(pc.refresh_due for pc in self.preconditioners)
+                    grads = self._grads(loss, groups, create_graph=due and curvature_closure is None)
+                    curvature_grads = grads
+                    if due and curvature_closure is not None:
+                        curvature_loss = self._scalar(curvature_closure(), "curvature_closure")
+                        curvature_grads = self._grads(curvature_loss, groups, create_graph=True)
                 except Exception as err:
                     error = err
                 self.ranks.agree(error, "closure", groups[0][0].device)
@@ -115,14 +126,14 @@ class HSC(torch.optim.Optimizer):
                 if not all_finite(g for gs in step_grads for g in gs):
                     self._skip("gradient")
                     return loss
-                for pc, gs in zip(self.preconditioners, grads):
+                for pc, gs in zip(self.preconditioners, curvature_grads):
                     if pc.tick():
                         pc.refresh(gs)
             grads = step_grads
             for ps, gs in zip(groups, grads):
                 for p, g in zip(ps, gs):
                     if p.requires_grad:
-                        p.grad = g.clone()
+                        p.grad = g
         else:
             grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in ps] for ps in groups]
             if not all_finite(g for gs in grads for g in gs):
@@ -143,11 +154,11 @@ class HSC(torch.optim.Optimizer):
                 if momentum > 0:
                     new_buf = d.clone() if buf is None else buf * momentum + d
                     d = new_buf
-                new_p = p * (1 - lr * wd) if wd > 0 else p.clone()
-                new_p.add_(d, alpha=-lr)
+                new_p = torch.add(p * (1 - lr * wd) if wd > 0 else p, d, alpha=-lr)
                 updates.append((p, new_p, new_buf))
-        if not all_finite([new_p for _, new_p, _ in updates] +
-                           [buf for _, _, buf in updates if buf is not None]):
+        # A non-finite buffer makes its parameter non-finite too (lr > 0), so checking the new
+        # parameters covers both.
+        if not all_finite([new_p for _, new_p, _ in updates]):
             self._skip("update")
             return loss
         for p, new_p, new_buf in updates:

@@ -319,6 +319,56 @@ def test_step_without_closure_uses_grad_and_last_factors():
     torch.testing.assert_close(w.detach() - start, -0.3 * ref, rtol=1e-9, atol=1e-13)
 
 
+def test_curvature_closure_supplies_the_hvps_and_the_closure_the_step():
+    # Two quadratics with different Hessians: the step's gradient comes from the first, the
+    # factors from the second, and the second is evaluated only when a refresh is due.
+    H1, c = _coupled_quadratic(7, seed=3)
+    H2, _ = _coupled_quadratic(7, seed=4)
+    w = torch.zeros(7, dtype=DT, requires_grad=True)
+    opt = HSC([w], lr=0.3, momentum=0.0, block_size=3, estimator="exact", damping=1e-3, scale=0.5,
+              update_every=2)
+    pc = opt.preconditioners[0]
+    calls = []
+
+    def curvature_loss():
+        calls.append(1)
+        return 0.5 * w @ H2 @ w
+
+    for _ in range(3):
+        start = w.detach().clone()
+        opt.step(lambda: 0.5 * (w - c) @ H1 @ (w - c), curvature_closure=curvature_loss)
+    assert len(calls) == 2  # steps 0 and 2 refresh
+    torch.testing.assert_close(pc.estimate, diagonal_blocks(H2, pc.layout), rtol=1e-12, atol=1e-12)
+    g = (H1 @ (start - c)).detach()  # the last step's gradient: the closure's, not curvature_loss's
+    ref = _reference_direction(H2, [g], [w], 3, 1e-3, 0.5)[0]
+    torch.testing.assert_close(w.detach() - start, -0.3 * ref, rtol=1e-9, atol=1e-13)
+
+
+def test_curvature_closure_equal_to_the_closure_changes_nothing():
+    runs = []
+    for use_curvature_closure in (False, True):
+        model = tiny_mlp(0)
+        X, y = regression_data(model)
+        opt = HSC(model.parameters(), lr=0.1, block_size=4, update_every=2, samples=2)
+
+        def closure():
+            return torch.nn.functional.mse_loss(model(X), y)
+
+        for _ in range(5):
+            opt.step(closure, curvature_closure=closure if use_curvature_closure else None)
+        runs.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-12, atol=1e-14)
+
+
+def test_curvature_closure_errors_are_named():
+    w = torch.zeros(3, dtype=DT, requires_grad=True)
+    opt = HSC([w], lr=0.1, block_size=3)
+    with pytest.raises(ValueError, match="curvature_closure needs a closure"):
+        opt.step(curvature_closure=lambda: w.sum())
+    with pytest.raises(ValueError, match="curvature_closure must return the loss as a scalar"):
+        opt.step(lambda: (w ** 2).sum(), curvature_closure=lambda: w ** 2)
+
+
 # ---- argument errors ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,name", [

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..optim import all_finite
+from ..preconditioner import all_finite
 from ..preconditioner import Preconditioner
 from .data import make_dataset
 from .metrics import EVAL_SAMPLES, evaluate
