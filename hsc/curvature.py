@@ -8,7 +8,7 @@ discriminator) is handled like any other function.
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -23,40 +23,48 @@ def default_chunk_size(numel: int) -> int:
     return max(1, _DEFAULT_CHUNK_ENTRIES // max(numel, 1))
 
 
-def batched_hvp(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-                vectors: torch.Tensor) -> torch.Tensor:
-    """H v for each row v of ``vectors`` ([B, n], the parameters flattened and concatenated).
+def hvp_rows(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+             tangents: Sequence[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+    """H v for B vectors v at once, per parameter: ``tangents[i]`` is ``[B, *params[i].shape]``;
+    returns ``[B, *params[i].shape]`` per parameter, or ``None`` where H v has no entries (a
+    parameter that does not require grad or that nothing reaches).
 
     ``grads`` must be the gradient of the loss with respect to ``params`` computed with
     ``create_graph=True``. A gradient with no graph (a parameter the loss does not use, or uses
-    only linearly) contributes nothing to H v. Returns ``[B, n]``.
+    only linearly) contributes nothing to H v.
     """
-    B = vectors.shape[0]
-    vs = [v.reshape(B, *p.shape) for v, p in zip(vectors.split([p.numel() for p in params], 1), params)]
     live = [i for i, g in enumerate(grads) if g.requires_grad]
-    wrt = [p for p in params if p.requires_grad]
-    out = vectors.new_zeros(B, vectors.shape[1])
+    wrt = [i for i, p in enumerate(params) if p.requires_grad]
+    out: List[Optional[torch.Tensor]] = [None] * len(params)
     if not live or not wrt:
         return out
-    outputs, grad_outputs = [grads[i] for i in live], [vs[i] for i in live]
+    outputs, grad_outputs = [grads[i] for i in live], [tangents[i] for i in live]
+    inputs = [params[i] for i in wrt]
     try:
-        hv = torch.autograd.grad(outputs, wrt, grad_outputs=grad_outputs, retain_graph=True,
+        hv = torch.autograd.grad(outputs, inputs, grad_outputs=grad_outputs, retain_graph=True,
                                  is_grads_batched=True, allow_unused=True)
     except RuntimeError as err:  # an op without a batching rule: one HVP at a time
         warnings.warn(f"hsc: batched HVP failed ({err}); falling back to one HVP per probe")
-        rows = [torch.autograd.grad(outputs, wrt, grad_outputs=[o[b] for o in grad_outputs],
-                                    retain_graph=True, allow_unused=True) for b in range(B)]
-        hv = [None if all(r[i] is None for r in rows) else
-              torch.stack([r[i] if r[i] is not None else torch.zeros_like(p) for r in rows])
-              for i, p in enumerate(wrt)]
-    offsets, start = {}, 0
-    for p in params:
-        offsets[id(p)] = start
-        start += p.numel()
-    for h, p in zip(hv, wrt):
-        if h is not None:
-            out[:, offsets[id(p)]:offsets[id(p)] + p.numel()] = h.reshape(B, -1)
+        B = tangents[0].shape[0]
+        rows = [torch.autograd.grad(outputs, inputs, grad_outputs=[o[r] for o in grad_outputs],
+                                    retain_graph=True, allow_unused=True) for r in range(B)]
+        hv = [None if all(row[k] is None for row in rows) else
+              torch.stack([row[k] if row[k] is not None else torch.zeros_like(inputs[k]) for row in rows])
+              for k in range(len(inputs))]
+    for i, h in zip(wrt, hv):
+        out[i] = h
     return out
+
+
+def batched_hvp(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                vectors: torch.Tensor) -> torch.Tensor:
+    """H v for each row v of ``vectors`` ([B, n], the parameters flattened and concatenated);
+    returns ``[B, n]`` (see :func:`hvp_rows`)."""
+    B = vectors.shape[0]
+    tangents = [v.reshape(B, *p.shape) for v, p in zip(vectors.split([p.numel() for p in params], 1), params)]
+    hv = hvp_rows(grads, params, tangents)
+    return torch.cat([(h if h is not None else t.new_zeros(t.shape)).reshape(B, -1)
+                      for h, t in zip(hv, tangents)], 1)
 
 
 def _with_padding_slot(rows: torch.Tensor) -> torch.Tensor:
@@ -88,7 +96,10 @@ def probe_hvps(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Seque
                *, samples: int, generator: torch.Generator, chunk_size: Optional[int] = None):
     """Sign-coded block probing: for each of ``samples`` draws of signs s in {+-1}^N and each
     j < b, the HVP of the probe whose block m is s_m e_j. Returns ``(hvps, signs)`` with hvps
-    ``[samples, b, N, b]`` (draw, probe j, block, row), ready for ``ops.accumulate_probes``."""
+    ``[samples, b, N, b]`` (draw, probe j, block, row), ready for ``ops.accumulate_probes``.
+
+    Probes are built as blocks and scattered to the parameters' shapes, and the HVPs gathered
+    back into blocks, through the layout (views and one concatenation for plain layouts)."""
     N, b, n = layout.num_blocks, layout.block_size, layout.numel
     dtype, device = grads[0].dtype, grads[0].device
     signs = (torch.randint(0, 2, (samples, N), generator=generator) * 2 - 1).to(dtype=dtype, device=device)
@@ -96,9 +107,12 @@ def probe_hvps(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Seque
     chunk = min(b, chunk_size or default_chunk_size(n))
     for s in range(samples):
         for j0 in range(0, b, chunk):
-            js = torch.arange(j0, min(b, j0 + chunk), device=device)
-            probes = torch.zeros(js.shape[0], n + 1, dtype=dtype, device=device)
-            probes.scatter_(1, layout.index[:, js].T, signs[s].expand(js.shape[0], N))
-            hv = _with_padding_slot(batched_hvp(grads, params, probes[:, :n]))
-            hvps[s, j0:j0 + js.shape[0]] = hv[:, layout.index]
+            B = min(b, j0 + chunk) - j0
+            probe = torch.zeros(B, N, b, dtype=dtype, device=device)
+            rows = torch.arange(B, device=device)
+            probe[rows, :, j0 + rows] = signs[s]  # probe r: sign s_m at slot j0 + r of every block m
+            tangents = layout.scatter_rows(probe)
+            hv = hvp_rows(grads, params, tangents)
+            hvps[s, j0:j0 + B] = layout.gather_rows(
+                [h if h is not None else t.new_zeros(t.shape) for h, t in zip(hv, tangents)])
     return hvps, signs

@@ -276,30 +276,10 @@ class BlockLayout:
         """The entries of ``tensors`` (shaped like the params, e.g. their ``.grad``) as ``[N, b]``.
 
         Padding slots hold 0. The dtype is the tensors' dtype (``torch.cat``'s promotion if they
-        differ). One concatenation and one indexing; differentiable.
+        differ). One concatenation (and one indexing for tiled layouts); differentiable.
         """
         tensors = self._check_like_params(tensors, "tensors")
-        if self._plain:  # torch.cat promotes dtypes as the indexed path does
-            pieces = []
-            for t, (start, end) in zip(tensors, self.tensor_blocks):
-                pieces.append(t.reshape(-1))
-                padding = (end - start) * self.block_size - t.numel()
-                if padding:
-                    pieces.append(t.new_zeros(padding))
-            return torch.cat(pieces).view(self.num_blocks, self.block_size)
-        flat = torch.cat([t.reshape(-1) for t in tensors] + [tensors[0].new_zeros(1)])
-        return flat[self.index]
-
-    def _flat_entries(self, blocks: torch.Tensor) -> torch.Tensor:
-        """The real entries of ``blocks`` in flat parameter order, ``[numel]``."""
-        return blocks.reshape(-1)[self._inverse]
-
-    def _plain_pieces(self, blocks: torch.Tensor) -> List[torch.Tensor]:
-        """Views of ``blocks`` shaped like the params (plain layouts only)."""
-        flat = blocks.reshape(-1)
-        b = self.block_size
-        return [flat[start * b:start * b + math.prod(shape)].view(shape)
-                for shape, (start, _) in zip(self.shapes, self.tensor_blocks)]
+        return self.gather_rows([t.unsqueeze(0) for t in tensors])[0]
 
     def scatter(self, blocks: torch.Tensor) -> List[torch.Tensor]:
         """The inverse of :meth:`gather`: ``[N, b]`` blocks -> tensors shaped like the params.
@@ -309,28 +289,47 @@ class BlockLayout:
         one new tensor (one indexing, no per-tensor copies); differentiable.
         """
         blocks = self._check_blocks(blocks)
-        if self._plain:
-            return self._plain_pieces(blocks)
-        flat = self._flat_entries(blocks)
-        return [piece.view(shape) for piece, shape in
-                zip(flat.split([math.prod(s) for s in self.shapes]), self.shapes)]
+        return [t[0] for t in self.scatter_rows(blocks.unsqueeze(0))]
 
     def scatter_(self, blocks: torch.Tensor, out: Sequence[torch.Tensor]) -> None:
         """Write ``blocks`` (``[N, b]``) into the existing tensors ``out`` (e.g. the params' grads).
 
-        Padding slots are ignored. Uses one flat ``[numel]`` temporary, then one ``copy_`` per
-        tensor (converting to each tensor's dtype; ``out`` tensors may be non-contiguous).
+        Padding slots are ignored; one ``copy_`` per tensor (converting to each tensor's dtype;
+        ``out`` tensors may be non-contiguous), from views of ``blocks`` for plain layouts.
         """
         blocks = self._check_blocks(blocks)
         out = self._check_like_params(out, "out")
+        for target, piece in zip(out, self.scatter_rows(blocks.unsqueeze(0))):
+            target.copy_(piece[0])
+
+    def gather_rows(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`gather` for B rows at once: tensors ``[B, *param_shape]`` -> ``[B, N, b]``.
+
+        No argument checks (an internal fast path, e.g. for batches of HVPs)."""
+        B = tensors[0].shape[0]
+        rows = [t.reshape(B, -1) for t in tensors]
+        if self._plain:  # torch.cat promotes dtypes as the indexed path does
+            pieces = []
+            for row, (start, end) in zip(rows, self.tensor_blocks):
+                pieces.append(row)
+                padding = (end - start) * self.block_size - row.shape[1]
+                if padding:
+                    pieces.append(row.new_zeros(B, padding))
+            return torch.cat(pieces, 1).view(B, self.num_blocks, self.block_size)
+        flat = torch.cat(rows + [rows[0].new_zeros(B, 1)], 1)
+        return flat[:, self.index]
+
+    def scatter_rows(self, blocks: torch.Tensor) -> List[torch.Tensor]:
+        """:meth:`scatter` for B rows at once: ``[B, N, b]`` -> tensors ``[B, *param_shape]``
+        (views of ``blocks`` for plain layouts). No argument checks."""
+        B, b = blocks.shape[0], self.block_size
+        flat = blocks.reshape(B, -1)
         if self._plain:
-            for target, piece in zip(out, self._plain_pieces(blocks)):
-                target.copy_(piece)
-            return
-        flat = self._flat_entries(blocks)
-        for target, piece, shape in zip(out, flat.split([math.prod(s) for s in self.shapes]),
-                                        self.shapes):
-            target.copy_(piece.view(shape))
+            return [flat[:, start * b:start * b + math.prod(shape)].reshape(B, *shape)
+                    for shape, (start, _) in zip(self.shapes, self.tensor_blocks)]
+        entries = flat[:, self._inverse]
+        return [piece.reshape(B, *shape) for piece, shape in
+                zip(entries.split([math.prod(s) for s in self.shapes], 1), self.shapes)]
 
     def identity_padding(self, H: torch.Tensor) -> torch.Tensor:
         """``H`` (``[N, b, b]``) with every padding row and column replaced by the identity's.
