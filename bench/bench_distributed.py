@@ -141,6 +141,7 @@ def _worker(rank: int, world: int, threads: int, init: str, path: str) -> None:
         group = dist.group.WORLD
     result = {b: _measure(rank, world, group, b) for b in BLOCK_SIZES}
     if group is not None:
+        dist.barrier()  # tear down together (gloo may abort a rank that leaves first)
         dist.destroy_process_group()
     if rank == 0:
         torch.save(result, path)

@@ -112,6 +112,7 @@ def main() -> None:
               f"{m['high_quality']:.1f} % high quality. D: rank 0 owns blocks {s.get('owned', (0, s['blocks']))} "
               f"of {s['blocks']}; {s['refreshes']} refreshes; rank 0 sent {sent['refresh'] / 2**20:.2f} MiB "
               f"for refreshes and {sent['step'] / 2**20:.2f} MiB for steps")
+    dist.barrier()  # tear down together: gloo aborts a rank that leaves while a peer still reports
     dist.destroy_process_group()
 
 

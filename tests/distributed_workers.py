@@ -162,6 +162,7 @@ def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios
                 result[name] = failure_run(group, rank, world_size)
             else:
                 raise ValueError(f"unknown scenario {name!r}")
+        dist.barrier()  # tear down together (gloo may abort a rank that leaves first)
         dist.destroy_process_group()
     except BaseException:
         with open(os.path.join(out_dir, f"rank{rank}.error"), "w") as f:
