@@ -1,0 +1,447 @@
+"""Style-transfer benchmark: hsc vs L-BFGS vs Adam over the pixels, at 128² and 256².
+
+Plain script (not collected by pytest)::
+
+    python bench/bench_style.py                  # the benchmark: bench/results/style.{md,json,png}
+    python bench/bench_style.py --repeats 1      # one timing repeat instead of two
+    python bench/bench_style.py --sweep          # the hsc settings grid at 128²: style_sweep.{md,json}
+    python bench/bench_style.py --oracle         # exact block diagonal at 32²: style_oracle.md
+
+The benchmark: astronaut in the style of china, the random multi-scale features, the default loss
+weights, start from the content image, float32, one torch thread. Per size: L-BFGS runs 300
+evaluations and sets the target, the loss it reaches; hsc and Adam run for 3x L-BFGS's wall-clock.
+Every optimizer gets an untimed warm-up run first (first-call costs: vmap, oneDNN kernels).
+Losses per evaluation are deterministic; the wall-clock is measured ``--repeats`` times (median).
+The report also measures what one gradient, one HVP and each optimizer's step cost, and, at 32²,
+how much of the exact Hessian the pixel blocks hold (the `why` section).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from conftest import machine  # noqa: E402
+from hsc.curvature import batched_hvp  # noqa: E402
+from hsc.layout import BlockLayout  # noqa: E402
+from hsc.style.cli import finite_or_none  # noqa: E402
+from hsc.style.features import make_extractor  # noqa: E402
+from hsc.style.images import load_image  # noqa: E402
+from hsc.style.objective import LossWeights, StyleObjective  # noqa: E402
+from hsc.style.plots import plot_loss_grid, plot_side_by_side  # noqa: E402
+from hsc.style.run import HSCSettings, RunConfig, RunResult, run  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONTENT, STYLE = "astronaut", "china"
+REFERENCE_EVALUATIONS = 300
+TIME_FACTOR = 3.0  # hsc and Adam run this many times L-BFGS's wall-clock
+
+# name -> changes to HSCSettings (or RunConfig's adam_lr / optimizer); the grid of style_notes.md
+SWEEP: Dict[str, dict] = {
+    "adam lr 0.01": {"optimizer": "adam", "adam_lr": 0.01},
+    "adam lr 0.02": {"optimizer": "adam", "adam_lr": 0.02},
+    "adam lr 0.05": {"optimizer": "adam", "adam_lr": 0.05},
+    "adam lr 0.1": {"optimizer": "adam", "adam_lr": 0.1},
+    "adam lr 0.2": {"optimizer": "adam", "adam_lr": 0.2},
+    # round 1: one change at a time from lr 0.1, momentum 0.9, every 10, mu 500, delta 1
+    "r1 base": {"momentum": 0.9, "update_every": 10},
+    "r1 mu 250": {"momentum": 0.9, "update_every": 10, "scale": 250.0},
+    "r1 mu 1000": {"momentum": 0.9, "update_every": 10, "scale": 1000.0},
+    "r1 mu 2000": {"momentum": 0.9, "update_every": 10, "scale": 2000.0},
+    "r1 lr 0.05": {"momentum": 0.9, "update_every": 10, "lr": 0.05},
+    "r1 lr 0.2": {"momentum": 0.9, "update_every": 10, "lr": 0.2},
+    "r1 momentum 0.5": {"momentum": 0.5, "update_every": 10},
+    "r1 momentum 0.95": {"momentum": 0.95, "update_every": 10},
+    "r1 every 3": {"momentum": 0.9, "update_every": 3},
+    "r1 every 30": {"momentum": 0.9, "update_every": 30},
+    "r1 every 100": {"momentum": 0.9, "update_every": 100},
+    "r1 samples 4": {"momentum": 0.9, "update_every": 10, "samples": 4},
+    "r1 ema 0.5": {"momentum": 0.9, "update_every": 10, "ema": 0.5},
+    "r1 ema 0.99": {"momentum": 0.9, "update_every": 10, "ema": 0.99},
+    "r1 delta 10": {"momentum": 0.9, "update_every": 10, "damping": 10.0},
+    "r1 delta 100": {"momentum": 0.9, "update_every": 10, "damping": 100.0},
+    "r1 patch 2x2 every 30": {"momentum": 0.9, "update_every": 30, "patch": (2, 2)},
+    "r1 singular_safe": {"momentum": 0.9, "update_every": 10, "mode": "singular_safe"},
+    # round 2: from every 100
+    "r2 every 100 ema 0.99": {"momentum": 0.9, "update_every": 100, "ema": 0.99},
+    "r2 every 100 delta 100": {"momentum": 0.9, "update_every": 100, "damping": 100.0},
+    "r2 every 100 lr 0.15": {"momentum": 0.9, "update_every": 100, "lr": 0.15},
+    "r2 every 100 mu 350": {"momentum": 0.9, "update_every": 100, "scale": 350.0},
+    "r2 every 100 mu 700": {"momentum": 0.9, "update_every": 100, "scale": 700.0},
+    "r2 every 300": {"momentum": 0.9, "update_every": 300},
+    "r2 every 100 momentum 0.95": {"momentum": 0.95, "update_every": 100},
+    # control: delta 1e5 drowns the curvature, M^-1 = const I: momentum SGD through the same code
+    "r2 identity lr 4": {"momentum": 0.9, "damping": 1e5, "lr": 4.0},
+    "r2 identity lr 8": {"momentum": 0.9, "damping": 1e5, "lr": 8.0},
+    # round 3: from every 100, momentum 0.95
+    "r3 momentum 0.97 (default)": {},
+    "r3 momentum 0.98": {"momentum": 0.98},
+    "r3 momentum 0.99": {"momentum": 0.99},
+    "r3 momentum 0.97 lr 0.07": {"lr": 0.07},
+    "r3 momentum 0.97 samples 2": {"samples": 2},
+    "r3 momentum 0.95 delta 100": {"momentum": 0.95, "damping": 100.0},
+    "r3 momentum 0.95 mu 700 lr 0.15": {"momentum": 0.95, "scale": 700.0, "lr": 0.15},
+    "r3 momentum 0.95 patch 2x2": {"momentum": 0.95, "patch": (2, 2)},
+}
+
+
+def make_objective(size: int) -> StyleObjective:
+    return StyleObjective(make_extractor("random"), load_image(CONTENT, size, "--content"),
+                          load_image(STYLE, size, "--style"), LossWeights())
+
+
+def config_with(changes: dict, **budget) -> RunConfig:
+    top = {k: v for k, v in changes.items() if k in ("optimizer", "adam_lr")}
+    inner = {k: v for k, v in changes.items() if k not in top}
+    return RunConfig(**{"optimizer": "hsc", **top, **budget},
+                     hsc=dataclasses.replace(HSCSettings(), **inner))
+
+
+def warm_up(objective: StyleObjective) -> None:
+    for name in ("hsc", "lbfgs", "adam"):
+        run(objective, RunConfig(optimizer=name, steps=3))
+
+
+def time_to(result: RunResult, target: float) -> Optional[dict]:
+    """The first record at or below ``target``: seconds, evaluations, HVPs."""
+    for r in result.history:
+        if r.loss <= target:
+            return {"seconds": r.seconds, "evaluations": r.evaluations, "hvps": r.hvps}
+    return None
+
+
+def loss_at_seconds(result: RunResult, seconds: float) -> float:
+    """The loss of the last record within ``seconds``."""
+    within = [r.loss for r in result.history if r.seconds <= seconds]
+    return within[-1] if within else float("nan")
+
+
+def median_ms(fn, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def costs(objective: StyleObjective) -> dict:
+    """Milliseconds of one loss + gradient, of one HVP (on top of a gradient with its graph), and
+    of 3 and 12 HVPs batched with vmap and looped (a refresh at b = 3 and b = 12)."""
+    x = objective.content.clone().requires_grad_(True)
+
+    def gradient():
+        torch.autograd.grad(objective(x), x)
+
+    def hvps(count: int, batched: bool):
+        vectors = torch.randn(count, x.numel(), generator=torch.Generator().manual_seed(0))
+
+        def fn():
+            g = torch.autograd.grad(objective(x), x, create_graph=True)[0]
+            if batched:
+                batched_hvp([g], [x], vectors)
+            else:
+                for v in vectors:
+                    torch.autograd.grad(g, x, v.view_as(x), retain_graph=True)
+        return fn
+
+    out = {"gradient_ms": median_ms(gradient)}
+    with_graph = median_ms(hvps(0, False))
+    for count in (1, 3, 12):
+        out[f"hvp_x{count}_loop_ms"] = median_ms(hvps(count, False)) - with_graph
+        if count > 1:
+            out[f"hvp_x{count}_vmap_ms"] = median_ms(hvps(count, True)) - with_graph
+    return out
+
+
+def hessian_structure(size: int = 32) -> dict:
+    """The exact pixel Hessian at ``size``² (n HVPs), at the content image and at L-BFGS's
+    300-evaluation image: its spectrum, the share of its squared Frobenius norm inside the pixel
+    blocks of each patch size, the probe estimator's noise (the off-block part of a block's rows
+    against the block, per block, median), and the spectrum after block-Jacobi preconditioning."""
+    objective = make_objective(size)
+    solution = run(objective, RunConfig(optimizer="lbfgs", evaluations=REFERENCE_EVALUATIONS)).image
+    out = {}
+    for where, point in (("content image", objective.content), ("L-BFGS 300 evaluations", solution)):
+        x = point.clone().requires_grad_(True)
+        loss = objective(x)
+        grad = torch.autograd.grad(loss, x, create_graph=True)[0]
+        n = x.numel()
+        H = torch.cat([batched_hvp([grad], [x], torch.eye(n)[i:i + 512]) for i in range(0, n, 512)])
+        H = ((H + H.T) / 2).double()
+        eig = torch.linalg.eigvalsh(H)
+        top = eig.abs().sort(descending=True).values
+        row = {"loss": float(loss), "n": n, "eig_min": float(eig[0]), "eig_max": float(eig[-1]),
+               "eig_median": float(eig.median()), "negative": int((eig < 0).sum()),
+               "top_1pct_share_of_frobenius": float((top[:n // 100] ** 2).sum() / (top ** 2).sum()),
+               "patches": {}}
+        for ph in (1, 2, 4):
+            layout = BlockLayout([x], 3 * ph * ph, patch=(ph, ph))
+            index = layout.index
+            inside = torch.zeros_like(H, dtype=torch.bool)
+            inside[index[:, :, None], index[:, None, :]] = True
+            blocks = H[index[:, :, None], index[:, None, :]]
+            off = torch.where(inside, 0.0, H)
+            noise = (off[index] ** 2).sum(dim=(1, 2)) / (blocks ** 2).sum(dim=(1, 2))
+            block_eig = torch.linalg.eigvalsh(blocks)
+            patch = {"b": 3 * ph * ph, "block_share_of_frobenius": float((blocks ** 2).sum() / (H ** 2).sum()),
+                     "probe_noise_median": float(noise.sqrt().median()),
+                     "indefinite_blocks": float((block_eig[:, 0] <= 0).double().mean())}
+            if bool((block_eig[:, 0] > 0).all()):
+                D = torch.zeros_like(H)
+                D[index[:, :, None], index[:, None, :]] = blocks
+                L_inv = torch.linalg.inv(torch.linalg.cholesky(D))
+                pe = torch.linalg.eigvalsh(L_inv @ H @ L_inv.T)
+                patch["preconditioned_eig_min"], patch["preconditioned_eig_max"] = float(pe[0]), float(pe[-1])
+            row["patches"][f"{ph}x{ph}"] = patch
+        out[where] = row
+    return out
+
+
+def benchmark(args) -> None:
+    torch.set_num_threads(1)
+    info = machine()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    report = {"machine": info, "content": CONTENT, "style": STYLE, "features": "random",
+              "weights": dataclasses.asdict(LossWeights()), "dtype": "float32", "init": "content",
+              "hsc": dataclasses.asdict(HSCSettings()), "adam_lr": RunConfig().adam_lr,
+              "lbfgs_history": RunConfig().lbfgs_history, "repeats": args.repeats,
+              "time_factor": TIME_FACTOR, "sizes": {}}
+    curves: Dict[str, Dict[str, RunResult]] = {}
+    targets: Dict[str, float] = {}
+    for size in sizes:
+        objective = make_objective(size)
+        warm_up(objective)
+        load_before = os.getloadavg()[0]
+        runs: Dict[str, List[RunResult]] = {"lbfgs": [], "hsc": [], "adam": []}
+        for _ in range(args.repeats):  # repeat-major: a change in the machine's load hits all alike
+            reference = run(objective, RunConfig(optimizer="lbfgs", evaluations=REFERENCE_EVALUATIONS))
+            runs["lbfgs"].append(reference)
+            for name in ("hsc", "adam"):
+                runs[name].append(run(objective, RunConfig(optimizer=name,
+                                                           seconds=TIME_FACTOR * reference.seconds)))
+        target = runs["lbfgs"][0].history[-1].loss
+        reference_seconds = statistics.median(r.seconds for r in runs["lbfgs"])
+        rows = {}
+        for name, results in runs.items():
+            hits = [time_to(r, target) for r in results]
+            reached = [h for h in hits if h is not None]
+            rows[name] = {
+                "reached": len(reached), "repeats": len(results),
+                "seconds_to_target": [h["seconds"] for h in reached],
+                "evaluations_to_target": reached[0]["evaluations"] if reached else None,
+                "hvps_to_target": reached[0]["hvps"] if reached else None,
+                "loss_at_reference_seconds": statistics.median(loss_at_seconds(r, reference_seconds)
+                                                               for r in results),
+                "budget_seconds": statistics.median(r.seconds for r in results),
+                "evaluations": statistics.median(r.evaluations for r in results),
+                "hvps": results[0].hvps, "last_loss": results[0].history[-1].loss,
+                "final_clamped_loss": results[0].final_loss,
+                "ms_per_evaluation": 1e3 * statistics.median(r.seconds / r.evaluations for r in results),
+                "stats": results[0].stats, "history": [dataclasses.asdict(h) for h in results[0].history],
+            }
+            print(f"  {size}² {name}: {rows[name]['reached']}/{len(results)} reached {target:.4f}; "
+                  f"loss at L-BFGS's {reference_seconds:.1f} s: {rows[name]['loss_at_reference_seconds']:.4f}",
+                  flush=True)
+        report["sizes"][str(size)] = {
+            "target": target, "reference_seconds": reference_seconds, "rows": rows,
+            "costs": costs(objective),
+            "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
+        label = f"{size}²"
+        curves[label] = {name: results[0] for name, results in runs.items()}
+        targets[label] = target
+        if size == max(sizes):
+            plot_side_by_side(objective.content, load_image(STYLE, size), curves[label],
+                              RESULTS / f"style_{size}.png",
+                              [f"{CONTENT} in the style of {STYLE}, {size}², random features; "
+                               f"L-BFGS 300 evaluations, hsc and Adam {TIME_FACTOR:g}x its wall-clock"])
+    report["hessian_32"] = hessian_structure()
+    RESULTS.mkdir(exist_ok=True)
+    plot_loss_grid(curves, RESULTS / "style.png", targets)
+    (RESULTS / "style.json").write_text(json.dumps(finite_or_none(report), indent=1))
+    (RESULTS / "style.md").write_text(markdown(report, sizes))
+    print(markdown(report, sizes))
+
+
+def _seconds(values: List[float]) -> str:
+    if not values:
+        return "not reached"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+
+def markdown(report: dict, sizes: List[int]) -> str:
+    m = report["machine"]
+    lines = [
+        "# Style transfer: hsc vs L-BFGS vs Adam over the pixels", "",
+        f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} torch thread; "
+        f"command: `{m['command']}`",
+        f"- problem: {report['content']} in the style of {report['style']}, random multi-scale features, "
+        f"loss weights {report['weights']}, start from the content image, {report['dtype']}",
+        f"- hsc: {report['hsc']}; Adam lr {report['adam_lr']}; L-BFGS history {report['lbfgs_history']}, "
+        "strong-Wolfe line search",
+        f"- protocol: L-BFGS runs {REFERENCE_EVALUATIONS} evaluations and its loss there is the target; hsc "
+        f"and Adam run {report['time_factor']:g}x L-BFGS's wall-clock; {report['repeats']} timing repeat(s), "
+        "median (min–max); losses per evaluation are the same in every repeat",
+        "- an evaluation is one loss + gradient; hsc's HVPs are counted apart", "",
+        "## Time to reach L-BFGS's 300-evaluation loss", "",
+        "| size | target loss | optimizer | seconds to target | evaluations to target | HVPs to target "
+        "| loss at L-BFGS's 300-evaluation time | budget s | evaluations in budget | ms / evaluation |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in sizes:
+        s = report["sizes"][str(size)]
+        for name, r in s["rows"].items():
+            lines.append(
+                f"| {size}² | {s['target']:.4f} | {name} | {_seconds(r['seconds_to_target'])} | "
+                f"{r['evaluations_to_target'] if r['evaluations_to_target'] is not None else '-'} | "
+                f"{r['hvps_to_target'] if r['hvps_to_target'] is not None else '-'} | "
+                f"{r['loss_at_reference_seconds']:.4f} | {r['budget_seconds']:.1f} | {r['evaluations']:.0f} | "
+                f"{r['ms_per_evaluation']:.1f} |")
+    lines += ["", "Target met (hsc reaches the target in less wall-clock than L-BFGS): " + ", ".join(
+        f"{size}² {'yes' if _beats(report['sizes'][str(size)]) else 'no'}" for size in sizes), ""]
+    lines += ["## Costs (milliseconds, medians of 5)", "",
+              "| size | loss + gradient | 1 HVP | 3 HVPs looped | 3 HVPs vmap | 12 HVPs looped | 12 HVPs vmap "
+              "| load before / after |", "|---|---|---|---|---|---|---|---|"]
+    for size in sizes:
+        c, load = report["sizes"][str(size)]["costs"], report["sizes"][str(size)]["load_average_1min_before_after"]
+        lines.append(f"| {size}² | {c['gradient_ms']:.1f} | {c['hvp_x1_loop_ms']:.1f} | {c['hvp_x3_loop_ms']:.1f} | "
+                     f"{c['hvp_x3_vmap_ms']:.1f} | {c['hvp_x12_loop_ms']:.1f} | {c['hvp_x12_vmap_ms']:.1f} | "
+                     f"{load[0]:.1f} / {load[1]:.1f} |")
+    lines += ["", "HVP columns: the time on top of one gradient computed with its graph. Load: 1-minute load "
+              "average of the 2-core machine (above 1 means other work shared it).", "",
+              "## The exact pixel Hessian at 32² (why the blocks see little)", "",
+              "| point | loss | eigenvalues min / median / max | negative | top 1 % share of ‖H‖² "
+              "| patch | b | blocks' share of ‖H‖² | probe noise (median) | indefinite blocks "
+              "| block-Jacobi preconditioned eigenvalues min / max |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for where, h in report["hessian_32"].items():
+        for patch, p in h["patches"].items():
+            pre = (f"{p['preconditioned_eig_min']:.3g} / {p['preconditioned_eig_max']:.3g}"
+                   if "preconditioned_eig_min" in p else "blocks not all positive definite")
+            lines.append(f"| {where} | {h['loss']:.4g} | {h['eig_min']:.3g} / {h['eig_median']:.3g} / "
+                         f"{h['eig_max']:.3g} | {h['negative']} of {h['n']} | "
+                         f"{h['top_1pct_share_of_frobenius']:.2f} | {patch} | {p['b']} | "
+                         f"{p['block_share_of_frobenius']:.3f} | {p['probe_noise_median']:.2f} | "
+                         f"{p['indefinite_blocks']:.3f} | {pre} |")
+    lines += ["", "Probe noise: for each block, ‖rows of the block outside it‖ / ‖block‖, the relative error "
+              "of one sign draw of the probe estimator (SPEC §4). Pictures: `style.png` (loss against "
+              "seconds and evaluations, target dotted), "
+              f"`style_{max(sizes)}.png` (the images)."]
+    notes = RESULTS / "style_notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text()]
+    return "\n".join(lines) + "\n"
+
+
+def _beats(size_report: dict) -> bool:
+    hsc_times = size_report["rows"]["hsc"]["seconds_to_target"]
+    return bool(hsc_times) and statistics.median(hsc_times) < size_report["reference_seconds"]
+
+
+def sweep(args) -> None:
+    """The hsc grid at one size: loss at 100 / 300 / 600 evaluations, at L-BFGS's time, time to target."""
+    torch.set_num_threads(1)
+    size = int(args.sizes.split(",")[0])
+    objective = make_objective(size)
+    warm_up(objective)
+    reference = run(objective, RunConfig(optimizer="lbfgs", evaluations=REFERENCE_EVALUATIONS))
+    target = reference.history[-1].loss
+    names = [n for n in SWEEP if not args.only or n in args.only.split(",")]
+    rows = {}
+    for name in names:
+        r = run(objective, config_with(SWEEP[name], evaluations=600, seconds=TIME_FACTOR * reference.seconds))
+
+        def at(evaluations):
+            return next((h.loss for h in r.history if h.evaluations >= evaluations), None)
+        rows[name] = {"changes": {k: list(v) if isinstance(v, tuple) else v for k, v in SWEEP[name].items()},
+                      "loss_at_100": at(100), "loss_at_300": at(300), "loss_at_600": at(600),
+                      "loss_at_reference_seconds": loss_at_seconds(r, reference.seconds),
+                      "to_target": time_to(r, target), "evaluations": r.evaluations, "hvps": r.hvps,
+                      "seconds": r.seconds, "skipped_steps": sum(v for k, v in r.stats.items()
+                                                                 if k.startswith("skipped"))}
+        print(f"  {name}: {rows[name]}", flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    out = {"machine": machine(), "size": size, "target": target, "reference_seconds": reference.seconds,
+           "defaults": dataclasses.asdict(HSCSettings()), "rows": rows}
+    (RESULTS / "style_sweep.json").write_text(json.dumps(finite_or_none(out), indent=1))
+
+    def f(v):
+        return "diverged" if v is None or v != v or v == float("inf") else f"{v:.4f}"
+    lines = [f"# hsc settings grid, {size}², target {target:.4f} (L-BFGS, {REFERENCE_EVALUATIONS} evaluations, "
+             f"{reference.seconds:.1f} s)", "", f"- machine: {out['machine']['cpu']}, torch {out['machine']['torch']}, "
+             f"1 thread; command: `{out['machine']['command']}`",
+             f"- each run: 600 evaluations or {TIME_FACTOR:g}x L-BFGS's time; changes to {out['defaults']}",
+             "- `diverged`: the loss overflowed and every later step was skipped", "",
+             "| variant | loss @100 | @300 | @600 | at L-BFGS's time | to target | HVPs | skipped steps |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        hit = r["to_target"]
+        lines.append(f"| {name} | {f(r['loss_at_100'])} | {f(r['loss_at_300'])} | {f(r['loss_at_600'])} | "
+                     f"{f(r['loss_at_reference_seconds'])} | "
+                     f"{'%.1f s' % hit['seconds'] if hit else 'no'} | {r['hvps']} | {r['skipped_steps']} |")
+    (RESULTS / "style_sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def oracle(args) -> None:
+    """Per evaluation at 32²: hsc with the exact 3 x 3 pixel blocks (n HVPs a refresh, not timed)
+    against the probe estimator, the identity control, L-BFGS and Adam."""
+    torch.set_num_threads(1)
+    objective = make_objective(32)
+    runs = {"lbfgs": RunConfig(optimizer="lbfgs", evaluations=REFERENCE_EVALUATIONS),
+            "adam": RunConfig(optimizer="adam", evaluations=REFERENCE_EVALUATIONS),
+            "hsc probe": config_with({}, evaluations=REFERENCE_EVALUATIONS),
+            "hsc identity control": config_with({"damping": 1e5, "lr": 4.0}, evaluations=REFERENCE_EVALUATIONS)}
+    rows = {}
+    for name, config in runs.items():
+        r = run(objective, config)
+        rows[name] = {e: next(h.loss for h in r.history if h.evaluations >= e) for e in (10, 30, 100, 300)}
+    for every in (10, 100):
+        r = run(objective, config_with({"estimator": "exact", "update_every": every},
+                                       evaluations=REFERENCE_EVALUATIONS))
+        rows[f"hsc exact blocks, every {every}"] = {
+            e: next(h.loss for h in r.history if h.evaluations >= e) for e in (10, 30, 100, 300)}
+    lines = ["# Exact pixel blocks vs the probe estimator, per evaluation (32², not timed)", "",
+             f"- hsc settings {dataclasses.asdict(HSCSettings())}; the exact rows swap the estimator "
+             "(and the refresh interval) only",
+             f"- command: `{' '.join(sys.argv)}`", "",
+             "| run | loss @10 | @30 | @100 | @300 |", "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[e]:.4f}" if r[e] == r[e] and r[e] != float('inf') else "diverged"
+                                                 for e in (10, 30, 100, 300)) + " |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "style_oracle.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="128,256", help="comma list (the sweep uses the first)")
+    parser.add_argument("--repeats", type=int, default=2, help="timing repeats per size")
+    parser.add_argument("--sweep", action="store_true", help="the hsc settings grid")
+    parser.add_argument("--only", default="", help="sweep: comma list of variant names")
+    parser.add_argument("--oracle", action="store_true", help="exact pixel blocks at 32², per evaluation")
+    args = parser.parse_args()
+    if args.sweep:
+        sweep(args)
+    elif args.oracle:
+        oracle(args)
+    else:
+        benchmark(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""``hsc style``: neural style transfer with hsc, L-BFGS and Adam over the image's pixels.
+
+Example::
+
+    hsc style --content astronaut --style china --size 256 --optim hsc,lbfgs,adam --steps 300 -o out.png
+
+With one optimizer it writes ``out.png``; with several ``out-<optimizer>.png`` each and
+``out-side-by-side.png``; always ``out-loss.png`` (loss against seconds and evaluations) and
+``metrics.json`` next to the image.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+from .features import EXTRACTORS, make_extractor
+from .images import BUNDLED, load_image, save_image
+from .objective import LossWeights, StyleObjective
+from .run import INITS, OPTIMIZERS, HSCSettings, Record, RunConfig, RunResult, run
+
+DEFAULT_STEPS = 300
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    h, w, r = HSCSettings(), LossWeights(), RunConfig()
+    parser.add_argument("--content", default="astronaut",
+                        help=f"content image: a file or one of {', '.join(sorted(BUNDLED))}")
+    parser.add_argument("--style", default="china", help="style image: a file or a bundled name")
+    parser.add_argument("--size", type=int, default=256, help="side of the square output in pixels")
+    parser.add_argument("--optim", default="hsc", help=f"comma list of {OPTIMIZERS}")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int,
+                        help=f"optimizer steps, L-BFGS iterations (default {DEFAULT_STEPS})")
+    budget.add_argument("--evaluations", type=int, help="loss + gradient evaluations")
+    budget.add_argument("--seconds", type=float, help="wall-clock seconds of optimisation")
+    parser.add_argument("-o", "--out", default="style.png", help="output image (PNG or JPEG)")
+    parser.add_argument("--init", choices=INITS, default=r.init, help="start from the content image or noise")
+    parser.add_argument("--seed", type=int, default=r.seed, help="noise start and hsc's probe signs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    f = parser.add_argument_group("objective")
+    f.add_argument("--features", choices=EXTRACTORS, default="random",
+                   help="random multi-scale network (offline) or VGG19 with --weights")
+    f.add_argument("--weights", default="", help="VGG19 state_dict file for --features vgg19")
+    f.add_argument("--feature-seed", type=int, default=0, help="seed of the random network")
+    f.add_argument("--content-weight", type=float, default=w.content)
+    f.add_argument("--style-weight", type=float, default=w.style)
+    f.add_argument("--tv-weight", type=float, default=w.tv)
+    f.add_argument("--range-weight", type=float, default=w.range, help="penalty on pixels outside [0, 1]")
+    p = parser.add_argument_group("peers")
+    p.add_argument("--adam-lr", type=float, default=r.adam_lr)
+    p.add_argument("--lbfgs-history", type=int, default=r.lbfgs_history)
+    g = parser.add_argument_group("hsc")
+    g.add_argument("--hsc-lr", type=float, default=h.lr)
+    g.add_argument("--hsc-momentum", type=float, default=h.momentum)
+    g.add_argument("--hsc-patch", default=",".join(map(str, h.patch)),
+                   help="block = a patch of ph,pw pixels (b = 3 ph pw)")
+    g.add_argument("--hsc-update-every", type=int, default=h.update_every)
+    g.add_argument("--hsc-scale", type=float, default=h.scale, help="mu x H W")
+    g.add_argument("--hsc-damping", type=float, default=h.damping, help="delta x H W")
+    g.add_argument("--hsc-ema", type=float, default=h.ema)
+    g.add_argument("--hsc-samples", type=int, default=h.samples)
+    g.add_argument("--hsc-mode", choices=("cholesky", "singular_safe"), default=h.mode)
+
+
+def _patch(text: str):
+    try:
+        ph, pw = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"hsc: --hsc-patch must be two ints ph,pw, got {text!r}") from None
+    return (ph, pw)
+
+
+def build_configs(args: argparse.Namespace) -> List[RunConfig]:
+    """One :class:`RunConfig` per optimizer named in ``--optim``."""
+    names = [m.strip() for m in args.optim.split(",") if m.strip()]
+    unknown = [m for m in names if m not in OPTIMIZERS]
+    if not names or unknown:
+        raise ValueError(f"hsc: --optim must name optimizers among {OPTIMIZERS}, got {args.optim!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"hsc: --optim must not repeat an optimizer, got {args.optim!r}")
+    steps = args.steps if args.steps is not None or args.evaluations or args.seconds else DEFAULT_STEPS
+    hsc = HSCSettings(lr=args.hsc_lr, momentum=args.hsc_momentum, patch=_patch(args.hsc_patch),
+                      update_every=args.hsc_update_every, scale=args.hsc_scale, damping=args.hsc_damping,
+                      ema=args.hsc_ema, samples=args.hsc_samples, mode=args.hsc_mode)
+    return [RunConfig(optimizer=m, steps=steps, evaluations=args.evaluations, seconds=args.seconds,
+                      init=args.init, seed=args.seed, adam_lr=args.adam_lr,
+                      lbfgs_history=args.lbfgs_history, hsc=hsc).validate() for m in names]
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+            f"{os.cpu_count()} cores, torch {torch.__version__}")
+
+
+def format_table(results: Dict[str, RunResult]) -> str:
+    """A markdown table: budget used and the final (clamped) loss and its terms, per optimizer."""
+    lines = ["| optimizer | steps | evaluations | HVPs | seconds | final loss | content | style | tv |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        t = r.final_terms
+        lines.append(f"| {name} | {r.steps} | {r.evaluations} | {r.hvps} | {r.seconds:.1f} | "
+                     f"{r.final_loss:.4g} | {t['content']:.3g} | {t['style']:.3g} | {t['tv']:.3g} |")
+    return "\n".join(lines)
+
+
+def _progress_bar(config: RunConfig, bar) -> Callable[[Record], None]:
+    """Advances ``bar`` in the budget's unit (steps, evaluations or seconds) after each step."""
+    last = {"steps": 0, "evaluations": 0, "seconds": 0.0}
+
+    def advance(record: Record) -> None:
+        done = {"steps": last["steps"] + 1, "evaluations": record.evaluations, "seconds": record.seconds}
+        unit = "steps" if config.steps is not None else "evaluations" if config.evaluations else "seconds"
+        bar.update(done[unit] - last[unit])
+        last.update(done)
+        bar.set_postfix(loss=f"{record.loss:.4g}", refresh=False)
+
+    return advance
+
+
+def output_paths(out: Path, names: List[str]) -> Dict[str, Path]:
+    """Where each result goes: ``out`` itself for one optimizer, ``<stem>-<name><suffix>`` for several,
+    plus ``loss``, ``side_by_side`` and ``metrics``."""
+    suffix = out.suffix or ".png"
+    stem = out.with_suffix("")
+    paths = {n: (out.with_suffix(suffix) if len(names) == 1 else Path(f"{stem}-{n}{suffix}")) for n in names}
+    paths["loss"] = Path(f"{stem}-loss.png")
+    paths["side_by_side"] = Path(f"{stem}-side-by-side.png")
+    paths["metrics"] = out.parent / "metrics.json"
+    return paths
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .plots import plot_loss, plot_side_by_side
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    weights = LossWeights(content=args.content_weight, style=args.style_weight, tv=args.tv_weight,
+                          range=args.range_weight)
+    try:  # a bad argument ends the command with its message, not a traceback
+        configs = build_configs(args)
+        content = load_image(args.content, args.size, "--content")
+        style = load_image(args.style, args.size, "--style")
+        extractor = make_extractor(args.features, seed=args.feature_seed, weights=args.weights)
+        objective = StyleObjective(extractor, content, style, weights)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        raise SystemExit(f"hsc style: {err}") from err
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = [c.optimizer for c in configs]
+    paths = output_paths(out, names)
+
+    results: Dict[str, RunResult] = {}
+    for config in configs:
+        total = config.steps or config.evaluations or config.seconds
+        with tqdm(total=total, desc=config.optimizer, dynamic_ncols=True, mininterval=0.5,
+                  unit="step" if config.steps else "eval" if config.evaluations else "s") as bar:
+            results[config.optimizer] = run(objective, config, _progress_bar(config, bar))
+        save_image(results[config.optimizer].image, str(paths[config.optimizer]))
+
+    print(format_table(results))
+    title = f"{args.content} in the style of {args.style}, {args.size}² ({args.features} features)"
+    plot_loss(results, paths["loss"], title)
+    written = [paths[n] for n in names] + [paths["loss"]]
+    if len(names) > 1:
+        plot_side_by_side(content, style, results, paths["side_by_side"], [title])
+        written.append(paths["side_by_side"])
+    report = {"content": args.content, "style": args.style, "size": args.size, "features": args.features,
+              "feature_seed": args.feature_seed, "weights": dataclasses.asdict(weights),
+              "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "dtype": "float32", "runs": {n: r.to_dict() for n, r in results.items()}}
+    paths["metrics"].write_text(json.dumps(finite_or_none(report), indent=1))
+    written.append(paths["metrics"])
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def finite_or_none(obj):
+    """``obj`` with every non-finite float replaced by None, so that the JSON is strict."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj

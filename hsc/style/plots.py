@@ -1,0 +1,77 @@
+"""Pictures (matplotlib, Agg backend): loss against time and evaluations, images side by side."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .run import RunResult  # noqa: E402
+
+COLORS = {"hsc": "tab:red", "lbfgs": "tab:blue", "adam": "tab:green"}
+
+
+def _draw_loss(axes, results: Dict[str, RunResult], title: str = "", target: Optional[float] = None) -> None:
+    """Loss against wall-clock seconds on ``axes[0]`` and against evaluations on ``axes[1]``."""
+    for label, result in results.items():
+        color = COLORS.get(result.config.optimizer)
+        seconds = [r.seconds for r in result.history]
+        evaluations = [r.evaluations for r in result.history]
+        losses = [r.loss for r in result.history]
+        axes[0].plot(seconds, losses, color=color, label=label)
+        axes[1].plot(evaluations, losses, color=color, label=label)
+    for ax, xlabel in zip(axes, ("wall-clock seconds", "loss + gradient evaluations")):
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend()
+
+
+def plot_loss(results: Dict[str, RunResult], path: Path, title: str = "",
+              target: Optional[float] = None) -> None:
+    """One run per optimizer: the loss against seconds and against evaluations (log scale)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    _draw_loss(axes, results, title, target)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_loss_grid(rows: Dict[str, Dict[str, RunResult]], path: Path,
+                   targets: Optional[Dict[str, float]] = None) -> None:
+    """One row of :func:`plot_loss` per setting (e.g. image size), the ``targets`` as dotted lines."""
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 3.8 * len(rows)), squeeze=False)
+    for ax_row, (name, results) in zip(axes, rows.items()):
+        _draw_loss(ax_row, results, name, (targets or {}).get(name))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _as_array(image: torch.Tensor):
+    return image.detach()[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+
+
+def plot_side_by_side(content: torch.Tensor, style: torch.Tensor, results: Dict[str, RunResult],
+                      path: Path, captions: Sequence[str] = ()) -> None:
+    """Content, style, then each optimizer's clamped result with its final loss."""
+    panels = [("content", content), ("style", style)] + [
+        (f"{label}: loss {r.final_loss:.4g}", r.image) for label, r in results.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.3))
+    for ax, (caption, image) in zip(axes, panels):
+        ax.imshow(_as_array(image))
+        ax.set_title(caption, fontsize=9)
+        ax.axis("off")
+    if captions:
+        fig.suptitle("; ".join(captions), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,253 @@
+"""One style-transfer optimisation of the image's pixels with hsc, L-BFGS or Adam.
+
+Same rules for every optimizer:
+
+- The loss is evaluated on the unconstrained image; the output is the last iterate clamped to
+  [0, 1] (``RunResult.image``), and ``final_loss`` is the loss of that clamped image.
+- An *evaluation* is one loss-and-gradient computation. hsc's Hessian-vector products (b per
+  curvature refresh, b = 3 ph pw for patches of ph x pw pixels) are counted apart, in ``hvps``.
+- After every optimizer step the history records (wall-clock seconds of optimisation,
+  evaluations, HVPs, loss). The loss is the newest one known without an extra evaluation: for
+  hsc and Adam the loss at the iterate the step started from, for L-BFGS the loss at the point its
+  line search accepted.
+- The budget is any of steps (L-BFGS: iterations), evaluations and seconds; the run stops at the
+  first one reached.
+
+L-BFGS is ``torch.optim.LBFGS`` with a strong-Wolfe line search, called once per iteration so
+that the history has one record per iteration. Each call starts by evaluating the current point,
+which the line search already evaluated; the closure returns those cached values, so one
+iteration costs exactly the evaluations of its line search, as in a single long call.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from ..optim import HSC
+from .objective import StyleObjective
+
+OPTIMIZERS = ("hsc", "lbfgs", "adam")
+INITS = ("content", "noise")
+
+
+@dataclass
+class HSCSettings:
+    """The ``hsc`` optimizer over the pixels: spatial patches of ``patch`` pixels are the blocks
+    (b = 3 ph pw entries), the probe estimator refreshes them every ``update_every`` steps.
+
+    ``scale`` (mu) and ``damping`` (delta) are given per pixel: the loss terms are means over
+    pixels, so the gradient and the curvature of one pixel shrink as 1 / (H W), and the
+    preconditioner receives ``scale / (H W)`` and ``damping / (H W)``. The same values then give
+    the same per-pixel steps at every image size.
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.97
+    patch: tuple = (1, 1)
+    update_every: int = 100
+    scale: float = 500.0      # mu x H W
+    damping: float = 1.0      # delta x H W
+    ema: float = 0.9
+    samples: int = 1
+    mode: str = "cholesky"
+    estimator: str = "probe"  # "exact" (3 H W HVPs a refresh) only to measure what the probes miss
+
+    @property
+    def block_size(self) -> int:
+        return 3 * self.patch[0] * self.patch[1]
+
+    def optimizer(self, image: torch.Tensor, seed: int) -> HSC:
+        """``hsc.HSC`` over ``image`` (``[1, 3, H, W]``) with these settings."""
+        pixels = image.shape[-2] * image.shape[-1]
+        return HSC([image], lr=self.lr, momentum=self.momentum, block_size=self.block_size,
+                   patch=tuple(self.patch), estimator=self.estimator, update_every=self.update_every,
+                   scale=self.scale / pixels, damping=self.damping / pixels, ema=self.ema,
+                   samples=self.samples, mode=self.mode, seed=seed)
+
+
+@dataclass
+class RunConfig:
+    """One run: the optimizer, its settings, the start image and the budget."""
+
+    optimizer: str = "hsc"
+    steps: Optional[int] = None
+    evaluations: Optional[int] = None
+    seconds: Optional[float] = None
+    init: str = "content"            # start from the content image or from uniform noise
+    seed: int = 0                    # the noise start and hsc's probe signs
+    adam_lr: float = 0.1
+    lbfgs_history: int = 100
+    hsc: HSCSettings = field(default_factory=HSCSettings)
+
+    def validate(self) -> "RunConfig":
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"hsc: --optim must name optimizers among {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.init not in INITS:
+            raise ValueError(f"hsc: --init must be one of {INITS}, got {self.init!r}")
+        if self.steps is None and self.evaluations is None and self.seconds is None:
+            raise ValueError("hsc: give a budget: --steps, --evaluations or --seconds")
+        for name in ("steps", "evaluations"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"hsc: --{name} must be an int >= 1, got {value!r}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"hsc: --seconds must be > 0, got {self.seconds!r}")
+        patch = self.hsc.patch
+        if not (isinstance(patch, (tuple, list)) and len(patch) == 2
+                and all(isinstance(p, int) and p >= 1 for p in patch)):
+            raise ValueError(f"hsc: --hsc-patch must be two ints >= 1 (ph, pw), got {patch!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Record:
+    seconds: float
+    evaluations: int
+    hvps: int
+    loss: float
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    image: torch.Tensor              # the last iterate clamped to [0, 1]
+    final_loss: float                # the loss of ``image``
+    final_terms: Dict[str, float]    # its unweighted content / style / tv terms
+    history: List[Record]
+    steps: int
+    seconds: float
+    stats: dict
+
+    @property
+    def evaluations(self) -> int:
+        return self.history[-1].evaluations
+
+    @property
+    def hvps(self) -> int:
+        return self.history[-1].hvps
+
+    def to_dict(self) -> dict:
+        return {"optimizer": self.config.optimizer, "config": self.config.to_dict(),
+                "final_loss": self.final_loss, "final_terms": self.final_terms, "steps": self.steps,
+                "seconds": self.seconds, "evaluations": self.evaluations, "hvps": self.hvps,
+                "history": [dataclasses.asdict(r) for r in self.history], "stats": self.stats}
+
+
+def initial_image(content: torch.Tensor, init: str, seed: int) -> torch.Tensor:
+    """The start: a copy of the content image, or uniform noise in [0, 1] drawn from ``seed``."""
+    if init == "content":
+        return content.clone()
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(content.shape, generator=generator)
+
+
+class _Stepper:
+    """One optimizer's step over ``image``; counts evaluations and HVPs."""
+
+    def __init__(self, objective: StyleObjective, image: torch.Tensor, config: RunConfig):
+        self.objective, self.image, self.config = objective, image, config
+        self.evaluations = 0
+        name = config.optimizer
+        if name == "hsc":
+            self.optimizer = config.hsc.optimizer(image, config.seed)
+        elif name == "lbfgs":
+            # max_eval: the start evaluation (cached, see the module docstring) plus torch's default
+            # line-search limit of 25.
+            self.optimizer = torch.optim.LBFGS([image], lr=1, max_iter=1, max_eval=26,
+                                               history_size=config.lbfgs_history,
+                                               line_search_fn="strong_wolfe")
+            self._cache: List[tuple] = []
+        else:
+            self.optimizer = torch.optim.Adam([image], lr=config.adam_lr)
+
+    @property
+    def hvps(self) -> int:
+        if self.config.optimizer != "hsc":
+            return 0
+        pre, settings = self.optimizer.preconditioners[0], self.config.hsc
+        per_refresh = (self.image.numel() if settings.estimator == "exact"
+                       else settings.block_size * settings.samples)
+        return pre.counters["refreshes"] * per_refresh
+
+    def _loss(self) -> torch.Tensor:
+        self.evaluations += 1
+        return self.objective(self.image)
+
+    def _gradient_closure(self) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss()
+        loss.backward()
+        return loss
+
+    def _cached_closure(self) -> torch.Tensor:
+        for image, loss, grad in self._cache:
+            if torch.equal(image, self.image):
+                self.image.grad = grad.clone()
+                return loss
+        loss = self._gradient_closure().detach()
+        self._cache.append((self.image.detach().clone(), loss, self.image.grad.clone()))
+        return loss
+
+    def step(self) -> Optional[float]:
+        """One step; returns the loss to record, or None when the optimizer cannot move any more."""
+        name = self.config.optimizer
+        if name == "hsc":
+            return float(self.optimizer.step(self._loss).detach())
+        if name == "adam":
+            loss = self._gradient_closure()
+            self.optimizer.step()
+            return float(loss.detach())
+        evaluations_before = self.evaluations
+        before = self.image.detach().clone()
+        self.optimizer.step(self._cached_closure)
+        # Keep only the accepted point: the next call's first evaluation.
+        self._cache = [entry for entry in self._cache if torch.equal(entry[0], self.image)][:1]
+        if self.evaluations == evaluations_before and torch.equal(before, self.image):
+            return None  # converged: torch's LBFGS found no descent direction
+        return float(self._cached_closure())  # the accepted point: cached, evaluated if ever missing
+
+    def stats(self) -> dict:
+        if self.config.optimizer == "hsc":
+            return self.optimizer.stats()
+        if self.config.optimizer == "lbfgs":
+            state = self.optimizer.state[self.image]
+            return {"iterations": state.get("n_iter", 0), "func_evals": state.get("func_evals", 0)}
+        return {}
+
+
+def run(objective: StyleObjective, config: RunConfig,
+        progress: Optional[Callable[[Record], None]] = None) -> RunResult:
+    """Optimises the image from ``config.init`` until the budget is spent; ``progress`` gets each record."""
+    config.validate()
+    image = initial_image(objective.content, config.init, config.seed).requires_grad_(True)
+    stepper = _Stepper(objective, image, config)
+    history: List[Record] = []
+    seconds, steps = 0.0, 0
+
+    def spent() -> bool:
+        return ((config.steps is not None and steps >= config.steps)
+                or (config.evaluations is not None and stepper.evaluations >= config.evaluations)
+                or (config.seconds is not None and seconds >= config.seconds))
+
+    while not spent():
+        t0 = time.perf_counter()
+        loss = stepper.step()
+        seconds += time.perf_counter() - t0
+        if loss is None:
+            break
+        steps += 1
+        history.append(Record(seconds, stepper.evaluations, stepper.hvps, loss))
+        if progress is not None:
+            progress(history[-1])
+    with torch.no_grad():
+        final = image.detach().clamp(0, 1)
+        terms = {k: float(v) for k, v in objective.terms(final).items()}
+        final_loss = float(objective(final))
+    return RunResult(config, final, final_loss, terms, history, steps, seconds, stepper.stats())
