@@ -118,9 +118,10 @@ def test_hsc_components(benchmark, collector, b):
 
     # The same assembly and factorisation with torch ops, on the same data.
     with torch.enable_grad():
-        from hsc.curvature import probe_hvps
+        from hsc.curvature import draw_signs, probe_hvps
         grads = torch.autograd.grad(loss_fn(), pc.params, create_graph=True)
-        hvps, signs = probe_hvps(pc.layout, grads, pc.params, samples=1, generator=pc.generator)
+        signs = draw_signs(pc.generator, 1, pc.layout.num_blocks, grads[0].dtype, grads[0].device)
+        hvps = probe_hvps(pc.layout, grads, pc.params, signs)
         hvps = hvps.detach()
     state = pc.estimate.clone()
     torch_split = {

@@ -27,6 +27,7 @@ from hsc.gan.data import make_dataset
 from hsc.gan.metrics import EVAL_SAMPLES, evaluate
 from hsc.gan.models import latent_dim, make_players
 from hsc.gan.train import HSCOptions
+from hsc.preconditioner import all_finite
 
 
 def parse_args():
@@ -48,9 +49,12 @@ class DataParallelPlayer:
         self.params = list(module.parameters())
         self.pre = hsc.Preconditioner(self.params, process_group=group, **options.preconditioner_options(seed))
         self.opt = torch.optim.Adam(self.params, lr=options.lr, betas=(0.5, 0.999))
+        self.skipped = 0
 
     def prepare(self, loss: torch.Tensor, loss_fn) -> None:
-        """Averaged gradient of ``loss`` (computed through ``self.ddp``), preconditioned in place."""
+        """Averaged gradient of ``loss`` (computed through ``self.ddp``), preconditioned in place.
+        The gradients are the same on every rank (averaged, then all-gathered), so every rank
+        takes the same decision in :meth:`step`."""
         self.opt.zero_grad()
         loss.backward(inputs=self.params)  # DDP averages over the ranks here
         self.pre.update_curvature(loss_fn)  # a refresh once every update_every calls
@@ -59,6 +63,13 @@ class DataParallelPlayer:
         with torch.no_grad():
             for p, n in zip(self.params, raw_norms):
                 p.grad.mul_(n / p.grad.norm().clamp_min(1e-30))
+
+    def step(self) -> None:
+        """Adam's step, skipped (and counted) when a gradient is not finite."""
+        if all_finite([p.grad for p in self.params]):
+            self.opt.step()
+        else:
+            self.skipped += 1
 
 
 def main() -> None:
@@ -93,8 +104,8 @@ def main() -> None:
 
         d_player.prepare(d_loss(d_player.ddp), d_loss)
         g_player.prepare(F.softplus(-D(g_player.ddp(z))).mean(), g_loss)
-        d_player.opt.step()
-        g_player.opt.step()
+        d_player.step()
+        g_player.step()
     seconds = time.perf_counter() - start
 
     if args.out:  # state_dict gathers every block from its owner: all ranks call it
@@ -109,7 +120,7 @@ def main() -> None:
         s = d_player.pre.stats()
         sent = s.get("sent_bytes", {"refresh": 0, "step": 0})
         print(f"{world} ranks, {args.steps} steps in {seconds:.1f} s: {m['modes']} of 8 modes, "
-              f"{m['high_quality']:.1f} % high quality. D: rank 0 owns blocks {s.get('owned', (0, s['blocks']))} "
+              f"{m['high_quality']:.1f} % high quality, {g_player.skipped + d_player.skipped} steps skipped. D: rank 0 owns blocks {s.get('owned', (0, s['blocks']))} "
               f"of {s['blocks']}; {s['refreshes']} refreshes; rank 0 sent {sent['refresh'] / 2**20:.2f} MiB "
               f"for refreshes and {sent['step'] / 2**20:.2f} MiB for steps")
     dist.barrier()  # tear down together: gloo aborts a rank that leaves while a peer still reports

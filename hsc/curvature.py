@@ -92,7 +92,8 @@ def exact_blocks(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Seq
     dtype, device = grads[0].dtype, grads[0].device
     blocks = torch.zeros(N, b, b, dtype=dtype, device=device)
     slots = layout.mask.nonzero()  # (block k, column j) of every real entry
-    chunk = chunk_size or max(1, _DEFAULT_CHUNK_ENTRIES // max(n, 1))  # exact: small models, batched
+    # exact is for small models, where batching many unit vectors pays on every device
+    chunk = chunk_size or max(1, _DEFAULT_CHUNK_ENTRIES // max(n, 1))
     for start in range(0, slots.shape[0], chunk):
         k, j = slots[start:start + chunk].unbind(1)
         C = k.shape[0]
@@ -104,17 +105,25 @@ def exact_blocks(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Seq
     return layout.identity_padding(blocks)
 
 
+def draw_signs(generator: torch.Generator, samples: int, num_blocks: int, dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:
+    """``[samples, N]`` random signs +-1 for sign-coded probing, from ``generator`` (on the CPU,
+    so that every rank and device draws the same signs from the same seed)."""
+    signs = torch.randint(0, 2, (samples, num_blocks), generator=generator) * 2 - 1
+    return signs.to(dtype=dtype, device=device)
+
+
 def probe_hvps(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-               *, samples: int, generator: torch.Generator, chunk_size: Optional[int] = None):
-    """Sign-coded block probing: for each of ``samples`` draws of signs s in {+-1}^N and each
-    j < b, the HVP of the probe whose block m is s_m e_j. Returns ``(hvps, signs)`` with hvps
+               signs: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+    """Sign-coded block probing: for each draw s of signs (``signs[s]``, one +-1 per block, see
+    :func:`draw_signs`) and each j < b, the HVP of the probe whose block m is s_m e_j. Returns
     ``[samples, b, N, b]`` (draw, probe j, block, row), ready for ``ops.accumulate_probes``.
 
     Probes are built as blocks and scattered to the parameters' shapes, and the HVPs gathered
     back into blocks, through the layout (views and one concatenation for plain layouts)."""
     N, b, n = layout.num_blocks, layout.block_size, layout.numel
+    samples = signs.shape[0]
     dtype, device = grads[0].dtype, grads[0].device
-    signs = (torch.randint(0, 2, (samples, N), generator=generator) * 2 - 1).to(dtype=dtype, device=device)
     hvps = torch.empty(samples, b, N, b, dtype=dtype, device=device)
     chunk = min(b, chunk_size or default_chunk_size(n, device))
     for s in range(samples):
@@ -127,4 +136,4 @@ def probe_hvps(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Seque
             hv = hvp_rows(grads, params, tangents)
             hvps[s, j0:j0 + B] = layout.gather_rows(
                 [h if h is not None else t.new_zeros(t.shape) for h, t in zip(hv, tangents)])
-    return hvps, signs
+    return hvps

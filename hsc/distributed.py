@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from .layout import BlockLayout
 
-# torch >= 2.12 renamed the tensor collectives; older versions have only the first names.
+# torch >= 2.12 renamed the tensor collectives; older versions have only the second names.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
@@ -57,6 +57,17 @@ class RankGroup:
         self.world_size = dist.get_world_size(process_group) if process_group is not None else 1
         self.rank = dist.get_rank(process_group) if process_group is not None else 0
         self.sent_bytes = {"refresh": 0, "step": 0, "checkpoint": 0}
+        # NCCL averages in the reduction (no overflow of a float16 sum); gloo sums, then we divide.
+        nccl = process_group is not None and dist.get_backend(process_group) == "nccl"
+        self.average_op = dist.ReduceOp.AVG if nccl else dist.ReduceOp.SUM
+
+    def all_true(self, flag: bool, device: torch.device) -> bool:
+        """Collective: whether ``flag`` holds on every rank (``flag`` itself without a group)."""
+        if not self.distributed:
+            return flag
+        failures = torch.tensor([0 if flag else 1], dtype=torch.int32, device=device)
+        dist.all_reduce(failures, op=dist.ReduceOp.SUM, group=self.group)
+        return int(failures) == 0
 
     @property
     def distributed(self) -> bool:
@@ -67,31 +78,38 @@ class RankGroup:
         if not self.distributed or not tensors:
             return
         flat = torch.cat([t.reshape(-1) for t in tensors])
-        # SUM then divide: gloo in older torch versions has no AVG.
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        dist.all_reduce(flat, op=self.average_op, group=self.group)
         self.sent_bytes[phase] += _payload_bytes(flat)
-        flat.div_(self.world_size)
+        if self.average_op != dist.ReduceOp.AVG:
+            flat.div_(self.world_size)
         for t, piece in zip(tensors, flat.split([t.numel() for t in tensors])):
             t.copy_(piece.view_as(t))
+
+    def all_reduce_sum_(self, t: torch.Tensor, phase: str) -> None:
+        """Sum ``t`` over the ranks, in place."""
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+            self.sent_bytes[phase] += _payload_bytes(t)
 
     def agree(self, error: Optional[BaseException], where: str, device: torch.device) -> None:
         """Collective: raise :class:`RankFailure` on every rank if ``error`` is set on any rank.
 
-        Every rank must call it at the same point. Without a group it re-raises ``error``.
+        Every rank must call it at the same point. Without a group it re-raises ``error``. The
+        messages travel with ``all_gather_object``, which on NCCL needs ``torch.cuda.set_device``
+        to have been called on each rank (as torchrun scripts do).
         """
         if not self.distributed:
             if error is not None:
                 raise error
             return
-        flag = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.SUM, group=self.group)
-        if int(flag) == 0:
+        if self.all_true(error is None, device):
             return
         messages: List[Optional[str]] = [None] * self.world_size
         dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}",
                                group=self.group)
-        failed = "; ".join(f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None)
-        raise RankFailure(f"hsc: {where} failed on {int(flag)} of {self.world_size} ranks ({failed})") from error
+        failed = [f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None]
+        raise RankFailure(f"hsc: {where} failed on {len(failed)} of {self.world_size} ranks "
+                          f"({'; '.join(failed)})") from error
 
 
 class BlockShards:
@@ -114,15 +132,11 @@ class BlockShards:
         self.num_blocks = layout.num_blocks
         self.chunk = max(end - start for start, end in self.ranges)
         self.even = self.chunk * ranks.world_size == self.num_blocks  # no padding needed
-        device = layout.device
-        # Padded order: rank r's blocks then filler up to C. to_padded[i] = the block at padded
-        # position i, or N (a zero filler block); real_rows = the padded positions of blocks 0..N-1.
-        to_padded, real_rows = [], []
-        for r, (start, end) in enumerate(self.ranges):
-            to_padded += list(range(start, end)) + [self.num_blocks] * (self.chunk - (end - start))
-            real_rows += range(r * self.chunk, r * self.chunk + end - start)
-        self._to_padded = torch.tensor(to_padded, dtype=torch.int64, device=device)
-        self._real_rows = torch.tensor(real_rows, dtype=torch.int64, device=device)
+        # Padded order: rank r's blocks at [r C, r C + its range's length), zeros up to (r + 1) C.
+        # real_rows: the padded positions of blocks 0..N-1.
+        real_rows = [i for r, (start, end) in enumerate(self.ranges)
+                     for i in range(r * self.chunk, r * self.chunk + end - start)]
+        self._real_rows = torch.tensor(real_rows, dtype=torch.int64, device=layout.device)
 
     @property
     def num_owned(self) -> int:
@@ -132,21 +146,28 @@ class BlockShards:
         """This rank's rows of a tensor holding every block along dim 0."""
         return blocks[self.start:self.end]
 
-    def reduce_scatter_mean(self, blocks: torch.Tensor, phase: str = "refresh") -> torch.Tensor:
-        """The mean over ranks of ``blocks`` (all N, ``[N, ...]``), returned for this rank's range only."""
-        ranks = self.ranks
-        if not ranks.distributed:
+    def padded(self, blocks: torch.Tensor) -> torch.Tensor:
+        """``blocks`` (all N, ``[N, ...]``) in padded order, ready for :meth:`reduce_scatter_mean`:
+        local work, kept apart from the collective so that it can fail before the ranks agree."""
+        if not self.ranks.distributed:
             return blocks
         if self.even:
-            padded = blocks.contiguous()
-        else:  # one copy: each rank's range at the start of its piece, zeros after
-            padded = blocks.new_zeros((ranks.world_size * self.chunk, *blocks.shape[1:]))
-            for r, (start, end) in enumerate(self.ranges):
-                padded[r * self.chunk:r * self.chunk + end - start] = blocks[start:end]
-        out = blocks.new_empty((self.chunk, *blocks.shape[1:]))
-        _reduce_scatter(out, padded, op=dist.ReduceOp.SUM, group=ranks.group)
+            return blocks.contiguous()
+        padded = blocks.new_zeros((self.ranks.world_size * self.chunk, *blocks.shape[1:]))
+        for r, (start, end) in enumerate(self.ranges):
+            padded[r * self.chunk:r * self.chunk + end - start] = blocks[start:end]
+        return padded
+
+    def reduce_scatter_mean(self, padded: torch.Tensor, phase: str = "refresh") -> torch.Tensor:
+        """The mean over ranks of ``padded`` (from :meth:`padded`), for this rank's range only."""
+        ranks = self.ranks
+        if not ranks.distributed:
+            return padded
+        out = padded.new_empty((self.chunk, *padded.shape[1:]))
+        _reduce_scatter(out, padded, op=ranks.average_op, group=ranks.group)
         ranks.sent_bytes[phase] += _payload_bytes(padded)
-        return out[:self.num_owned].div_(ranks.world_size)
+        out = out[:self.num_owned]
+        return out if ranks.average_op == dist.ReduceOp.AVG else out.div_(ranks.world_size)
 
     def all_gather(self, owned: torch.Tensor, phase: str = "step") -> torch.Tensor:
         """Every rank's ``owned`` rows (``[end - start, ...]``) concatenated in block order, ``[N, ...]``."""

@@ -184,8 +184,6 @@ class BlockLayout:
                            torch.arange(self.index.numel(), dtype=torch.int64, device=self.device))
         self._inverse = inverse[: self.numel]
         self._padded_blocks = torch.tensor(padded_blocks, dtype=torch.int64, device=self.device)
-        # Plain order (every tensor's entries in order, then its padding): gather is one
-        # concatenation and scatter takes views, instead of an indexed copy each way.
         # A tensor cut into one segment (no tiles, or one tile covering it: order lead, y, x) is
         # in flat order. If all are, gather is one concatenation and scatter takes views,
         # instead of an indexed copy each way.

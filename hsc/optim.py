@@ -40,7 +40,8 @@ class HSC(torch.optim.Optimizer):
     not support the double backward the HVPs take). Without a closure, ``.grad`` must already be
     averaged (DDP's backward). Curvature and factors are sharded as in :class:`Preconditioner`;
     every rank applies the same update, so the parameters stay identical. An exception in the
-    closure on one rank is raised on every rank.
+    closure on one rank is raised on every rank. ``step(closure)`` then returns the rank mean of
+    the loss (detached); without a group, the closure's loss itself.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -112,17 +113,17 @@ class HSC(torch.optim.Optimizer):
                 except Exception as err:
                     error = err
                 self.ranks.agree(error, "closure", groups[0][0].device)
-                # The step takes the rank mean of the loss and gradients; each rank's HVPs come from
-                # its own graph (the grads with create_graph), averaged by the refresh.
-                copy = self.ranks.distributed  # the mean is taken in place: keep the graph's grads
-                step_grads = [[g.detach().clone() if copy else g.detach() for g in gs] for gs in grads]
-                mean_loss = loss.detach().reshape(1).clone()
-                self.ranks.all_reduce_mean_([mean_loss] + [g for gs in step_grads for g in gs])
+                # The step's own copies (autograd's outputs may alias one another or be expanded;
+                # they become .grad); with a group, the rank mean of the loss and the gradients
+                # in one all-reduce. Each rank's HVPs come from its own graph, averaged by the refresh.
+                step_grads = [[g.detach().clone() for g in gs] for gs in grads]
                 if self.ranks.distributed:
+                    mean_loss = loss.detach().reshape(1).clone()
+                    self.ranks.all_reduce_mean_([mean_loss] + [g for gs in step_grads for g in gs])
                     loss = mean_loss.reshape(loss.shape)
-                if not bool(torch.isfinite(mean_loss).all()):
-                    self._skip("loss")
-                    return loss
+                    if not bool(torch.isfinite(mean_loss).all()):
+                        self._skip("loss")
+                        return loss
                 if not all_finite(g for gs in step_grads for g in gs):
                     self._skip("gradient")
                     return loss
@@ -136,7 +137,8 @@ class HSC(torch.optim.Optimizer):
                         p.grad = g
         else:
             grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in ps] for ps in groups]
-            if not all_finite(g for gs in grads for g in gs):
+            # every rank must take the same decision: the all-gather in precondition follows
+            if not self.ranks.all_true(all_finite(g for gs in grads for g in gs), groups[0][0].device):
                 self._skip("gradient")
                 return loss
 

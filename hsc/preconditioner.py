@@ -13,12 +13,14 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 
 from . import ops
-from .curvature import exact_blocks, probe_hvps
+from .curvature import draw_signs, exact_blocks, probe_hvps
 from .distributed import BlockShards, RankGroup
 from .layout import BlockLayout
 
 ESTIMATORS = ("probe", "exact")
 STATUS_NAMES = ("factorised", "damping_raised", "non_finite", "not_factorised")
+# Counters of blocks: each rank counts its own; checkpoints hold the sum over the ranks.
+BLOCK_COUNTERS = ("kept_previous_factor", "non_finite_estimate_blocks", "non_finite_gradient_blocks")
 
 
 def all_finite(tensors) -> bool:
@@ -162,41 +164,47 @@ class Preconditioner:
         ``error``: an exception the caller met while computing ``grads`` on this rank; it is
         raised on every rank (with a process group), after the ranks have agreed on it.
         """
-        cfg, layout = self.config, self.layout
+        cfg, layout, ranks = self.config, self.layout, self.ranks
         t0 = time.perf_counter()
         first = self.estimate is None
-        blocks, t1 = None, t0
+        # Drawn before anything can fail, so every rank's generator stays in step.
+        signs = draw_signs(self.generator, cfg.samples, layout.num_blocks, self.params[0].dtype,
+                           layout.device) if cfg.estimator == "probe" else None
+        blocks, finite, t1 = None, None, t0
         if error is None:
             try:
                 if cfg.estimator == "exact":
                     blocks = exact_blocks(layout, grads, self.params, chunk_size=cfg.chunk_size).detach()
-                    t1 = time.perf_counter()
                 else:
-                    hvps, signs = probe_hvps(layout, grads, self.params, samples=cfg.samples,
-                                             generator=self.generator, chunk_size=cfg.chunk_size)
-                    hvps = hvps.detach()
-                    t1 = time.perf_counter()
-                    if not self.ranks.distributed:  # one pass, folded straight into the state
-                        if first:
-                            self.estimate = hvps.new_empty(layout.num_blocks, cfg.block_size, cfg.block_size)
-                        finite = ops.accumulate_probes(self.estimate, hvps, signs, layout.mask,
-                                                       ema=cfg.ema, first=first)
-                    else:  # this rank's estimate of every block, averaged over the ranks below
-                        blocks = hvps.new_empty(layout.num_blocks, cfg.block_size, cfg.block_size)
-                        ops.accumulate_probes(blocks, hvps, signs, layout.mask, ema=0.0, first=True)
+                    hvps = probe_hvps(layout, grads, self.params, signs.to(grads[0].dtype),
+                                      chunk_size=cfg.chunk_size).detach()
+                    signs = signs.to(hvps.dtype)
+                t1 = time.perf_counter()
+                if cfg.estimator == "probe" and not ranks.distributed:  # one pass into the state
+                    if first:
+                        self.estimate = hvps.new_empty(layout.num_blocks, cfg.block_size, cfg.block_size)
+                    finite = ops.accumulate_probes(self.estimate, hvps, signs, layout.mask,
+                                                   ema=cfg.ema, first=first)
+                elif cfg.estimator == "probe":  # this rank's estimate of every block, averaged below
+                    blocks = hvps.new_empty(layout.num_blocks, cfg.block_size, cfg.block_size)
+                    ops.accumulate_probes(blocks, hvps, signs, layout.mask, ema=0.0, first=True)
+                if blocks is not None:
+                    blocks = self.shards.padded(blocks)
             except Exception as err:
                 error = err
-        self.ranks.agree(error, "refresh", layout.device)
-        t2 = time.perf_counter()
-        if blocks is not None:
-            blocks = self.shards.reduce_scatter_mean(blocks)
-            t3 = time.perf_counter()
-            finite = self._fold(blocks, first)
-        else:
-            t3 = t2
-        self.counters["non_finite_estimate_blocks"] += int((~finite).sum())
-        t4 = time.perf_counter()
-        self._factorise()
+        ranks.agree(error, "refresh", layout.device)
+        t2 = t3 = t4 = time.perf_counter()
+        try:
+            if blocks is not None:
+                blocks = self.shards.reduce_scatter_mean(blocks)
+                t3 = time.perf_counter()
+                finite = self._fold(blocks, first)
+            self.counters["non_finite_estimate_blocks"] += int((~finite).sum())
+            t4 = time.perf_counter()
+            self._factorise()
+        except Exception as err:  # e.g. out of memory on one rank: every rank learns of it
+            error = err
+        ranks.agree(error, "refresh (factorisation)", layout.device)
         t5 = time.perf_counter()
         self.counters["refreshes"] += 1
         self.timings["hvp"] += t1 - t0
@@ -214,7 +222,8 @@ class Preconditioner:
             return finite
         ema = self.config.ema
         fresh = ~torch.isfinite(self.estimate).flatten(1).all(1)
-        if bool(finite.all()) and not bool(fresh.any()):  # the usual case: one pass, in place
+        usual = torch.stack([finite.all(), ~fresh.any()]).all()  # one host synchronisation
+        if bool(usual):  # every block finite, nothing to restart: one pass, in place
             self.estimate.mul_(ema).add_(blocks, alpha=1 - ema)
         else:
             folded = torch.where(fresh[:, None, None], blocks, ema * self.estimate + (1 - ema) * blocks)
@@ -287,11 +296,22 @@ class Preconditioner:
 
     def state_dict(self) -> dict:
         """Rank-independent: every block's state, gathered from the owners (a collective with a
-        process group), so it loads on any number of ranks. ``ranges`` records the saving run's split."""
+        process group), so it loads on any number of ranks; block counters summed over the ranks;
+        timings are this rank's. ``ranges`` records the saving run's split. Tensors are copies."""
         c = self.correction
 
         def full(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if t is None else self.shards.all_gather(t, phase="checkpoint")
+            if t is None:
+                return None
+            gathered = self.shards.all_gather(t, phase="checkpoint")
+            return gathered.clone() if gathered is t else gathered
+
+        counters = dict(self.counters)
+        if self.ranks.distributed:
+            totals = torch.tensor([counters[k] for k in BLOCK_COUNTERS], dtype=torch.int64,
+                                  device=self.layout.device)
+            self.ranks.all_reduce_sum_(totals, phase="checkpoint")
+            counters.update(zip(BLOCK_COUNTERS, totals.tolist()))
 
         return {
             "config": dataclasses.asdict(self.config),
@@ -304,7 +324,7 @@ class Preconditioner:
             # uint8: not every backend gathers bool
             "has_factor": full(self.has_factor.to(torch.uint8)).bool(),
             "generator": self.generator.get_state(),
-            "counters": dict(self.counters),
+            "counters": counters,
             "timings": dict(self.timings),
         }
 
@@ -326,4 +346,6 @@ class Preconditioner:
         self.has_factor = owned(state["has_factor"])
         self.generator.set_state(state["generator"])
         self.counters = dict(state["counters"])
+        if self.ranks.rank != 0:  # the totals live on rank 0, so that saving sums them once
+            self.counters.update(dict.fromkeys(BLOCK_COUNTERS, 0))
         self.timings = {**dict.fromkeys(self.timings, 0.0), **state["timings"]}

@@ -49,25 +49,72 @@ def flat_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
 
+def curvature_rows(rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """The rows of the whole batch whose HVPs the curvature_closure runs take: the even rows of
+    this rank's share (every share starts at an even row and has as many, so R ranks together
+    use the even rows of the batch, as one process does)."""
+    share = BATCH // world_size
+    return torch.arange(rank * share, (rank + 1) * share, 2)
+
+
 def train_hsc(model, opt, steps: range, rank: int = 0, world_size: int = 1,
-              fail_at: Optional[int] = None) -> None:
-    """HSC with closures; ``fail_at``: the step at which this rank's closure raises."""
+              fail_at: Optional[int] = None, nan_at: Optional[int] = None,
+              subsampled_curvature: bool = False) -> None:
+    """HSC with closures; ``fail_at``: the step at which this rank's closure raises; ``nan_at``: a
+    step whose loss is NaN on the second half of the batch (on rank 1 only, of two);
+    ``subsampled_curvature``: the HVPs on the rows :func:`curvature_rows` names."""
     for t in steps:
         x, y = batch(t, rank, world_size)
+        if t == nan_at:  # NaN targets in the second half of the whole batch, each rank its share
+            x, y = batch(t)
+            y = y.clone()
+            y[BATCH // 2:, 0] = float("nan")
+            share = BATCH // world_size
+            x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
 
         def closure():
             if t == fail_at:
                 raise ValueError(f"closure of step {t} cannot read its data")
             return F.mse_loss(model(x), y)
 
-        opt.step(closure)
+        curvature_closure = None
+        if subsampled_curvature:
+            full_x, full_y = batch(t)
+            rows = curvature_rows(rank, world_size)
+
+            def curvature_closure():
+                return F.mse_loss(model(full_x[rows]), full_y[rows])
+
+        opt.step(closure, curvature_closure=curvature_closure)
 
 
-def hsc_run(estimator: str, group=None, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+def hsc_run(estimator: str, group=None, rank: int = 0, world_size: int = 1, **train) -> torch.Tensor:
     model = make_model()
     opt = hsc.HSC(model.parameters(), estimator=estimator, process_group=group, **OPTIONS)
-    train_hsc(model, opt, range(STEPS), rank, world_size)
+    train_hsc(model, opt, range(STEPS), rank, world_size, **train)
     return flat_params(model)
+
+
+def nan_loss_run(group=None, rank: int = 0, world_size: int = 1) -> Dict[str, object]:
+    """A NaN loss at step 2 on rank 1's rows only: every rank skips the step."""
+    model = make_model()
+    opt = hsc.HSC(model.parameters(), estimator="probe", process_group=group, **OPTIONS)
+    train_hsc(model, opt, range(STEPS), rank, world_size, nan_at=2)
+    return {"params": flat_params(model), "counters": dict(opt.counters),
+            "calls": opt.preconditioners[0].calls}
+
+
+def more_ranks_than_blocks_run(group=None, rank: int = 0, world_size: int = 1) -> Dict[str, object]:
+    """One block (3 parameters, block_size 5) on R ranks: the ranks beyond the first own none."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1, bias=False).double()
+    opt = hsc.HSC(model.parameters(), estimator="exact", process_group=group, **OPTIONS)
+    for t in range(STEPS):
+        x, y = batch(t, rank, world_size)
+        opt.step(lambda: F.mse_loss(model(x), y[:, :1]))
+    pre = opt.preconditioners[0]
+    return {"params": flat_params(model), "owned": (pre.shards.start, pre.shards.end),
+            "estimate": pre.state_dict()["estimate"]}
 
 
 def ddp_preconditioner_run(ddp_wrap: Optional[Callable] = None, rank: int = 0, world_size: int = 1,
@@ -120,7 +167,17 @@ def failure_run(group, rank: int, world_size: int) -> Dict[str, str]:
         train_hsc(model, opt, range(STEPS), rank, world_size, fail_at=2 if rank == 1 else None)
     except RankFailure as err:
         caught["closure"] = str(err)
-    pre = hsc.Preconditioner(model.parameters(), block_size=5, process_group=group)
+    caught.update(refresh_failure_then_refresh(model, group, rank, world_size))
+    dist.barrier(group)  # still usable
+    caught["params_finite"] = str(bool(torch.isfinite(flat_params(model)).all()))
+    return caught
+
+
+def refresh_failure_then_refresh(model, group=None, rank: int = 0, world_size: int = 1) -> dict:
+    """A refresh whose loss_fn raises on rank 0 (on the one process without a group), then one
+    that succeeds: the ranks' probe signs must still agree (gathered estimate returned)."""
+    out = {}
+    pre = hsc.Preconditioner(model.parameters(), block_size=5, update_every=1, seed=5, process_group=group)
 
     def loss_fn():
         if rank == 0:
@@ -131,10 +188,13 @@ def failure_run(group, rank: int, world_size: int) -> Dict[str, str]:
     try:
         pre.update_curvature(loss_fn)
     except RankFailure as err:
-        caught["refresh"] = str(err)
-    dist.barrier(group)  # still usable
-    caught["params_finite"] = str(bool(torch.isfinite(flat_params(model)).all()))
-    return caught
+        out["refresh"] = str(err)
+    except RuntimeError as err:  # one process: the error itself
+        out["refresh"] = str(err)
+    x, y = batch(1, rank, world_size)
+    pre.update_curvature(lambda: F.mse_loss(model(x), y))
+    out["estimate_after_failure"] = pre.state_dict()["estimate"]
+    return out
 
 
 def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios: list) -> None:
@@ -153,6 +213,12 @@ def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios
         for name in scenarios:
             if name in ("exact", "probe"):
                 result[name] = hsc_run(name, group, rank, world_size)
+            elif name == "subsampled_curvature":
+                result[name] = hsc_run("probe", group, rank, world_size, subsampled_curvature=True)
+            elif name == "nan_loss":
+                result[name] = nan_loss_run(group, rank, world_size)
+            elif name == "more_ranks_than_blocks":
+                result[name] = more_ranks_than_blocks_run(group, rank, world_size)
             elif name == "ddp":
                 result[name] = ddp_preconditioner_run(ddp_wrap, rank, world_size, group)
             elif name in ("save", "load"):

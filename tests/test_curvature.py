@@ -13,7 +13,7 @@ from curvature_helpers import (DT, block_separable_loss, diagonal_blocks, einsum
                                flat_params, full_hessian, off_diagonal_energy, regression_data, tiny_convnet,
                                tiny_mlp)
 from hsc import ops
-from hsc.curvature import exact_blocks, probe_hvps
+from hsc.curvature import draw_signs, exact_blocks, probe_hvps
 from hsc.layout import BlockLayout
 
 # float64 throughout: HVPs and autograd's Hessian are the same derivatives computed along different
@@ -29,7 +29,8 @@ def grads_with_graph(loss_fn, params):
 def probe_estimate(layout, grads, params, *, samples, seed, chunk_size=None):
     """One refresh of the probe estimator from scratch: probe_hvps + accumulate_probes(first=True)."""
     gen = torch.Generator().manual_seed(seed)
-    hvps, signs = probe_hvps(layout, grads, params, samples=samples, generator=gen, chunk_size=chunk_size)
+    signs = draw_signs(gen, samples, layout.num_blocks, grads[0].dtype, grads[0].device)
+    hvps = probe_hvps(layout, grads, params, signs, chunk_size=chunk_size)
     b = layout.block_size
     state = torch.empty(layout.num_blocks, b, b, dtype=hvps.dtype)
     accepted = ops.accumulate_probes(state, hvps.detach(), signs, layout.mask, ema=0.5, first=True)

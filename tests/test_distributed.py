@@ -65,12 +65,13 @@ def workdir(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def two_ranks(workdir):
-    return spawn(2, ["exact", "probe", "ddp", "save", "failure"], workdir / "r2")
+    return spawn(2, ["exact", "probe", "ddp", "save", "failure", "subsampled_curvature", "nan_loss",
+                     "more_ranks_than_blocks"], workdir / "r2")
 
 
 @pytest.fixture(scope="module")
 def three_ranks(workdir, two_ranks):  # loads the checkpoint two_ranks saved
-    return spawn(3, ["exact", "probe", "load"], workdir / "r3")
+    return spawn(3, ["exact", "probe", "load", "subsampled_curvature"], workdir / "r3")
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -89,6 +90,34 @@ def test_ranks_match_one_process_on_the_concatenated_batch(estimator, ranks, req
     # every rank holds the same parameters, bit for bit (they apply the same update)
     for result in results[1:]:
         assert torch.equal(result[estimator], results[0][estimator])
+
+
+@pytest.mark.parametrize("ranks", ["two_ranks", "three_ranks"])
+def test_subsampled_curvature_matches_one_process(ranks, request):
+    # Each rank's curvature_closure takes the first half of its share; one process takes the
+    # same rows of the whole batch.
+    single = work.hsc_run("probe", subsampled_curvature=True)
+    assert (single - work.hsc_run("probe")).abs().max() > 1e-4  # the option changes the run
+    for result in request.getfixturevalue(ranks):
+        _close(result["subsampled_curvature"], single)
+
+
+def test_nan_loss_on_one_rank_skips_the_step_on_every_rank(two_ranks):
+    single = work.nan_loss_run()
+    assert single["counters"]["skipped_non_finite_loss"] == 1
+    for result in two_ranks:
+        r = result["nan_loss"]
+        assert r["counters"] == single["counters"] and r["calls"] == single["calls"]
+        _close(r["params"], single["params"])
+
+
+def test_more_ranks_than_blocks(two_ranks):
+    single = work.more_ranks_than_blocks_run()
+    assert [r["more_ranks_than_blocks"]["owned"] for r in two_ranks] == [(0, 1), (1, 1)]
+    for result in two_ranks:
+        r = result["more_ranks_than_blocks"]
+        _close(r["params"], single["params"])
+        _close(r["estimate"], single["estimate"])
 
 
 def test_estimators_differ_so_the_comparison_has_teeth():
@@ -129,6 +158,14 @@ def test_a_rank_that_raises_is_reported_on_every_rank(two_ranks):
         assert "rank 0" not in caught["closure"]
         assert "rank 0: RuntimeError: loss_fn ran out of memory" in caught["refresh"]
         assert caught["params_finite"] == "True"
+    # After the failed refresh the ranks still probe with the same signs as one process would.
+    model = work.make_model()
+    opt = hsc.HSC(model.parameters(), estimator="probe", **work.OPTIONS)
+    work.train_hsc(model, opt, range(2))  # the steps before the closure failed
+    single = work.refresh_failure_then_refresh(model)
+    assert single["refresh"] == "loss_fn ran out of memory"
+    for result in two_ranks:
+        _close(result["failure"]["estimate_after_failure"], single["estimate_after_failure"])
 
 
 def test_without_a_group_nothing_is_sharded():
@@ -145,22 +182,27 @@ def test_process_group_without_init_is_a_named_error():
         RankGroup(object())
 
 
-def test_shard_padding_maps_every_block_once():
-    layout = hsc.BlockLayout([torch.zeros(38)], 5)  # 8 blocks
-    ranks = RankGroup()
-    ranks.world_size, ranks.rank = 3, 2  # the arithmetic only; no collective is issued
-    shards = BlockShards(layout, ranks)
-    assert shards.ranges == [(0, 3), (3, 6), (6, 8)] and shards.chunk == 3
-    assert (shards.start, shards.end) == (6, 8)
-    assert shards._to_padded.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8]
-    layout = hsc.BlockLayout([torch.zeros(21)], 5)  # 5 blocks on 3 ranks: 2, 2, 1 (+1 filler)
-    shards = BlockShards(layout, ranks)
-    assert shards._to_padded.tolist() == [0, 1, 2, 3, 4, 5]
-    assert shards._real_rows.tolist() == [0, 1, 2, 3, 4]
-    layout = hsc.BlockLayout([torch.zeros(16)], 4)  # 4 blocks on 3 ranks: 2, 1, 1
-    shards = BlockShards(layout, ranks)
-    assert shards._to_padded.tolist() == [0, 1, 2, 4, 3, 4]
-    assert shards._real_rows.tolist() == [0, 1, 2, 4]
+@pytest.mark.parametrize("numel,world_size", [(38, 3), (21, 3), (16, 3), (5, 2), (40, 2), (38, 1)])
+def test_padded_pieces_and_real_rows_invert_each_other(numel, world_size):
+    # The local halves of the collectives: rank r's piece of padded() holds its range then zeros,
+    # and the concatenated pieces indexed by _real_rows give back every block in order.
+    layout = hsc.BlockLayout([torch.zeros(numel)], 5)
+    blocks = torch.randn(layout.num_blocks, 5, 5)
+    pieces = []
+    for rank in range(world_size):
+        ranks = RankGroup()
+        ranks.world_size, ranks.rank = world_size, rank  # the arithmetic only; no collective is issued
+        shards = BlockShards(layout, ranks)
+        padded = shards.padded(blocks) if world_size > 1 else blocks
+        C = shards.chunk
+        assert padded.shape[0] == (world_size * C if world_size > 1 else layout.num_blocks)
+        start, end = shards.ranges[rank]
+        piece = padded[rank * C:(rank + 1) * C]
+        assert torch.equal(piece[:end - start], blocks[start:end])
+        assert bool((piece[end - start:] == 0).all())
+        assert torch.equal(shards.owned(blocks), blocks[start:end])
+        pieces.append(torch.cat([blocks[start:end], blocks.new_zeros(C - (end - start), 5, 5)]))
+    assert torch.equal(torch.cat(pieces)[shards._real_rows], blocks)
 
 
 def test_ddp_gan_example_runs_under_torchrun(tmp_path):

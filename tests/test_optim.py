@@ -369,6 +369,17 @@ def test_curvature_closure_errors_are_named():
         opt.step(lambda: (w ** 2).sum(), curvature_closure=lambda: w ** 2)
 
 
+def test_grad_after_a_closure_step_is_its_own_memory():
+    # autograd may hand back one tensor for two parameters, or an expanded one; .grad must not be.
+    a = torch.ones(4, dtype=DT, requires_grad=True)
+    b = torch.ones(4, dtype=DT, requires_grad=True)
+    opt = HSC([a, b], lr=0.1, block_size=2)
+    opt.step(lambda: (a + b).sum())
+    assert a.grad.data_ptr() != b.grad.data_ptr() and a.grad.stride() == (1,)
+    a.grad.mul_(2)
+    assert torch.equal(b.grad, torch.ones(4, dtype=DT))
+
+
 # ---- argument errors ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,name", [

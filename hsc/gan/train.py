@@ -28,8 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..preconditioner import all_finite
-from ..preconditioner import Preconditioner
+from ..preconditioner import Preconditioner, all_finite
 from .data import make_dataset
 from .metrics import EVAL_SAMPLES, evaluate
 from .models import latent_dim, make_players
@@ -124,7 +123,8 @@ class GraftedAdam(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
 
     def set_raw(self, raw: Sequence[torch.Tensor]) -> None:
-        self._raw = [g.detach() for g in raw]
+        # copies: the raw gradients are often the tensors precondition_ then rewrites in place
+        self._raw = [g.detach().clone() for g in raw]
 
     @torch.no_grad()
     def step(self, closure=None):
