@@ -153,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
         extractor = make_extractor(args.features, seed=args.feature_seed, weights=args.weights)
         objective = StyleObjective(extractor, content, style, weights)
     except (ValueError, FileNotFoundError, ImportError) as err:
-        raise SystemExit(f"hsc style: {err}") from err
+        raise SystemExit(str(err)) from err
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     names = [c.optimizer for c in configs]

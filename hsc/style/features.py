@@ -34,10 +34,12 @@ class ImageNetNormalise(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """Base: ``forward(image)`` returns the feature maps of ``style_layers`` and ``content_layers``."""
+    """Base: ``forward(image)`` returns the feature maps of ``style_layers`` and ``content_layers``;
+    ``min_size`` is the smallest image side every layer still sees as at least one pixel."""
 
     style_layers: Tuple[str, ...]
     content_layers: Tuple[str, ...]
+    min_size: int
 
     def freeze(self) -> "FeatureExtractor":
         for p in self.parameters():
@@ -128,7 +130,11 @@ class VGG19Features(FeatureExtractor):
         except ImportError as err:
             raise ImportError("hsc: --features vgg19 needs torchvision: pip install torchvision") from err
         model = torchvision.models.vgg19(weights=None)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        try:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except Exception as err:  # unpickling and key/shape mismatches raise several types
+            raise ValueError(f"hsc: --weights must be a state_dict of torchvision.models.vgg19, got "
+                             f"{weights!r} ({type(err).__name__}: {str(err)[:200]})") from err
         names = _vgg_layer_names(model.features)
         wanted = set(style_layers) | set(content_layers)
         unknown = wanted - set(names)

@@ -60,7 +60,7 @@ class LossWeights:
     """Weights of the terms of the loss."""
 
     content: float = 1.0
-    style: float = 1e3
+    style: float = 1e4
     tv: float = 1.0
     range: float = 100.0
 
