@@ -127,6 +127,12 @@ def loss_at_seconds(result: RunResult, seconds: float) -> float:
     return within[-1] if within else float("nan")
 
 
+def thinned(history: list, points: int = 400) -> list:
+    """At most ``points`` records, evenly spaced, always with the last (keeps style.json small)."""
+    step = max(1, -(-len(history) // points))
+    return history[::step] + ([history[-1]] if (len(history) - 1) % step else [])
+
+
 def median_ms(fn, repeats: int = 5) -> float:
     fn()
     times = []
@@ -250,7 +256,8 @@ def benchmark(args) -> None:
                 "hvps": results[0].hvps, "last_loss": results[0].history[-1].loss,
                 "final_clamped_loss": results[0].final_loss,
                 "ms_per_evaluation": 1e3 * statistics.median(r.seconds / r.evaluations for r in results),
-                "stats": results[0].stats, "history": [dataclasses.asdict(h) for h in results[0].history],
+                "stats": results[0].stats,
+                "history": thinned([dataclasses.asdict(h) for h in results[0].history]),
             }
             print(f"  {size}² {name}: {rows[name]['reached']}/{len(results)} reached {target:.4f}; "
                   f"loss at L-BFGS's {reference_seconds:.1f} s: {rows[name]['loss_at_reference_seconds']:.4f}",
