@@ -8,7 +8,7 @@ the whole machine). For each configuration, medians over REPEATS of:
 
 - refresh: ``Preconditioner.refresh`` on this rank's micro-batch, split into HVPs / assembly /
   communication / factorisation (the preconditioner's own timers; the ranks start together after a
-  barrier);
+  barrier; communication includes waiting for the slower rank);
 - step: ``precondition_`` (gather, solve, all-gather, scatter); DDP's gradient all-reduce, the same
   in every variant, is not included;
 - replicated: the alternative without ownership. Every rank refreshes all blocks from its
@@ -124,12 +124,32 @@ def _measure(rank: int, world: int, group, b: int) -> dict:
             step_bytes = 0
         out[name] = {
             "refresh_s": _median(refresh), "step_s": _median(step),
+            # the replicated variant holds every block: time both collectives on that payload
+            "collectives_s": _collective_times(group, pre.estimate.numel()) if name == "replicated" else None,
             "split_s": {k: _median(v) for k, v in split.items()},
             "refresh_bytes": refresh_bytes, "step_bytes": step_bytes,
             "blocks": pre.layout.num_blocks, "owned_blocks": pre.shards.num_owned,
             "params": pre.layout.numel,
         }
     return out
+
+
+def _collective_times(group, numel: int) -> dict:
+    """The same payload (the whole estimate) through gloo's all-reduce and reduce-scatter."""
+    world = dist.get_world_size(group)
+    x = torch.randn(numel - numel % world)
+    out = torch.empty(x.numel() // world)
+    times = {}
+    for name, op in (("all_reduce", lambda: dist.all_reduce(x, group=group)),
+                     ("reduce_scatter", lambda: dist.reduce_scatter_tensor(out, x, group=group))):
+        ts = []
+        for _ in range(REPEATS):
+            dist.barrier(group)
+            t0 = time.perf_counter()
+            op()
+            ts.append(time.perf_counter() - t0)
+        times[name] = _median(ts)
+    return times
 
 
 def _worker(rank: int, world: int, threads: int, init: str, path: str) -> None:
@@ -225,6 +245,14 @@ def _report(rows: list, projection: list, info: dict) -> str:
                 f"{1e3 * s['hvp']:.1f} | {1e3 * s['assembly']:.1f} | {1e3 * s['communication']:.1f} | "
                 f"{1e3 * s['factorisation']:.1f} | {1e3 * m['step_s']:.2f} | "
                 f"{m['refresh_bytes'] / 2**20:.2f} | {m['step_bytes'] / 2**20:.2f} |")
+    for r in rows:
+        c = r.get("replicated", {}).get("collectives_s")
+        if c:
+            lines += ["", f"b = {r['b']}: the whole estimate ({r['replicated']['refresh_bytes'] / 2**20:.0f} MiB) "
+                          f"through gloo's all-reduce takes {1e3 * c['all_reduce']:.0f} ms and through its "
+                          f"reduce-scatter {1e3 * c['reduce_scatter']:.0f} ms (same run), although a "
+                          "reduce-scatter moves half the bytes: on this backend the sharded refresh pays more "
+                          "for its exchange than it saves in factorisation at R = 2."]
     p0 = projection[0]
     lines += [
         "",

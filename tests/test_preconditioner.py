@@ -10,10 +10,13 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from curvature_helpers import (DT, diagonal_blocks, flat_loss, flat_params, full_hessian, regression_data,
                                tiny_mlp)
 from hsc import Preconditioner, ops, reference
+from hsc.preconditioner import all_finite, finite_rows
 
 
 def quadratic(w: torch.Tensor, H: torch.Tensor, c: torch.Tensor):
@@ -264,3 +267,17 @@ def test_preconditioner_load_state_dict_rejects_other_layout():
     other = Preconditioner([torch.zeros(10, dtype=DT, requires_grad=True)], block_size=5)
     with pytest.raises(ValueError, match="block"):
         other.load_state_dict(pre.state_dict())
+
+
+@settings(max_examples=60)
+@given(rows=st.integers(0, 6), cols=st.integers(0, 5), seed=st.integers(0, 2**31 - 1),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_finite_rows_and_all_finite_agree_with_isfinite(rows, cols, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(rows, cols, 3, generator=gen).to(dtype) * 1e30
+    if t.numel():
+        bad = torch.rand(t.shape, generator=gen) < 0.1
+        values = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=dtype)
+        t[bad] = values[torch.randint(0, 3, (int(bad.sum()),), generator=gen)]
+    assert torch.equal(finite_rows(t), torch.isfinite(t).flatten(1).all(1))
+    assert all_finite([t, torch.zeros(2, dtype=dtype)]) == bool(torch.isfinite(t).all())
