@@ -13,6 +13,7 @@ gradient. Adam then takes the step on it, rescaled per tensor to the raw gradien
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 
@@ -123,7 +124,11 @@ def main() -> None:
               f"{m['high_quality']:.1f} % high quality, {g_player.skipped + d_player.skipped} steps skipped. D: rank 0 owns blocks {s.get('owned', (0, s['blocks']))} "
               f"of {s['blocks']}; {s['refreshes']} refreshes; rank 0 sent {sent['refresh'] / 2**20:.2f} MiB "
               f"for refreshes and {sent['step'] / 2**20:.2f} MiB for steps")
-    dist.barrier()  # tear down together: gloo aborts a rank that leaves while a peer still reports
+    # DDP's reducers hold the process group: release them first, then leave together (a rank
+    # torn down while a reducer or a peer still talks to it aborts).
+    del g_player, d_player
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
