@@ -7,6 +7,7 @@ Each scenario returns tensors; the parent process compares them with the single-
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import traceback
 from typing import Callable, Dict, Optional
@@ -228,7 +229,10 @@ def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios
                 result[name] = failure_run(group, rank, world_size)
             else:
                 raise ValueError(f"unknown scenario {name!r}")
-        dist.barrier()  # tear down together (gloo may abort a rank that leaves first)
+        # DDP's reducer (scenario "ddp") sits in reference cycles that hold the process group:
+        # collect them, then leave together (a rank torn down while a peer talks to it aborts).
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
     except BaseException:
         with open(os.path.join(out_dir, f"rank{rank}.error"), "w") as f:
