@@ -19,14 +19,17 @@ from .layout import BlockLayout
 _DEFAULT_CHUNK_ENTRIES = 1 << 26
 
 
+def batched_chunk_size(numel: int) -> int:
+    """Vectors per batched HVP call that keep the ``[chunk, n]`` buffers near 2^26 entries."""
+    return max(1, _DEFAULT_CHUNK_ENTRIES // max(numel, 1))
+
+
 def default_chunk_size(numel: int, device: torch.device) -> int:
     """Probe vectors per HVP call. On the CPU one at a time: vmap's batched backward copies
     more than it saves there (16 probes of a 0.92 M-parameter MLP, one thread: 36.8 ms an HVP
-    batched against 28.5 ms one by one; equal on a 34 k-parameter one). On a GPU, batches that
-    keep the buffers near 2^26 entries, so that one launch serves many probes."""
-    if torch.device(device).type == "cpu":
-        return 1
-    return max(1, _DEFAULT_CHUNK_ENTRIES // max(numel, 1))
+    batched against 28.5 ms one by one; equal on a 34 k-parameter one). On a GPU, batches, so
+    that one launch serves many probes."""
+    return 1 if torch.device(device).type == "cpu" else batched_chunk_size(numel)
 
 
 def hvp_rows(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
@@ -93,7 +96,7 @@ def exact_blocks(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Seq
     blocks = torch.zeros(N, b, b, dtype=dtype, device=device)
     slots = layout.mask.nonzero()  # (block k, column j) of every real entry
     # exact is for small models, where batching many unit vectors pays on every device
-    chunk = chunk_size or max(1, _DEFAULT_CHUNK_ENTRIES // max(n, 1))
+    chunk = chunk_size or batched_chunk_size(n)
     for start in range(0, slots.shape[0], chunk):
         k, j = slots[start:start + chunk].unbind(1)
         C = k.shape[0]

@@ -35,7 +35,7 @@ def _payload_bytes(t: torch.Tensor) -> int:
 
 
 class RankGroup:
-    """A process group (or none) with the two collectives hsc issues outside block exchange.
+    """A process group (or none) with the collectives hsc issues outside block exchange.
 
     Args:
         process_group: a ``torch.distributed`` process group, or ``None`` for one process

@@ -184,19 +184,19 @@ class Preconditioner:
             try:
                 if cfg.estimator == "exact":
                     blocks = exact_blocks(layout, grads, self.params, chunk_size=cfg.chunk_size).detach()
+                    t1 = time.perf_counter()
                 else:
-                    hvps = probe_hvps(layout, grads, self.params, signs.to(grads[0].dtype),
-                                      chunk_size=cfg.chunk_size).detach()
-                    signs = signs.to(hvps.dtype)
-                t1 = time.perf_counter()
-                if cfg.estimator == "probe" and not ranks.distributed:  # one pass into the state
-                    if first:
-                        self.estimate = hvps.new_empty(layout.num_blocks, cfg.block_size, cfg.block_size)
-                    finite = ops.accumulate_probes(self.estimate, hvps, signs, layout.mask,
-                                                   ema=cfg.ema, first=first)
-                elif cfg.estimator == "probe":  # this rank's estimate of every block, averaged below
-                    blocks = hvps.new_empty(layout.num_blocks, cfg.block_size, cfg.block_size)
-                    ops.accumulate_probes(blocks, hvps, signs, layout.mask, ema=0.0, first=True)
+                    hvps = probe_hvps(layout, grads, self.params, signs, chunk_size=cfg.chunk_size).detach()
+                    t1 = time.perf_counter()
+                    shape = (layout.num_blocks, cfg.block_size, cfg.block_size)
+                    if ranks.distributed:  # this rank's estimate of every block, averaged below
+                        blocks = hvps.new_empty(shape)
+                        ops.accumulate_probes(blocks, hvps, signs, layout.mask, ema=0.0, first=True)
+                    else:  # one pass, folded straight into the state
+                        if first:
+                            self.estimate = hvps.new_empty(shape)
+                        finite = ops.accumulate_probes(self.estimate, hvps, signs, layout.mask,
+                                                       ema=cfg.ema, first=first)
                 if blocks is not None:
                     blocks = self.shards.padded(blocks)
             except Exception as err:
