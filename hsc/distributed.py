@@ -129,9 +129,8 @@ class BlockShards:
         self.ranks = ranks
         self.ranges: List[Tuple[int, int]] = layout.ranges(ranks.world_size)
         self.start, self.end = self.ranges[ranks.rank]
-        self.num_blocks = layout.num_blocks
         self.chunk = max(end - start for start, end in self.ranges)
-        self.even = self.chunk * ranks.world_size == self.num_blocks  # no padding needed
+        self.even = self.chunk * ranks.world_size == layout.num_blocks  # no padding needed
         # Padded order: rank r's blocks at [r C, r C + its range's length), zeros up to (r + 1) C.
         # real_rows: the padded positions of blocks 0..N-1.
         real_rows = [i for r, (start, end) in enumerate(self.ranges)
