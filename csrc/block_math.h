@@ -52,6 +52,8 @@ struct ScalarLaneOps {
   HSC_HD static T sqrt(T x) { return ::sqrt(x); }
   HSC_HD static T abs(T x) { return ::fabs(x); }
   HSC_HD static T max(T a, T b) { return a > b ? a : b; }
+  HSC_HD static T min(T a, T b) { return a < b ? a : b; }
+  HSC_HD static mask less(T a, T b) { return a < b; }
   HSC_HD static mask all_lanes() { return true; }
   HSC_HD static mask no_lanes() { return false; }
   HSC_HD static mask and_(mask a, mask b) { return a && b; }
@@ -392,40 +394,80 @@ HSC_HD V correction_min_pivot(V mu) {
 // On return ws.f holds L_M for the returned lanes; `damping` holds the value used (the last value
 // tried for lanes that failed max_tries times, status 3), `raised` the lanes that needed more
 // than d_0.
+//
+// Lanes search in two stages so that lanes needing different numbers of tries do not multiply
+// the expensive part: stage 1 walks each lane's own sequence with Cholesky factorisations of A
+// alone (a failing one stops at its first bad pivot) and parks each lane's L in ws.f; stage 2 then
+// forms and factorises M once for all parked lanes, each at its own damping. A lane whose M fails
+// goes back to stage 1 at its next damping. Every lane tries the same values in the same order as
+// a one-lane loop would, so the result does not depend on which blocks share a group.
+// Stage 1 also passes over, without factorising, the dampings d at which a diagonal entry of
+// A = S + d I is <= 0: pivot j of a Cholesky factorisation is A_jj minus a sum of squares, so it
+// is <= A_jj in floating point too, and such a factorisation fails for certain. Those values
+// count as tried, exactly as if the factorisation had been run.
 template <class V, class Ops = LaneOps<V>>
 HSC_HD typename Ops::mask factorise_corrected(const Workspace<V>& ws, V& damping, V tau, V mu2,
                                               V mu, int max_tries, typename Ops::mask todo,
                                               typename Ops::mask& raised) {
   using mask = typename Ops::mask;
   const int b = ws.s.b;
-  const V zero = Ops::splat(0), min_pivot = correction_min_pivot(mu);
+  const V zero = Ops::splat(0), one = Ops::splat(1), min_pivot = correction_min_pivot(mu);
+  const V budget = Ops::splat(static_cast<typename Ops::scalar>(max_tries));
   mask done = Ops::no_lanes();
   raised = Ops::no_lanes();
-  V d = damping;
-  for (int t = 0; t < max_tries && Ops::any(todo); ++t) {
-    for (int i = 0; i < b; ++i) {
-      for (int j = 0; j < i; ++j) ws.a(i, j) = Ops::select(todo, ws.s(i, j), ws.a(i, j));
-      ws.a(i, i) = Ops::select(todo, ws.s(i, i) + d, ws.a(i, i));
-    }
-    damping = Ops::select(todo, d, damping);
-    const mask factorised = cholesky_lower<V, Ops>(ws.a, todo, zero);
-    if (Ops::any(factorised)) {
-      invert_lower(ws.a, ws.m);        // m = L^{-1}
-      lower_gram(ws.m, ws.a, false);   // a = L^{-T} L^{-1} = A^{-1}
-      for (int i = 0; i < b; ++i) {    // a = S + d I + mu^2 A^{-1}
-        for (int j = 0; j < i; ++j) ws.a(i, j) = ws.s(i, j) + mu2 * ws.a(i, j);
-        ws.a(i, i) = (ws.s(i, i) + d) + mu2 * ws.a(i, i);
-      }
-      const mask ok = cholesky_lower<V, Ops>(ws.a, factorised, min_pivot);
-      for (int i = 0; i < b; ++i)
-        for (int j = 0; j <= i; ++j) ws.f(i, j) = Ops::select(ok, ws.a(i, j), ws.f(i, j));
-      if (t > 0) raised = Ops::or_(raised, ok);
-      done = Ops::or_(done, ok);
-      todo = Ops::andnot(todo, ok);
-    }
-    d = next_damping<V, Ops>(d, tau);
+  V d = damping, tried = zero;
+  V diagonal_min = ws.s(0, 0);
+  for (int i = 1; i < b; ++i) diagonal_min = Ops::min(diagonal_min, ws.s(i, i));
+  mask searching = todo;
+  // After a failed try: the next damping, and whether the lane may go on.
+  auto advance = [&](mask failed) {
+    d = Ops::select(failed, next_damping<V, Ops>(d, tau), d);
     // A damping that overflows can never give a usable factor: stop those lanes here.
-    todo = Ops::and_(todo, Ops::usable_pivot(d, zero));
+    searching = Ops::and_(searching, Ops::or_(Ops::andnot(Ops::all_lanes(), failed),
+                                              Ops::and_(Ops::less(tried, budget), Ops::usable_pivot(d, zero))));
+  };
+  while (Ops::any(searching)) {
+    // Stage 1.
+    mask parked = Ops::no_lanes();
+    while (Ops::any(searching)) {
+      for (;;) {  // dampings that leave a diagonal entry <= 0 (the same rounding as A's below)
+        const mask hopeless = Ops::andnot(searching, Ops::usable_pivot(diagonal_min + d, zero));
+        if (!Ops::any(hopeless)) break;
+        damping = Ops::select(hopeless, d, damping);
+        tried = tried + Ops::select(hopeless, one, zero);
+        advance(hopeless);
+      }
+      if (!Ops::any(searching)) break;
+      for (int i = 0; i < b; ++i) {
+        for (int j = 0; j < i; ++j) ws.a(i, j) = Ops::select(searching, ws.s(i, j), ws.a(i, j));
+        ws.a(i, i) = Ops::select(searching, ws.s(i, i) + d, ws.a(i, i));
+      }
+      damping = Ops::select(searching, d, damping);
+      tried = tried + Ops::select(searching, one, zero);
+      const mask factorised = cholesky_lower<V, Ops>(ws.a, searching, zero);
+      if (Ops::any(factorised))
+        for (int i = 0; i < b; ++i)
+          for (int j = 0; j <= i; ++j) ws.f(i, j) = Ops::select(factorised, ws.a(i, j), ws.f(i, j));
+      parked = Ops::or_(parked, factorised);
+      searching = Ops::andnot(searching, factorised);
+      advance(searching);
+    }
+    if (!Ops::any(parked)) break;
+    // Stage 2, at each parked lane's damping (`damping`, equal to d there).
+    invert_lower(ws.f, ws.m);        // m = L^{-1}
+    lower_gram(ws.m, ws.a, false);   // a = L^{-T} L^{-1} = A^{-1}
+    for (int i = 0; i < b; ++i) {    // a = S + d I + mu^2 A^{-1}
+      for (int j = 0; j < i; ++j) ws.a(i, j) = ws.s(i, j) + mu2 * ws.a(i, j);
+      ws.a(i, i) = (ws.s(i, i) + damping) + mu2 * ws.a(i, i);
+    }
+    const mask ok = cholesky_lower<V, Ops>(ws.a, parked, min_pivot);
+    for (int i = 0; i < b; ++i)
+      for (int j = 0; j <= i; ++j) ws.f(i, j) = Ops::select(ok, ws.a(i, j), ws.f(i, j));
+    raised = Ops::or_(raised, Ops::and_(ok, Ops::less(one, tried)));
+    done = Ops::or_(done, ok);
+    // Parked lanes whose M failed search on from their next damping.
+    searching = Ops::andnot(parked, ok);
+    advance(searching);
   }
   return done;
 }

@@ -36,6 +36,13 @@ inline void check_blocks(const at::Tensor& H) {
   check_floating(H, "H");
 }
 
+inline void check_factor(const at::Tensor& factor) {
+  TORCH_CHECK_VALUE(factor.dim() == 3 && factor.size(1) == factor.size(2),
+                    "hsc: factor must have shape [N, b, b] (the factor field of a Correction), got ",
+                    factor.sizes());
+  check_floating(factor, "factor");
+}
+
 inline void check_gradient(const at::Tensor& G, int64_t N, int64_t b, const at::Tensor& like,
                            const char* like_name) {
   TORCH_CHECK_VALUE(G.dim() == 2 || G.dim() == 3,

@@ -24,6 +24,7 @@ struct CorrectionArgs {
   T* P = nullptr;
   int64_t r = 0;
   T* factor = nullptr;   // correct: the factor M^{-1} (factor != nullptr)
+  bool keep_failed = false;  // correct_: blocks of status 2 or 3 leave their factor as it was
   int64_t N;
   int b;
   T mu2;
@@ -39,6 +40,7 @@ struct CorrectionCall {
   at::ScalarType H_dtype, G_dtype, dtype;  // inputs' dtypes and the compute dtype
   at::Tensor H, G, damping;                // contiguous, in the compute dtype (G: fused path only)
   at::Tensor factor, P, damping_out, status;
+  bool keep_failed = false;
 
   // hsc::correct(H, damping, scale, mode, max_tries)
   static CorrectionCall correct(const at::Tensor& H, const at::Tensor& damping, double scale,
@@ -46,6 +48,28 @@ struct CorrectionCall {
     check_correction_args(H, damping, scale, max_tries);
     CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries);
     c.factor = at::empty({H.size(0), H.size(1), H.size(1)}, c.H.options());
+    return c;
+  }
+
+  // hsc::correct_(factor, H, damping, scale, mode, max_tries, keep_failed): the factor is written
+  // in place, so a caller that refreshes repeatedly reuses one buffer instead of faulting in fresh
+  // pages for every refresh.
+  static CorrectionCall correct_into(const at::Tensor& factor, const at::Tensor& H,
+                                     const at::Tensor& damping, double scale,
+                                     c10::string_view mode, int64_t max_tries, bool keep_failed) {
+    check_correction_args(H, damping, scale, max_tries);
+    CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries);
+    TORCH_CHECK_VALUE(factor.dim() == 3 && factor.size(0) == H.size(0) &&
+                      factor.size(1) == H.size(1) && factor.size(2) == H.size(1),
+                      "hsc: factor must have shape [N, b, b] = ", H.sizes(), " to match H, got ",
+                      factor.sizes());
+    TORCH_CHECK_TYPE(factor.scalar_type() == c.dtype, "hsc: factor must have dtype ", c.dtype,
+                     " (H's compute dtype), got ", factor.scalar_type());
+    TORCH_CHECK_VALUE(factor.device() == H.device(), "hsc: factor is on ", factor.device(),
+                      " but H is on ", H.device(), "; both must be on the same device");
+    TORCH_CHECK_VALUE(factor.is_contiguous(), "hsc: factor must be contiguous (it is written in place)");
+    c.factor = factor;
+    c.keep_failed = keep_failed;
     return c;
   }
 
@@ -76,6 +100,7 @@ struct CorrectionCall {
       a.r = G.dim() == 3 ? G.size(2) : 1;
     } else {
       a.factor = factor.data_ptr<T>();
+      a.keep_failed = keep_failed;
     }
     a.N = H.size(0);
     a.b = static_cast<int>(H.size(1));
@@ -91,6 +116,11 @@ struct CorrectionCall {
   // stays in the compute dtype.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const {
     return {P.defined() ? P.to(G_dtype) : factor, damping_out.to(H_dtype), status};
+  }
+
+  // (damping, status) of correct_, whose factor was written in place.
+  std::tuple<at::Tensor, at::Tensor> in_place_result() const {
+    return {damping_out.to(H_dtype), status};
   }
 
  private:

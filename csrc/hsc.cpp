@@ -8,12 +8,10 @@
 namespace hsc {
 
 // P = factor G per block. `correct` returns M^{-1} itself as its factor, so solving is one batched
-// matrix product on any device (BLAS on the CPU, cuBLAS on a GPU).
+// matrix product: this composite kernel serves every device without its own (cuBLAS on a GPU);
+// the CPU has a kernel of its own (cpu/solve_cpu.cpp) that avoids matmul's per-matrix overhead.
 at::Tensor solve(const at::Tensor& factor, const at::Tensor& G) {
-  TORCH_CHECK_VALUE(factor.dim() == 3 && factor.size(1) == factor.size(2),
-                    "hsc: factor must have shape [N, b, b] (the factor field of a Correction), got ",
-                    factor.sizes());
-  check_floating(factor, "factor");
+  check_factor(factor);
   check_gradient(G, factor.size(0), factor.size(1), factor, "factor");
   const auto ct = compute_dtype(at::promote_types(factor.scalar_type(), G.scalar_type()));
   const at::Tensor f = factor.to(ct);
@@ -25,6 +23,9 @@ at::Tensor solve(const at::Tensor& factor, const at::Tensor& G) {
 TORCH_LIBRARY(hsc, m) {
   m.def("correct(Tensor H, Tensor damping, float scale, str mode, int max_tries)"
         " -> (Tensor factor, Tensor damping, Tensor status)");
+  // Not `mode`: torch's functionalization of mutating ops (torch.compile) takes a `mode` of its own.
+  m.def("correct_(Tensor(a!) factor, Tensor H, Tensor damping, float scale, str correction_mode,"
+        " int max_tries, bool keep_failed) -> (Tensor damping, Tensor status)");
   m.def("solve(Tensor factor, Tensor G) -> Tensor");
   m.def("precondition(Tensor H, Tensor G, Tensor damping, float scale, str mode, int max_tries)"
         " -> (Tensor P, Tensor damping, Tensor status)");

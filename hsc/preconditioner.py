@@ -243,16 +243,20 @@ class Preconditioner:
 
     def _factorise(self) -> None:
         cfg = self.config
-        new = ops.correct(self.estimate, damping=cfg.damping, scale=cfg.scale, mode=cfg.mode,
-                          max_tries=cfg.max_tries)
+        options = dict(damping=cfg.damping, scale=cfg.scale, mode=cfg.mode, max_tries=cfg.max_tries)
+        if self.correction is None:
+            new = ops.correct(self.estimate, **options)
+        else:
+            # Refactorise into the same buffer. A failed block keeps what it held: its previous
+            # factor, or the fallback of the refresh that first failed it, which is the fallback
+            # it would be given now (mu is fixed).
+            new = ops.correct_(self.correction.factor, self.estimate, keep_failed=True, **options)
         failed = new.status >= 2
         keep = failed & self.has_factor
-        factor = new.factor
-        if self.correction is not None and bool(keep.any()):
-            factor = torch.where(keep[:, None, None], self.correction.factor, factor)
+        if self.correction is not None:
             self.counters["kept_previous_factor"] += int(keep.sum())
         self.has_factor |= ~failed
-        self.correction = ops.Correction(factor, new.damping, new.status)
+        self.correction = new
 
     # ---- apply -----------------------------------------------------------------------------
 

@@ -547,6 +547,106 @@ def test_factor_symmetric_and_paths_agree(device, mode, dtype):
     assert (block_norm(P2 - P) <= 2 * bound * size).all()
 
 
+# ---- solve on any factor, and correct_ in place ---------------------------------------------------
+
+@settings(max_examples=200)
+@given(b=st.sampled_from(BLOCK_SIZES[:10]), n=st.integers(0, 40), r=st.sampled_from([None, 1, 3]),
+       factor_dtype=st.sampled_from(FLOATS), G_dtype=st.sampled_from(FLOATS),
+       transposed=st.booleans(), seed=st.integers(0, 2 ** 31 - 1))
+def test_solve_is_the_product_for_any_factor(device, b, n, r, factor_dtype, G_dtype, transposed, seed):
+    """solve(correction, G) = factor G per block for any factor, symmetric or not: the CPU kernel
+    reads rows of the factor (b a multiple of the SIMD width, one column) or lane groups (any
+    other shape), and neither may assume the symmetry correct's factors have. Checked against the
+    float64 product within the rounding of a length-b dot product and of the result to G's dtype."""
+    gen = generator(seed)
+    N = min(n, max_blocks(b))
+    F = torch.randn(N, b, b, dtype=torch.float64, generator=gen)
+    F = (F.mT if transposed else F).to(factor_dtype)  # transposed: a non-contiguous factor
+    G = gradients(N, b, r, gen).to(G_dtype)
+    corr = ops.Correction(F.to(device), torch.zeros(N), torch.zeros(N, dtype=torch.int32))
+    P = ops.solve(corr, G.to(device)).cpu()
+    assert P.shape == G.shape and P.dtype == G_dtype
+    Gm = G.double().unsqueeze(-1) if G.dim() == 2 else G.double()
+    exact = (F.double() @ Gm).reshape(G.shape)
+    eps = eps_of(torch.promote_types(factor_dtype, G_dtype))
+    tol = (2 * b * eps * (F.double().abs() @ Gm.abs())).reshape(G.shape) + eps_of(G_dtype) * exact.abs()
+    assert ((P.double() - exact).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("b", [3, 8, 16])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_correct_in_place_equals_correct(device, b, mode, dtype):
+    """correct_ writes exactly what correct returns (40 blocks: full SIMD lane groups, moved by
+    register transposes, and a short last group), whatever the buffer held before."""
+    gen = generator(30 + b)
+    H = torch.cat([spd_blocks(20, b, gen), indefinite_blocks(20, b, gen)]).to(dtype).to(device)
+    H[5, 0, b - 1] = float("nan")
+    expected = ops.correct(H, mode=mode, scale=0.5)
+    factor = torch.full_like(expected.factor, 7.0)
+    got = ops.correct_(factor, H, mode=mode, scale=0.5)
+    assert got.factor is factor
+    assert_same_results(got, expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_correct_in_place_keeps_failed_blocks(device, mode, dtype):
+    """keep_failed=True: blocks of status 2 (non-finite H) and 3 (no success within max_tries)
+    keep the factor they held, the others are refactorised (SPEC §5); keep_failed=False writes
+    the fallback, as correct does."""
+    gen = generator(40)
+    b = 16
+    H = torch.cat([spd_blocks(18, b, gen), -spd_blocks(18, b, gen)]).to(dtype).to(device)
+    H[3, 2, 2] = float("inf")
+    H[20, 1, 0] = float("nan")
+    previous = torch.randn(36, b, b, dtype=dtype, generator=gen).to(device)
+    factor = previous.clone()
+    # One try: the negative definite blocks cannot factorise at the input damping in mode cholesky.
+    got = ops.correct_(factor, H, mode=mode, max_tries=1, keep_failed=True)
+    expected = ops.correct(H, mode=mode, max_tries=1)
+    failed = (got.status >= 2).cpu()
+    assert failed[3] and failed[20]
+    if mode == "cholesky":
+        assert (got.status[18:].cpu() >= 2).all()
+    assert torch.equal(got.status, expected.status) and torch.equal(got.damping, expected.damping)
+    assert torch.equal(factor[failed], previous[failed])
+    assert torch.equal(factor[~failed], expected.factor[~failed])
+    ops.correct_(factor, H, mode=mode, max_tries=1, keep_failed=False)
+    assert torch.equal(factor, expected.factor)
+
+
+def _correct_in_place(**changes):
+    def call():
+        args = {"factor": torch.zeros(4, 3, 3), "H": _inputs()[0], **changes}
+        return ops.correct_(args.pop("factor"), args.pop("H"), **args)
+    return call
+
+
+BAD_IN_PLACE = {
+    "factor wrong shape": (_correct_in_place(factor=torch.zeros(4, 3, 2)), ValueError,
+                           r"\bfactor\b must have shape \[N, b, b\] = \[4, 3, 3\]"),
+    "factor wrong N": (_correct_in_place(factor=torch.zeros(5, 3, 3)), ValueError,
+                       r"\bfactor\b must have shape"),
+    "factor wrong dtype": (_correct_in_place(factor=torch.zeros(4, 3, 3, dtype=torch.float64)),
+                           TypeError, r"\bfactor\b must have dtype Float"),
+    "factor not contiguous": (_correct_in_place(factor=torch.zeros(3, 3, 4).permute(2, 0, 1)),
+                              ValueError, r"\bfactor\b must be contiguous"),
+    "factor not a tensor": (_correct_in_place(factor=[[1.0]]), TypeError,
+                            r"\bfactor\b must be a torch.Tensor"),
+    "factor on another device": (_correct_in_place(factor=torch.zeros(4, 3, 3, device="meta")),
+                                 (ValueError, RuntimeError), r"\bfactor\b is on meta"),
+    "H bad": (_correct_in_place(H=torch.zeros(4, 3)), ValueError, r"\bH\b must have shape"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IN_PLACE))
+def test_correct_in_place_refuses_bad_input(case):
+    call, error, message = BAD_IN_PLACE[case]
+    with pytest.raises(error, match=message):
+        call()
+
+
 # ---- float16 / bfloat16 -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)
@@ -678,6 +778,9 @@ def test_opcheck(device, mode, dtype):
     damping = torch.full((7,), 1e-4, dtype=dtype, device=device)
     factor = ops.correct(H, mode=mode).factor
     torch.library.opcheck(torch.ops.hsc.correct.default, (H, damping, 1.0, mode, 32))
+    for keep_failed in (False, True):
+        torch.library.opcheck(torch.ops.hsc.correct_.default,
+                              (factor.clone(), H, damping, 1.0, mode, 32, keep_failed))
     for G in (torch.randn(7, 5, dtype=dtype, generator=gen),
               torch.randn(7, 5, 3, dtype=dtype, generator=gen)):
         G = G.to(device)
@@ -709,6 +812,24 @@ def test_compile_fullgraph_matches_eager(device, mode):
     G = torch.randn(9, 4, generator=gen).to(device)
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     assert_same_results(compiled(H, G), step(H, G))
+
+
+def test_compile_fullgraph_in_place(device):
+    """correct_ mutates its factor argument; compiled code must see the same writes."""
+    torch._dynamo.reset()
+
+    def refresh(factor, H):
+        c = ops.correct_(factor, H, damping=1e-3, keep_failed=True)
+        return factor.sum(), c.status
+
+    gen = generator(19)
+    H = indefinite_blocks(9, 4, gen).float().to(device)
+    H[4, 1, 1] = float("nan")
+    eager, compiled = torch.zeros(9, 4, 4, device=device), torch.zeros(9, 4, 4, device=device)
+    expected = refresh(eager, H)
+    got = torch.compile(refresh, fullgraph=True, backend="aot_eager")(compiled, H)
+    assert_same_results(got, expected)
+    assert torch.equal(compiled, eager) and (compiled[4] == 0).all()
 
 
 # ---- edge cases found by these tests, fixed in the ops ------------------------------------------

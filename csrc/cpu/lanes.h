@@ -5,11 +5,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "../block_math.h"
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -66,6 +67,8 @@ struct VectorLaneOps {
   }
   static value abs(value x) { return x < T(0) ? -x : x; }
   static value max(value a, value b) { return a > b ? a : b; }
+  static value min(value a, value b) { return a < b ? a : b; }
+  static mask less(value a, value b) { return a < b; }
   static mask all_lanes() { return mask{} - 1; }
   static mask no_lanes() { return mask{}; }
   static mask and_(mask a, mask b) { return a & b; }
@@ -113,6 +116,137 @@ inline Vec<T> gather(const T* base, int64_t lane_stride, int count) {
   }
   for (int l = 0; l < count; ++l) v[l] = base[l * lane_stride];
   return v;
+}
+
+// W contiguous values as one vector, and back; any alignment.
+template <class T>
+inline Vec<T> load_vector(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+inline void store_vector(T* p, Vec<T> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// store_vector for output that will not be read again soon: a non-temporal store where the
+// address allows one, which skips reading the line into the cache before overwriting it (for an
+// output larger than the caches that read doubles the traffic). Call stream_fence() before the
+// values are read by another thread.
+template <class T>
+inline void stream_vector(T* p, Vec<T> v) {
+#if defined(__AVX512F__) && HSC_VECTOR_BYTES == 64
+  if ((reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    if constexpr (sizeof(T) == 4) _mm512_stream_ps(reinterpret_cast<float*>(p), (__m512)v);
+    else _mm512_stream_pd(reinterpret_cast<double*>(p), (__m512d)v);
+    return;
+  }
+#elif defined(__AVX__) && HSC_VECTOR_BYTES == 32
+  if ((reinterpret_cast<uintptr_t>(p) & 31) == 0) {
+    if constexpr (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(p), (__m256)v);
+    else _mm256_stream_pd(reinterpret_cast<double*>(p), (__m256d)v);
+    return;
+  }
+#endif
+  store_vector(p, v);
+}
+
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+// The two shuffles of a butterfly stage of width H on vectors a and c: lanes p with bit H clear
+// take (a[p], a[p + H]), lanes with bit H set take (c[p - H], c[p]).
+template <class T, int H>
+struct Butterfly {
+  static constexpr int W = kLanes<T>;
+  typename VectorOf<T>::mask lo{}, hi{};  // indices into the concatenation of a and c
+  Butterfly() {
+    for (int p = 0; p < W; ++p) {
+      lo[p] = (p & H) ? W + p - H : p;
+      hi[p] = (p & H) ? W + p : p + H;
+    }
+  }
+  Vec<T> low(Vec<T> a, Vec<T> c) const { return __builtin_shuffle(a, c, lo); }
+  Vec<T> high(Vec<T> a, Vec<T> c) const { return __builtin_shuffle(a, c, hi); }
+};
+
+// One stage of transpose(): swaps the off-diagonal H x H sub-blocks of every 2H x 2H diagonal
+// block.
+template <class T, int H>
+inline void transpose_stage(Vec<T>* r) {
+  constexpr int W = kLanes<T>;
+  const Butterfly<T, H> s;
+  for (int i = 0; i < W; ++i) {
+    if (i & H) continue;
+    const Vec<T> a = r[i], c = r[i + H];
+    r[i] = s.low(a, c);
+    r[i + H] = s.high(a, c);
+  }
+}
+
+// One stage of horizontal_sums(): r[i] for i < H gets the pairwise sums of r[i] and r[i + H].
+template <class T, int H>
+inline void sum_stage(Vec<T>* r) {
+  const Butterfly<T, H> s;
+  for (int i = 0; i < H; ++i) r[i] = s.low(r[i], r[i + H]) + s.high(r[i], r[i + H]);
+}
+
+// Lane q of the result = the sum of the lanes of r[q], for the W vectors r[0..W) (overwritten):
+// 2(W - 1) shuffles, half of what a transpose followed by W - 1 additions takes.
+template <class T>
+inline Vec<T> horizontal_sums(Vec<T>* r) {
+  constexpr int W = kLanes<T>;
+  if constexpr (W > 8) sum_stage<T, 8>(r);
+  if constexpr (W > 4) sum_stage<T, 4>(r);
+  sum_stage<T, 2>(r);
+  sum_stage<T, 1>(r);
+  return r[0];
+}
+
+// Transposes the W x W matrix whose rows are r[0], ..., r[W - 1] in registers: W log2(W)
+// two-source shuffles, where moving the same values through gathers or scalar stores costs W^2
+// memory operations. This is how a lane group is filled from, and written back to, row-major
+// blocks.
+template <class T>
+inline void transpose(Vec<T>* r) {
+  constexpr int W = kLanes<T>;
+  static_assert(W == 4 || W == 8 || W == 16, "lane groups of 4, 8 or 16 blocks");
+  transpose_stage<T, 1>(r);
+  transpose_stage<T, 2>(r);
+  if constexpr (W > 4) transpose_stage<T, 4>(r);
+  if constexpr (W > 8) transpose_stage<T, 8>(r);
+}
+
+// Moves the entries of W blocks (row-major, `stride` values apart) into lane vectors:
+// lanes[e][l] = blocks[l * stride + e] for e < entries, entries a multiple of W.
+template <class T>
+inline void blocks_to_lanes(const T* blocks, int64_t stride, int entries, Vec<T>* lanes) {
+  constexpr int W = kLanes<T>;
+  for (int e0 = 0; e0 < entries; e0 += W) {
+    Vec<T>* r = lanes + e0;
+    for (int l = 0; l < W; ++l) r[l] = load_vector(blocks + l * stride + e0);
+    transpose<T>(r);
+  }
+}
+
+// The inverse of blocks_to_lanes: blocks[l * stride + e] = lanes[e][l]. Uses `lanes` as scratch.
+// `streaming`: with stream_vector (the caller fences).
+template <class T>
+inline void lanes_to_blocks(Vec<T>* lanes, int entries, T* blocks, int64_t stride,
+                            bool streaming = false) {
+  constexpr int W = kLanes<T>;
+  for (int e0 = 0; e0 < entries; e0 += W) {
+    Vec<T>* r = lanes + e0;
+    transpose<T>(r);
+    for (int l = 0; l < W; ++l) {
+      if (streaming) stream_vector(blocks + l * stride + e0, r[l]);
+      else store_vector(blocks + l * stride + e0, r[l]);
+    }
+  }
 }
 
 }  // namespace hsc::cpu

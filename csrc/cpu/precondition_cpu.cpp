@@ -27,13 +27,14 @@ struct Group {
   static constexpr int W = kLanes<T>;
 
   int b;
-  std::unique_ptr<V[]> storage;  // s, a, m, f (b*b each), then x, y and g (b each)
+  std::unique_ptr<V[]> storage;  // s, a, m, f (b*(b+1) each), x, y, g (b each), dense (b*b)
   Workspace<V> ws;
   Column<V> x, y, g;
+  V* dense;  // b*b entries in row-major order, unpadded: the blocks as they come and go
 
   // Rows are padded to b + 1 vectors: with b a power of two, walking down a column would
   // otherwise hit one cache set again and again.
-  explicit Group(int b_) : b(b_), storage(new V[4 * b_ * (b_ + 1) + 3 * b_]) {
+  explicit Group(int b_) : b(b_), storage(new V[4 * b_ * (b_ + 1) + 3 * b_ + b_ * b_]) {
     V* p = storage.get();
     const int ld = b + 1, size = b * ld;
     ws = Workspace<V>{Block<V>{p, b, ld}, Block<V>{p + size, b, ld}, Block<V>{p + 2 * size, b, ld},
@@ -41,17 +42,48 @@ struct Group {
     x = Column<V>{p + 4 * size};
     y = Column<V>{p + 4 * size + b};
     g = Column<V>{p + 4 * size + 2 * b};
+    dense = p + 4 * size + 3 * b;
   }
 
-  // Loads blocks [n0, n0 + count) of H into ws.s as S = (H + H^T)/2 (plus `shift` on the diagonal
-  // in singular_safe mode). Lanes >= count and lanes with a non-finite entry hold the identity.
-  // Returns the lanes holding a finite block; `tau` gets 1e-6 max|S_ij| per lane (SPEC §2).
-  mask load(const T* H, int64_t n0, int count, V& tau) {
+  // A full group whose blocks split into whole vectors moves by register transposes; any other
+  // group (the last, short one, or b*b not a multiple of W) one lane at a time.
+  bool transposable(int count) const { return count == W && (b * b) % W == 0; }
+
+  // Blocks [n0, n0 + count) of `src` into `dense`; lanes >= count read 0.
+  void read_blocks(const T* src, int64_t n0, int count) {
     const int bb = b * b;
-    Block<V> raw = ws.m;
-    const T* h = H + n0 * bb;
+    const T* h = src + n0 * bb;
+    if (transposable(count)) {
+      blocks_to_lanes(h, bb, bb, dense);
+    } else {
+      for (int e = 0; e < bb; ++e) dense[e] = gather(h + e, bb, count);
+    }
+  }
+
+  // The lanes `write` of `a` into blocks [n0, n0 + count) of `dst`; the other blocks keep their
+  // values.
+  void write_blocks(Block<V> a, mask write, T* dst, int64_t n0, int count) {
+    const int bb = b * b;
+    const bool merge = Ops::any(Ops::andnot(Ops::all_lanes(), write));
+    if (merge) read_blocks(dst, n0, count);
     for (int i = 0; i < b; ++i)
-      for (int j = 0; j < b; ++j) raw(i, j) = gather(h + i * b + j, bb, count);
+      for (int j = 0; j < b; ++j)
+        dense[i * b + j] = merge ? Ops::select(write, a(i, j), dense[i * b + j]) : a(i, j);
+    T* out = dst + n0 * bb;
+    if (transposable(count)) {
+      lanes_to_blocks(dense, bb, out, bb, /*streaming=*/true);  // fenced in run_blocks
+    } else {
+      for (int l = 0; l < count; ++l)
+        for (int e = 0; e < bb; ++e) out[l * bb + e] = dense[e][l];
+    }
+  }
+
+  // Loads blocks [n0, n0 + count) of H into ws.s as S = (H + H^T)/2. Lanes >= count and lanes
+  // with a non-finite entry hold the identity. Returns the lanes holding a finite block; `tau`
+  // gets 1e-6 max|S_ij| per lane (SPEC §2).
+  mask load(const T* H, int64_t n0, int count, V& tau) {
+    read_blocks(H, n0, count);
+    const Block<V> raw{dense, b, b};
     if (count < W) {  // padding lanes hold the identity
       V pad_diagonal = Ops::splat(1);
       for (int l = 0; l < count; ++l) pad_diagonal[l] = 0;
@@ -152,12 +184,7 @@ void run_group(Group<T>& grp, const CorrectionArgs<T>& pr, int64_t n0, int count
         for (int j = 0; j < b; ++j) ws.a(i, j) = ws.m(i, j);
     }
     grp.set_identity_where_not(ok, ws.a, fallback);
-    const int bb = b * b;
-    for (int l = 0; l < count; ++l) {
-      T* f = pr.factor + (n0 + l) * bb;
-      for (int i = 0; i < b; ++i)
-        for (int j = 0; j < b; ++j) f[i * b + j] = ws.a(i, j)[l];
-    }
+    grp.write_blocks(ws.a, pr.keep_failed ? ok : Ops::all_lanes(), pr.factor, n0, count);
   }
 }
 
@@ -177,6 +204,7 @@ void run_blocks(const CorrectionArgs<T>& pr) {
       const int64_t n0 = g * W;
       run_group(grp, pr, n0, static_cast<int>(std::min<int64_t>(W, pr.N - n0)));
     }
+    stream_fence();
   });
 }
 
@@ -199,6 +227,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> correct_cpu(const at::Tensor& H,
   return run(CorrectionCall::correct(H, damping, scale, mode, max_tries));
 }
 
+std::tuple<at::Tensor, at::Tensor> correct_in_place_cpu(at::Tensor& factor, const at::Tensor& H,
+                                                        const at::Tensor& damping, double scale,
+                                                        c10::string_view mode, int64_t max_tries,
+                                                        bool keep_failed) {
+  const CorrectionCall call =
+      CorrectionCall::correct_into(factor, H, damping, scale, mode, max_tries, keep_failed);
+  run(call);
+  return call.in_place_result();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> precondition_cpu(
     const at::Tensor& H, const at::Tensor& G, const at::Tensor& damping, double scale,
     c10::string_view mode, int64_t max_tries) {
@@ -209,6 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> precondition_cpu(
 
 TORCH_LIBRARY_IMPL(hsc, CPU, m) {
   m.impl("correct", &correct_cpu);
+  m.impl("correct_", &correct_in_place_cpu);
   m.impl("precondition", &precondition_cpu);
 }
 

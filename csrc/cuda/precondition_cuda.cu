@@ -317,9 +317,11 @@ __global__ void corrected_kernel(Params<T> p, int team_size, int teams_per_block
     }
     const T fallback = fallback_step<T>(T(1), p.mu2);
     T* out = p.factor + n * b * b;
-    for (int e = team.rank; e < b * b; e += team.size) {
-      const int i = e / b, j = e % b;
-      out[e] = ok ? f(i, j) : (i == j ? fallback : T(0));
+    if (ok || !p.keep_failed) {  // correct_ with keep_failed leaves a failed block's factor as it was
+      for (int e = team.rank; e < b * b; e += team.size) {
+        const int i = e / b, j = e % b;
+        out[e] = ok ? f(i, j) : (i == j ? fallback : T(0));
+      }
     }
   }
 }
@@ -380,6 +382,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> correct_cuda(const at::Tensor& H,
   return run(CorrectionCall::correct(H, damping, scale, mode, max_tries));
 }
 
+std::tuple<at::Tensor, at::Tensor> correct_in_place_cuda(at::Tensor& factor, const at::Tensor& H,
+                                                         const at::Tensor& damping, double scale,
+                                                         c10::string_view mode, int64_t max_tries,
+                                                         bool keep_failed) {
+  const CorrectionCall call =
+      CorrectionCall::correct_into(factor, H, damping, scale, mode, max_tries, keep_failed);
+  run(call);
+  return call.in_place_result();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> precondition_cuda(
     const at::Tensor& H, const at::Tensor& G, const at::Tensor& damping, double scale,
     c10::string_view mode, int64_t max_tries) {
@@ -390,6 +402,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> precondition_cuda(
 
 TORCH_LIBRARY_IMPL(hsc, CUDA, m) {
   m.impl("correct", &correct_cuda);
+  m.impl("correct_", &correct_in_place_cuda);
   m.impl("precondition", &precondition_cuda);
 }
 
