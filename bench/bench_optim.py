@@ -129,7 +129,7 @@ def test_hsc_components(benchmark, collector, b):
         "factorisation": timed(lambda: torch_correct(state)),
     }
     G = pc.layout.gather([p.detach().clone() for p in pc.params])
-    factor = torch_correct(state)
+    factor = ops.unpack(torch_correct(state), pc.layout.num_blocks)  # torch's form: [N, b, b]
     torch_split["solve"] = timed(lambda: torch.bmm(factor, G.unsqueeze(-1)))
     compiled_solve = timed(lambda: ops.solve(pc.correction, G))
 

@@ -36,10 +36,13 @@ inline void check_blocks(const at::Tensor& H) {
   check_floating(H, "H");
 }
 
-inline void check_factor(const at::Tensor& factor) {
-  TORCH_CHECK_VALUE(factor.dim() == 3 && factor.size(1) == factor.size(2),
-                    "hsc: factor must have shape [N, b, b] (the factor field of a Correction), got ",
-                    factor.sizes());
+// The factor of N blocks of size b (its layout: tiled_offset in block_math.h).
+inline void check_factor(const at::Tensor& factor, int64_t N, int64_t b) {
+  TORCH_CHECK_VALUE(factor.dim() == 3 && factor.size(0) == tile_count(N) &&
+                    factor.size(1) == packed_size(b) && factor.size(2) == kTile,
+                    "hsc: factor must have shape [ceil(N / ", kTile, "), b (b + 1) / 2, ", kTile,
+                    "] = [", tile_count(N), ", ", packed_size(b), ", ", kTile, "] for N = ", N,
+                    " blocks of b = ", b, " (the factor field of a Correction), got ", factor.sizes());
   check_floating(factor, "factor");
 }
 
@@ -93,6 +96,14 @@ inline void check_probe_args(const at::Tensor& state, const at::Tensor& hvps,
     TORCH_CHECK_VALUE(t->device() == state.device(), "hsc: hvps, signs and mask must be on state's "
                       "device ", state.device(), ", got ", t->device());
   TORCH_CHECK_VALUE(ema >= 0 && ema < 1, "hsc: ema must be in [0, 1), got ", ema);
+}
+
+// hsc::solve(factor, G): N and b from G, then the factor's shape against them.
+inline void check_solve_args(const at::Tensor& factor, const at::Tensor& G) {
+  TORCH_CHECK_VALUE(G.dim() == 2 || G.dim() == 3, "hsc: G must have shape [N, b] or [N, b, r], got ",
+                    G.sizes());
+  check_factor(factor, G.size(0), G.size(1));
+  check_gradient(G, G.size(0), G.size(1), factor, "factor");
 }
 
 }  // namespace hsc

@@ -23,7 +23,7 @@ struct CorrectionArgs {
   const T* G = nullptr;  // fused path: P = M^{-1} G (P != nullptr)
   T* P = nullptr;
   int64_t r = 0;
-  T* factor = nullptr;   // correct: the factor M^{-1} (factor != nullptr)
+  T* factor = nullptr;   // correct: M^{-1}, packed (factor != nullptr)
   bool keep_failed = false;  // correct_: blocks of status 2 or 3 leave their factor as it was
   int64_t N;
   int b;
@@ -47,7 +47,8 @@ struct CorrectionCall {
                                 c10::string_view mode, int64_t max_tries) {
     check_correction_args(H, damping, scale, max_tries);
     CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries);
-    c.factor = at::empty({H.size(0), H.size(1), H.size(1)}, c.H.options());
+    c.factor = at::empty({tile_count(H.size(0)), packed_size(H.size(1)), kTile}, c.H.options());
+    c.zero_unused_lanes();
     return c;
   }
 
@@ -59,10 +60,7 @@ struct CorrectionCall {
                                      c10::string_view mode, int64_t max_tries, bool keep_failed) {
     check_correction_args(H, damping, scale, max_tries);
     CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries);
-    TORCH_CHECK_VALUE(factor.dim() == 3 && factor.size(0) == H.size(0) &&
-                      factor.size(1) == H.size(1) && factor.size(2) == H.size(1),
-                      "hsc: factor must have shape [N, b, b] = ", H.sizes(), " to match H, got ",
-                      factor.sizes());
+    check_factor(factor, H.size(0), H.size(1));
     TORCH_CHECK_TYPE(factor.scalar_type() == c.dtype, "hsc: factor must have dtype ", c.dtype,
                      " (H's compute dtype), got ", factor.scalar_type());
     TORCH_CHECK_VALUE(factor.device() == H.device(), "hsc: factor is on ", factor.device(),
@@ -70,6 +68,7 @@ struct CorrectionCall {
     TORCH_CHECK_VALUE(factor.is_contiguous(), "hsc: factor must be contiguous (it is written in place)");
     c.factor = factor;
     c.keep_failed = keep_failed;
+    c.zero_unused_lanes();
     return c;
   }
 
@@ -124,6 +123,12 @@ struct CorrectionCall {
   }
 
  private:
+  // The lanes of the last tile past the last block hold 0 (kernels write real blocks only).
+  void zero_unused_lanes() {
+    const int64_t N = H.size(0), used = N % kTile;
+    if (used != 0) factor.select(0, tile_count(N) - 1).narrow(1, used, kTile - used).zero_();
+  }
+
   static CorrectionCall common(const at::Tensor& H, at::ScalarType promoted,
                                const at::Tensor& damping, double scale, c10::string_view mode,
                                int64_t max_tries) {

@@ -3,18 +3,28 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "checks.h"
 
 namespace hsc {
 
-// P = factor G per block. `correct` returns M^{-1} itself as its factor, so solving is one batched
-// matrix product: this composite kernel serves every device without its own (cuBLAS on a GPU);
-// the CPU has a kernel of its own (cpu/solve_cpu.cpp) that avoids matmul's per-matrix overhead.
+// P = M^{-1} G per block from the factor of `correct`. This composite kernel serves every device
+// without a kernel of its own (a GPU: cuBLAS batched products): it expands the tiled, packed
+// factor to full symmetric blocks and multiplies. The CPU has its own kernel (cpu/solve_cpu.cpp),
+// which reads the factor as it lies.
 at::Tensor solve(const at::Tensor& factor, const at::Tensor& G) {
-  check_factor(factor);
-  check_gradient(G, factor.size(0), factor.size(1), factor, "factor");
+  check_solve_args(factor, G);
+  const int64_t N = G.size(0), b = G.size(1);
   const auto ct = compute_dtype(at::promote_types(factor.scalar_type(), G.scalar_type()));
-  const at::Tensor f = factor.to(ct);
+  std::vector<int64_t> index(b * b);
+  for (int64_t i = 0; i < b; ++i)
+    for (int64_t j = 0; j < b; ++j)
+      index[i * b + j] = packed_index(static_cast<int>(std::max(i, j)), static_cast<int>(std::min(i, j)));
+  const at::Tensor where = at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(factor.device());
+  const at::Tensor rows = factor.to(ct).transpose(1, 2).reshape({-1, packed_size(b)}).narrow(0, 0, N);
+  const at::Tensor f = rows.index_select(1, where).view({N, b, b});
   const at::Tensor g = G.to(ct);
   const at::Tensor P = G.dim() == 2 ? at::matmul(f, g.unsqueeze(-1)).squeeze(-1) : at::matmul(f, g);
   return P.to(G.scalar_type());

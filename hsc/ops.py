@@ -25,12 +25,19 @@ MODES = ("cholesky", "singular_safe")
 Damping = Union[float, torch.Tensor]
 
 
+TILE = 16  # blocks per tile of a factor (csrc/block_math.h: kTile)
+
+
 class Correction(NamedTuple):
     """The result of :func:`correct`.
 
-    factor:  ``[N, b, b]``, M^{-1} itself per block (symmetric), so that :func:`solve` is one
-             batched matrix product. Kept in float32 for float16/bfloat16 inputs.
-             Blocks with status 2 or 3 hold the fallback ``I / (1 + mu^2)``.
+    factor:  M^{-1} itself per block, packed and tiled: ``[ceil(N / 16), b (b + 1) / 2, 16]``.
+             M^{-1} is symmetric, so its lower triangle (entry (i, j), j <= i, at
+             i (i + 1) / 2 + j) says everything; blocks are innermost in tiles of 16, so that the
+             factor :func:`solve` reads every step lies as SIMD lanes and GPU warps load it. Entry
+             e of block k is ``factor[k // 16, e, k % 16]``; lanes past the last block are 0.
+             :func:`unpack` gives ``[N, b, b]``, :func:`pack` the reverse. Kept in float32 for
+             float16/bfloat16 inputs. Blocks with status 2 or 3 hold the fallback ``I / (1 + mu^2)``.
     damping: ``[N]``, the damping delta_k each block was factorised with (the input damping for
              status 2; the last value tried for status 3).
     status:  ``[N]`` int32, SPEC §3: 0 factorised, 1 damping raised, 2 non-finite H, 3 failed.
@@ -39,6 +46,41 @@ class Correction(NamedTuple):
     factor: torch.Tensor
     damping: torch.Tensor
     status: torch.Tensor
+
+
+def packed_size(b: int) -> int:
+    """Entries of one block's packed factor: b (b + 1) / 2."""
+    return b * (b + 1) // 2
+
+
+def factor_shape(N: int, b: int) -> tuple:
+    """The shape of the factor of N blocks of size b (see :class:`Correction`)."""
+    return (-(-N // TILE), packed_size(b), TILE)
+
+
+def pack(M: torch.Tensor) -> torch.Tensor:
+    """``[N, b, b]`` symmetric blocks -> a factor laid out as :attr:`Correction.factor` (the lower
+    triangles are kept)."""
+    N, b = M.shape[0], M.shape[-1]
+    rows, cols = torch.tril_indices(b, b, device=M.device)
+    tiles, entries, _ = factor_shape(N, b)
+    packed = M.new_zeros(tiles * TILE, entries)
+    packed[:N] = M[:, rows, cols]
+    return packed.view(tiles, TILE, entries).transpose(1, 2).contiguous()
+
+
+def unpack(factor: torch.Tensor, N: int) -> torch.Tensor:
+    """The symmetric ``[N, b, b]`` blocks of the factor of N blocks (:attr:`Correction.factor`)."""
+    _check_tensor(factor, "factor")
+    entries = factor.shape[1] if factor.dim() == 3 else -1
+    b = int(round(((8 * max(entries, 0) + 1) ** 0.5 - 1) / 2))
+    if factor.dim() != 3 or b < 1 or tuple(factor.shape) != factor_shape(N, b):
+        raise ValueError(f"hsc: factor must have shape [ceil(N / {TILE}), b (b + 1) / 2, {TILE}] for "
+                         f"N = {N} blocks, got {tuple(factor.shape)}")
+    i = torch.arange(b, device=factor.device)
+    hi, lo = torch.maximum(i[:, None], i[None, :]), torch.minimum(i[:, None], i[None, :])
+    rows = factor.transpose(1, 2).reshape(-1, entries)[:N]
+    return rows[:, hi * (hi + 1) // 2 + lo]
 
 
 def _damping_tensor(damping: Damping, H: torch.Tensor) -> torch.Tensor:
@@ -101,8 +143,9 @@ def correct_(
     this way; a fresh ``[N, b, b]`` result would cost a page fault per 4 KiB on the CPU.
 
     Args:
-        factor: ``[N, b, b]``, contiguous, in H's compute dtype (float64 for float64 H, else
-            float32), on H's device.
+        factor: shaped as :class:`Correction`'s (:func:`factor_shape`), contiguous, in H's
+            compute dtype (float64 for float64 H, else float32), on H's device. Lanes past the
+            last block are set to 0.
         keep_failed: leave the factor of blocks with status 2 or 3 as it was (SPEC §5: a block
             whose refresh fails keeps its previous factor) instead of writing the fallback.
         The other arguments are those of :func:`correct`.
@@ -117,11 +160,17 @@ def correct_(
 
 
 def solve(correction: Correction, G: torch.Tensor) -> torch.Tensor:
-    """P = M^{-1} G per block, for G of shape ``[N, b]`` or ``[N, b, r]``; P has G's dtype."""
+    """P = M^{-1} G per block from the factor, for G of shape ``[N, b]`` or ``[N, b, r]``; P has
+    G's dtype."""
     if not isinstance(correction, Correction):
         raise TypeError(f"hsc: correction must be the Correction returned by hsc.ops.correct, "
                         f"got {type(correction).__name__}")
     _check_tensor(G, "G")
+    # The factor's tiles hold up to 16 blocks each: the block count is the correction's.
+    N = correction.status.shape[0]
+    if G.dim() in (2, 3) and G.shape[0] != N:
+        raise ValueError(f"hsc: G must have shape [N, b] or [N, b, r] with N = {N} to match the "
+                         f"correction, got {list(G.shape)}")
     return torch.ops.hsc.solve.default(correction.factor, G)
 
 
@@ -193,7 +242,7 @@ def _same_device(**tensors: torch.Tensor) -> None:
 def _correct_fake(H, damping, scale, mode, max_tries):
     _same_device(H=H, damping=damping)
     N, b = H.shape[0], H.shape[1]
-    factor = H.new_empty((N, b, b), dtype=_compute_dtype(H.dtype))
+    factor = H.new_empty(factor_shape(N, b), dtype=_compute_dtype(H.dtype))
     return factor, H.new_empty((N,)), H.new_empty((N,), dtype=torch.int32)
 
 

@@ -113,36 +113,40 @@ class HSC(torch.optim.Optimizer):
                 except Exception as err:
                     error = err
                 self.ranks.agree(error, "closure", groups[0][0].device)
-                # The step's own copies (autograd's outputs may alias one another or be expanded;
-                # they become .grad); with a group, the rank mean of the loss and the gradients
-                # in one all-reduce. Each rank's HVPs come from its own graph, averaged by the refresh.
-                step_grads = [[g.detach().clone() for g in gs] for gs in grads]
+                # The step's own copy of each group's gradient, gathered straight into its blocks
+                # (one concatenation: autograd's outputs may alias one another or be expanded);
+                # .grad are views of it, and the apply needs no gather of its own. With a group,
+                # the rank mean of the loss and the gradients in one all-reduce. Each rank's HVPs
+                # come from its own graph, averaged by the refresh.
+                blocks = [pc.layout.gather([g.detach() for g in gs])
+                          for pc, gs in zip(self.preconditioners, grads)]
                 if self.ranks.distributed:
                     mean_loss = loss.detach().reshape(1).clone()
-                    self.ranks.all_reduce_mean_([mean_loss] + [g for gs in step_grads for g in gs])
+                    self.ranks.all_reduce_mean_([mean_loss] + blocks)
                     loss = mean_loss.reshape(loss.shape)
                     if not bool(torch.isfinite(mean_loss).all()):
                         self._skip("loss")
                         return loss
-                if not all_finite(g for gs in step_grads for g in gs):
+                if not all_finite(blocks):
                     self._skip("gradient")
                     return loss
                 for pc, gs in zip(self.preconditioners, curvature_grads):
                     if pc.tick():
                         pc.refresh(gs)
-            grads = step_grads
-            for ps, gs in zip(groups, grads):
-                for p, g in zip(ps, gs):
-                    if p.requires_grad:
-                        p.grad = g
+            for ps, pc, G in zip(groups, self.preconditioners, blocks):
+                for p, g in zip(ps, pc.layout.scatter(G)):
+                    if p.requires_grad:  # the blocks have the group's promoted dtype
+                        p.grad = g if g.dtype == p.dtype else g.to(p.dtype)
+            directions = [pc.layout.scatter(pc.precondition_blocks(G, finite=True))  # checked above
+                          for pc, G in zip(self.preconditioners, blocks)]
         else:
             grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in ps] for ps in groups]
             # every rank must take the same decision: the all-gather in precondition follows
             if not self.ranks.all_true(all_finite(g for gs in grads for g in gs), groups[0][0].device):
                 self._skip("gradient")
                 return loss
+            directions = [pc.precondition(gs) for pc, gs in zip(self.preconditioners, grads)]
 
-        directions = [pc.precondition(gs) for pc, gs in zip(self.preconditioners, grads)]
         # The new momentum buffers and parameters are formed aside and written only when every
         # value is finite: finite inputs can still overflow.
         updates = []

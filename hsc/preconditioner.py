@@ -260,13 +260,27 @@ class Preconditioner:
 
     # ---- apply -----------------------------------------------------------------------------
 
-    def _solve_blocks(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
-        """M^-1 g as ``[N, b]`` blocks: this rank solves its own, the all-gather brings the rest.
-        Non-finite gradient blocks are counted (the owned ones), not repaired."""
-        G = self.shards.owned(self.layout.gather(grads))
-        if not all_finite([G]):
+    def _solve_blocks(self, G: torch.Tensor, finite: bool = False) -> torch.Tensor:
+        """M^-1 g for gradients gathered into ``[N, b]`` blocks: this rank solves its own, the
+        all-gather brings the rest. Non-finite gradient blocks are counted (the owned ones), not
+        repaired; ``finite``: the caller has checked that there are none."""
+        G = self.shards.owned(G)
+        if not finite and not all_finite([G]):
             self.counters["non_finite_gradient_blocks"] += int((~finite_rows(G)).sum())
         return self.shards.all_gather(ops.solve(self.correction, G))
+
+    def precondition_blocks(self, G: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
+        """M^-1 g for gradients already gathered into blocks (``layout.gather``, ``[N, b]``):
+        :meth:`precondition` without the gather and the scatter. ``finite=True`` says the caller
+        has checked that every entry of G is finite (the optimizer skips steps otherwise), which
+        saves the count of non-finite blocks. Returns ``[N, b]`` (a copy of G before the first
+        refresh)."""
+        if self.correction is None:
+            return G.clone()
+        t0 = time.perf_counter()
+        out = self._solve_blocks(G, finite)
+        self.timings["apply"] += time.perf_counter() - t0
+        return out
 
     def precondition(self, grads: Sequence[torch.Tensor]) -> list:
         """M^-1 g for gradients shaped like the params; returns new tensors (unchanged copies
@@ -274,7 +288,7 @@ class Preconditioner:
         if self.correction is None:
             return [g.clone() for g in grads]
         t0 = time.perf_counter()
-        out = self.layout.scatter(self._solve_blocks(grads))
+        out = self.layout.scatter(self._solve_blocks(self.layout.gather(grads)))
         self.timings["apply"] += time.perf_counter() - t0
         return out
 
@@ -287,7 +301,7 @@ class Preconditioner:
         t0 = time.perf_counter()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         # Parameters without a gradient receive their (discarded) share in a temporary.
-        self.layout.scatter_(self._solve_blocks(grads), grads)
+        self.layout.scatter_(self._solve_blocks(self.layout.gather(grads)), grads)
         self.timings["apply"] += time.perf_counter() - t0
 
     # ---- reporting and checkpoints ---------------------------------------------------------
@@ -334,7 +348,8 @@ class Preconditioner:
             "calls": self.calls,
             "estimate": full(self.estimate),
             "correction": None if c is None else
-            {"factor": full(c.factor), "damping": full(c.damping), "status": full(c.status)},
+            {"factor": full(ops.unpack(c.factor, c.status.shape[0])), "damping": full(c.damping),
+             "status": full(c.status)},
             # uint8: not every backend gathers bool
             "has_factor": full(self.has_factor.to(torch.uint8)).bool(),
             "generator": self.generator.get_state(),
@@ -356,7 +371,7 @@ class Preconditioner:
         self.estimate = owned(state["estimate"])
         c = state["correction"]
         self.correction = None if c is None else ops.Correction(
-            owned(c["factor"]), owned(c["damping"]), owned(c["status"]))
+            ops.pack(owned(c["factor"])), owned(c["damping"]), owned(c["status"]))
         self.has_factor = owned(state["has_factor"])
         self.generator.set_state(state["generator"])
         self.counters = dict(state["counters"])

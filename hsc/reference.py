@@ -11,7 +11,7 @@ from typing import Union
 
 import torch
 
-from .ops import Correction
+from .ops import Correction, pack, unpack
 
 Damping = Union[float, torch.Tensor]
 
@@ -101,7 +101,7 @@ def _fallback(N: int, b: int, scale: float, dtype: torch.dtype) -> torch.Tensor:
 
 def correct(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0, mode: str = "cholesky",
             max_tries: int = 32, dtype: torch.dtype = torch.float64) -> Correction:
-    """Reference of hsc.ops.correct: factor = M^{-1} per block."""
+    """Reference of hsc.ops.correct: factor = M^{-1} per block, laid out as hsc.ops.Correction's."""
     N, b = H.shape[0], H.shape[1]
     A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries, dtype)
     if mode == "cholesky":
@@ -111,13 +111,13 @@ def correct(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0, mod
         lam, Q = torch.linalg.eigh(A)
         Minv = (Q * (lam / (lam ** 2 + float(scale) ** 2))[..., None, :]) @ Q.mT
     factor = torch.where(ok[:, None, None], Minv, _fallback(N, b, scale, dtype))
-    return Correction(factor, used, status)
+    return Correction(pack(factor), used, status)
 
 
 def solve(correction: Correction, G: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Reference of hsc.ops.solve: P = factor G per block."""
+    """Reference of hsc.ops.solve: P = M^{-1} G per block."""
     G = G.to(dtype)
-    f = correction.factor.to(dtype)
+    f = unpack(correction.factor.to(dtype), G.shape[0])
     return (f @ G.unsqueeze(-1)).squeeze(-1) if G.dim() == 2 else f @ G
 
 

@@ -139,7 +139,7 @@ def check_against_reference(H, G, *, device="cpu", damping=1e-4, scale=1.0, mode
                                 max_tries=max_tries)
     assert P.shape == G.shape and P.dtype == G.dtype and P2.dtype == G.dtype
     assert d.shape == s.shape == (N,) and d.dtype == H.dtype and s.dtype == torch.int32
-    assert corr.factor.shape == (N, b, b)
+    assert corr.factor.shape == ops.factor_shape(N, b)
     # The fused and the two-step path take the same per-block decisions.
     assert torch.equal(corr.damping, d) and torch.equal(corr.status, s)
     if N == 0:
@@ -194,7 +194,7 @@ def check_against_reference(H, G, *, device="cpu", damping=1e-4, scale=1.0, mode
     assert_fallback(P[bad], G[bad], scale)
     assert_fallback(P2[bad], G[bad], scale)
     fb = torch.eye(b, dtype=corr.factor.dtype) / (1.0 + scale ** 2)
-    torch.testing.assert_close(corr.factor[bad], fb.expand(int(bad.sum()), b, b),
+    torch.testing.assert_close(ops.unpack(corr.factor, N)[bad], fb.expand(int(bad.sum()), b, b),
                                rtol=torch.finfo(corr.factor.dtype).eps, atol=0)
     assert torch.isfinite(P).all() and torch.isfinite(P2).all()
 
@@ -303,10 +303,10 @@ def assert_same_results(a, b):
 
 
 def assert_same_product(x, y, factor, G):
-    """solve is one batched matrix product (BLAS), whose summation order may follow the layout:
-    entries may differ by the rounding of a length-b dot product, b eps |F| |g| (Higham, 3.5)."""
+    """solve is one product per block, whose summation order may follow the layout: entries may
+    differ by the rounding of a length-b dot product, b eps |F| |g| (Higham, 3.5)."""
     Gm = G.unsqueeze(-1) if G.dim() == 2 else G
-    tol = (G.shape[1] * eps_of(G.dtype) * (factor.abs() @ Gm.abs())).reshape(G.shape)
+    tol = (G.shape[1] * eps_of(G.dtype) * (ops.unpack(factor, G.shape[0]).abs() @ Gm.abs())).reshape(G.shape)
     assert ((x - y).abs() <= tol).all()
 
 
@@ -395,7 +395,8 @@ def test_nonfinite_blocks_do_not_touch_the_others(device, mode, dtype, b):
     P, d, s, corr, P2 = run_ops(H, G, device, damping=damping, scale=scale, mode=mode)
     Pk, dk, sk, corrk, P2k = run_ops(H[~bad], G[~bad], device, damping=damping[~bad],
                                      scale=scale, mode=mode)
-    for x, y in ((P, Pk), (d, dk), (s, sk), (P2, P2k), (corr.factor, corrk.factor)):
+    F, Fk = ops.unpack(corr.factor, N), ops.unpack(corrk.factor, int((~bad).sum()))
+    for x, y in ((P, Pk), (d, dk), (s, sk), (P2, P2k), (F, Fk)):
         assert torch.equal(x[~bad], y)
     assert (s[bad] == 2).all()
     assert torch.equal(d[bad], damping[bad])  # status 2 reports the input damping
@@ -524,10 +525,10 @@ def test_singular_safe_on_singular_blocks(device, dtype):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_factor_symmetric_and_paths_agree(device, mode, dtype):
-    """correct's factor is M^{-1}: symmetric (exactly in mode cholesky, which mirrors its lower
-    triangle; up to the error bound in singular_safe, which multiplies A by C^{-1}), and
-    solve(correct(H), G) agrees with precondition(H, G) within twice the error bound."""
+def test_solve_and_precondition_agree(device, mode, dtype):
+    """solve(correct(H), G) agrees with precondition(H, G) within twice the error bound. The
+    factor is M^{-1}'s lower triangle (symmetric by construction); in singular_safe mode it is the
+    lower triangle of A C^{-1}, symmetric in exact arithmetic only, which this bounds too."""
     gen = generator(14)
     H = spd_blocks(20, 7, gen)
     if mode == "singular_safe":
@@ -535,16 +536,31 @@ def test_factor_symmetric_and_paths_agree(device, mode, dtype):
     H = H.to(dtype)
     G = torch.randn(H.shape[0], 7, dtype=dtype, generator=gen)
     P, d, s, corr, P2 = run_ops(H, G, device, mode=mode)
-    F = corr.factor
     kappa = route_condition(spectrum(ref.symmetrise(H), d), 1.0, mode)
     bound = ERROR_CONSTANT * math.sqrt(7) * eps_of(dtype) * kappa
-    if mode == "cholesky":
-        assert torch.equal(F, F.mT)
-        size = block_norm(P)
-    else:
-        assert (block_norm(F - F.mT) <= bound * block_norm(F)).all()
-        size = block_norm(G) / 2
+    size = block_norm(P) if mode == "cholesky" else block_norm(G) / 2
     assert (block_norm(P2 - P) <= 2 * bound * size).all()
+
+
+@pytest.mark.parametrize("N", [0, 1, 16, 21])
+@pytest.mark.parametrize("b", [1, 2, 5, 16])
+def test_pack_and_unpack(N, b):
+    """Correction.factor's layout: entry (i, j), j <= i, of block k at
+    [k // 16, i (i + 1) / 2 + j, k % 16], zeros past the last block; unpack mirrors it."""
+    M = torch.randn(N, b, b, dtype=torch.float64, generator=generator(b))
+    packed = ops.pack(M)
+    assert packed.shape == ops.factor_shape(N, b) == (-(-N // 16), b * (b + 1) // 2, 16)
+    for k in range(N):
+        for i in range(b):
+            for j in range(i + 1):
+                assert packed[k // 16, i * (i + 1) // 2 + j, k % 16] == M[k, i, j]
+    if N % 16:
+        assert (packed[-1, :, N % 16:] == 0).all()
+    full = ops.unpack(packed, N)
+    assert torch.equal(full, full.mT) and torch.equal(full.tril(), M.tril())
+    assert torch.equal(ops.pack(full), packed)
+    with pytest.raises(ValueError, match=r"factor must have shape \[ceil\(N / 16\), b \(b \+ 1\) / 2, 16\]"):
+        ops.unpack(packed, N + 16)
 
 
 # ---- solve on any factor, and correct_ in place ---------------------------------------------------
@@ -552,25 +568,45 @@ def test_factor_symmetric_and_paths_agree(device, mode, dtype):
 @settings(max_examples=200)
 @given(b=st.sampled_from(BLOCK_SIZES[:10]), n=st.integers(0, 40), r=st.sampled_from([None, 1, 3]),
        factor_dtype=st.sampled_from(FLOATS), G_dtype=st.sampled_from(FLOATS),
-       transposed=st.booleans(), seed=st.integers(0, 2 ** 31 - 1))
-def test_solve_is_the_product_for_any_factor(device, b, n, r, factor_dtype, G_dtype, transposed, seed):
-    """solve(correction, G) = factor G per block for any factor, symmetric or not: the CPU kernel
-    reads rows of the factor (b a multiple of the SIMD width, one column) or lane groups (any
-    other shape), and neither may assume the symmetry correct's factors have. Checked against the
-    float64 product within the rounding of a length-b dot product and of the result to G's dtype."""
+       strided=st.booleans(), seed=st.integers(0, 2 ** 31 - 1))
+def test_solve_is_the_product_for_any_factor(device, b, n, r, factor_dtype, G_dtype, strided, seed):
+    """solve(correction, G) = unpack(factor) G per block for any factor (random entries, not one
+    correct produced, nonzero lanes past the last block included), any b and N (whole and
+    partial SIMD lane groups and tiles), any number of columns, mixed dtypes. Checked
+    against the float64 product within the rounding of a length-b dot product and of the result
+    to G's dtype."""
     gen = generator(seed)
     N = min(n, max_blocks(b))
-    F = torch.randn(N, b, b, dtype=torch.float64, generator=gen)
-    F = (F.mT if transposed else F).to(factor_dtype)  # transposed: a non-contiguous factor
+    tiles, t, tile = ops.factor_shape(N, b)
+    F = torch.randn(tiles, t, 2 * tile if strided else tile, dtype=torch.float64, generator=gen)
+    F = (F[..., ::2] if strided else F).to(factor_dtype)  # strided: a non-contiguous factor
     G = gradients(N, b, r, gen).to(G_dtype)
     corr = ops.Correction(F.to(device), torch.zeros(N), torch.zeros(N, dtype=torch.int32))
     P = ops.solve(corr, G.to(device)).cpu()
     assert P.shape == G.shape and P.dtype == G_dtype
+    full = ops.unpack(F.double(), N)
     Gm = G.double().unsqueeze(-1) if G.dim() == 2 else G.double()
-    exact = (F.double() @ Gm).reshape(G.shape)
+    exact = (full @ Gm).reshape(G.shape)
     eps = eps_of(torch.promote_types(factor_dtype, G_dtype))
-    tol = (2 * b * eps * (F.double().abs() @ Gm.abs())).reshape(G.shape) + eps_of(G_dtype) * exact.abs()
+    tol = (2 * b * eps * (full.abs() @ Gm.abs())).reshape(G.shape) + eps_of(G_dtype) * exact.abs()
     assert ((P.double() - exact).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("b", [1, 5, 16, 33])
+@pytest.mark.parametrize("r", [None, 3])
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_solve_composite_kernel(b, r, dtype):
+    """The composite kernel of solve (expand the packed factor, batched matmul), which serves the
+    devices without a kernel of their own (CUDA), run on the CPU through the dispatcher: it agrees
+    with the CPU kernel within the rounding of a product."""
+    gen = generator(50 + b)
+    F = torch.randn(ops.factor_shape(21, b), dtype=dtype, generator=gen)
+    G = gradients(21, b, r, gen).to(dtype)
+    composite = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+    P = torch.ops.hsc.solve.default.redispatch(composite, F, G)
+    corr = ops.Correction(F, torch.zeros(21), torch.zeros(21, dtype=torch.int32))
+    assert P.shape == G.shape and P.dtype == dtype
+    assert_same_product(P, ops.solve(corr, G), F, G)
 
 
 @pytest.mark.parametrize("b", [3, 8, 16])
@@ -600,7 +636,7 @@ def test_correct_in_place_keeps_failed_blocks(device, mode, dtype):
     H = torch.cat([spd_blocks(18, b, gen), -spd_blocks(18, b, gen)]).to(dtype).to(device)
     H[3, 2, 2] = float("inf")
     H[20, 1, 0] = float("nan")
-    previous = torch.randn(36, b, b, dtype=dtype, generator=gen).to(device)
+    previous = torch.randn(ops.factor_shape(36, b), dtype=dtype, generator=gen).to(device)
     factor = previous.clone()
     # One try: the negative definite blocks cannot factorise at the input damping in mode cholesky.
     got = ops.correct_(factor, H, mode=mode, max_tries=1, keep_failed=True)
@@ -610,31 +646,33 @@ def test_correct_in_place_keeps_failed_blocks(device, mode, dtype):
     if mode == "cholesky":
         assert (got.status[18:].cpu() >= 2).all()
     assert torch.equal(got.status, expected.status) and torch.equal(got.damping, expected.damping)
-    assert torch.equal(factor[failed], previous[failed])
-    assert torch.equal(factor[~failed], expected.factor[~failed])
+    F, F_previous, F_expected = (ops.unpack(x.cpu(), 36) for x in (factor, previous, expected.factor))
+    assert torch.equal(F[failed], F_previous[failed])
+    assert torch.equal(F[~failed], F_expected[~failed])
     ops.correct_(factor, H, mode=mode, max_tries=1, keep_failed=False)
     assert torch.equal(factor, expected.factor)
 
 
 def _correct_in_place(**changes):
     def call():
-        args = {"factor": torch.zeros(4, 3, 3), "H": _inputs()[0], **changes}
+        args = {"factor": torch.zeros(1, 6, 16), "H": _inputs()[0], **changes}
         return ops.correct_(args.pop("factor"), args.pop("H"), **args)
     return call
 
 
 BAD_IN_PLACE = {
-    "factor wrong shape": (_correct_in_place(factor=torch.zeros(4, 3, 2)), ValueError,
-                           r"\bfactor\b must have shape \[N, b, b\] = \[4, 3, 3\]"),
-    "factor wrong N": (_correct_in_place(factor=torch.zeros(5, 3, 3)), ValueError,
+    "factor full blocks": (_correct_in_place(factor=torch.zeros(4, 3, 3)), ValueError,
+                           r"\bfactor\b must have shape \[ceil\(N / 16\), b \(b \+ 1\) / 2, 16\] "
+                           r"= \[1, 6, 16\] for N = 4 blocks of b = 3"),
+    "factor wrong N": (_correct_in_place(factor=torch.zeros(2, 6, 16)), ValueError,
                        r"\bfactor\b must have shape"),
-    "factor wrong dtype": (_correct_in_place(factor=torch.zeros(4, 3, 3, dtype=torch.float64)),
+    "factor wrong dtype": (_correct_in_place(factor=torch.zeros(1, 6, 16, dtype=torch.float64)),
                            TypeError, r"\bfactor\b must have dtype Float"),
-    "factor not contiguous": (_correct_in_place(factor=torch.zeros(3, 3, 4).permute(2, 0, 1)),
-                              ValueError, r"\bfactor\b must be contiguous"),
+    "factor not contiguous": (_correct_in_place(factor=torch.zeros(1, 16, 6).mT), ValueError,
+                              r"\bfactor\b must be contiguous"),
     "factor not a tensor": (_correct_in_place(factor=[[1.0]]), TypeError,
                             r"\bfactor\b must be a torch.Tensor"),
-    "factor on another device": (_correct_in_place(factor=torch.zeros(4, 3, 3, device="meta")),
+    "factor on another device": (_correct_in_place(factor=torch.zeros(1, 6, 16, device="meta")),
                                  (ValueError, RuntimeError), r"\bfactor\b is on meta"),
     "H bad": (_correct_in_place(H=torch.zeros(4, 3)), ValueError, r"\bH\b must have shape"),
 }
@@ -699,7 +737,8 @@ BAD_INPUTS = {
     "G rank 4": (_precondition(G=torch.ones(4, 3, 1, 1)), ValueError, r"\bG\b must have shape"),
     "G wrong N": (_precondition(G=torch.ones(5, 3)), ValueError, r"\bG\b.*N = 4.*match H"),
     "G wrong b": (_precondition(G=torch.ones(4, 2, 2)), ValueError, r"\bG\b.*b = 3.*match H"),
-    "solve G wrong N": (_solve(torch.ones(2, 3)), ValueError, r"\bG\b.*match factor"),
+    "solve G wrong N": (_solve(torch.ones(2, 3)), ValueError, r"\bG\b.*N = 4 to match the correction"),
+    "solve G wrong b": (_solve(torch.ones(4, 2)), ValueError, r"\bfactor\b must have shape .* b = 2"),
     "H int": (_precondition(H=torch.eye(3, dtype=torch.int32).expand(4, 3, 3)), TypeError,
               r"\bH\b must be a floating-point tensor"),
     "H complex": (_correct(H=torch.eye(3, dtype=torch.complex64).expand(4, 3, 3)), TypeError,
@@ -825,11 +864,11 @@ def test_compile_fullgraph_in_place(device):
     gen = generator(19)
     H = indefinite_blocks(9, 4, gen).float().to(device)
     H[4, 1, 1] = float("nan")
-    eager, compiled = torch.zeros(9, 4, 4, device=device), torch.zeros(9, 4, 4, device=device)
+    eager, compiled = (torch.zeros(ops.factor_shape(9, 4), device=device) for _ in range(2))
     expected = refresh(eager, H)
     got = torch.compile(refresh, fullgraph=True, backend="aot_eager")(compiled, H)
     assert_same_results(got, expected)
-    assert torch.equal(compiled, eager) and (compiled[4] == 0).all()
+    assert torch.equal(compiled, eager) and (compiled[0, :, 4] == 0).all()
 
 
 # ---- edge cases found by these tests, fixed in the ops ------------------------------------------

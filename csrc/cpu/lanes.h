@@ -130,6 +130,28 @@ inline void store_vector(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// The first n < W values at p as a vector (the other lanes 0), and back.
+template <class T>
+inline Vec<T> load_partial(const T* p, int n) {
+#if defined(__AVX512F__) && HSC_VECTOR_BYTES == 64
+  if constexpr (sizeof(T) == 4) return (Vec<T>)_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p);
+  else return (Vec<T>)_mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1u), p);
+#else
+  Vec<T> v{};
+  for (int l = 0; l < n; ++l) v[l] = p[l];
+  return v;
+#endif
+}
+template <class T>
+inline void store_partial(T* p, Vec<T> v, int n) {
+#if defined(__AVX512F__) && HSC_VECTOR_BYTES == 64
+  if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), (__m512)v);
+  else _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1u), (__m512d)v);
+#else
+  for (int l = 0; l < n; ++l) p[l] = v[l];
+#endif
+}
+
 // store_vector for output that will not be read again soon: a non-temporal store where the
 // address allows one, which skips reading the line into the cache before overwriting it (for an
 // output larger than the caches that read doubles the traffic). Call stream_fence() before the
@@ -188,25 +210,6 @@ inline void transpose_stage(Vec<T>* r) {
   }
 }
 
-// One stage of horizontal_sums(): r[i] for i < H gets the pairwise sums of r[i] and r[i + H].
-template <class T, int H>
-inline void sum_stage(Vec<T>* r) {
-  const Butterfly<T, H> s;
-  for (int i = 0; i < H; ++i) r[i] = s.low(r[i], r[i + H]) + s.high(r[i], r[i + H]);
-}
-
-// Lane q of the result = the sum of the lanes of r[q], for the W vectors r[0..W) (overwritten):
-// 2(W - 1) shuffles, half of what a transpose followed by W - 1 additions takes.
-template <class T>
-inline Vec<T> horizontal_sums(Vec<T>* r) {
-  constexpr int W = kLanes<T>;
-  if constexpr (W > 8) sum_stage<T, 8>(r);
-  if constexpr (W > 4) sum_stage<T, 4>(r);
-  sum_stage<T, 2>(r);
-  sum_stage<T, 1>(r);
-  return r[0];
-}
-
 // Transposes the W x W matrix whose rows are r[0], ..., r[W - 1] in registers: W log2(W)
 // two-source shuffles, where moving the same values through gathers or scalar stores costs W^2
 // memory operations. This is how a lane group is filled from, and written back to, row-major
@@ -221,32 +224,51 @@ inline void transpose(Vec<T>* r) {
   if constexpr (W > 8) transpose_stage<T, 8>(r);
 }
 
-// Moves the entries of W blocks (row-major, `stride` values apart) into lane vectors:
-// lanes[e][l] = blocks[l * stride + e] for e < entries, entries a multiple of W.
+// Moves entries [0, entries) of W blocks (`stride` values apart) into lane vectors:
+// lanes[e][l] = blocks[l * stride + e], by register transposes of W x W tiles (the last one
+// partial when entries is not a multiple of W).
 template <class T>
 inline void blocks_to_lanes(const T* blocks, int64_t stride, int entries, Vec<T>* lanes) {
   constexpr int W = kLanes<T>;
-  for (int e0 = 0; e0 < entries; e0 += W) {
+  const int whole = entries / W * W, rest = entries - whole;
+  for (int e0 = 0; e0 < whole; e0 += W) {
     Vec<T>* r = lanes + e0;
     for (int l = 0; l < W; ++l) r[l] = load_vector(blocks + l * stride + e0);
     transpose<T>(r);
   }
+  if (rest > 0) {
+    Vec<T> r[W];
+    for (int l = 0; l < W; ++l) r[l] = load_partial(blocks + l * stride + whole, rest);
+    transpose<T>(r);
+    for (int e = 0; e < rest; ++e) lanes[whole + e] = r[e];
+  }
 }
 
-// The inverse of blocks_to_lanes: blocks[l * stride + e] = lanes[e][l]. Uses `lanes` as scratch.
-// `streaming`: with stream_vector (the caller fences).
+// The inverse of blocks_to_lanes: blocks[l * stride + e] = lanes[e][l] for e < entries. Uses
+// `lanes` as scratch.
 template <class T>
-inline void lanes_to_blocks(Vec<T>* lanes, int entries, T* blocks, int64_t stride,
-                            bool streaming = false) {
+inline void lanes_to_blocks(Vec<T>* lanes, int entries, T* blocks, int64_t stride) {
   constexpr int W = kLanes<T>;
-  for (int e0 = 0; e0 < entries; e0 += W) {
+  const int whole = entries / W * W, rest = entries - whole;
+  for (int e0 = 0; e0 < whole; e0 += W) {
     Vec<T>* r = lanes + e0;
     transpose<T>(r);
-    for (int l = 0; l < W; ++l) {
-      if (streaming) stream_vector(blocks + l * stride + e0, r[l]);
-      else store_vector(blocks + l * stride + e0, r[l]);
-    }
+    for (int l = 0; l < W; ++l) store_vector(blocks + l * stride + e0, r[l]);
   }
+  if (rest > 0) {
+    Vec<T> r[W];
+    for (int e = 0; e < W; ++e) r[e] = e < rest ? lanes[whole + e] : Vec<T>{};
+    transpose<T>(r);
+    for (int l = 0; l < W; ++l) store_partial(blocks + l * stride + whole, r[l], rest);
+  }
+}
+
+// dst[0, count) = src[0, count) for output that will not be read again soon, count a multiple of
+// W: non-temporal stores where dst is aligned for them (the caller fences).
+template <class T>
+inline void stream_copy(T* dst, const T* src, int64_t count) {
+  constexpr int W = kLanes<T>;
+  for (int64_t e = 0; e < count; e += W) stream_vector(dst + e, load_vector(src + e));
 }
 
 }  // namespace hsc::cpu

@@ -30,7 +30,9 @@ struct Group {
   std::unique_ptr<V[]> storage;  // s, a, m, f (b*(b+1) each), x, y, g (b each), dense (b*b)
   Workspace<V> ws;
   Column<V> x, y, g;
-  V* dense;  // b*b entries in row-major order, unpadded: the blocks as they come and go
+  V* dense;  // b*b entries in row-major order, unpadded: the blocks as they come in
+
+  static_assert(kTile % W == 0, "a lane group lies within one tile of the factor");
 
   // Rows are padded to b + 1 vectors: with b a power of two, walking down a column would
   // otherwise hit one cache set again and again.
@@ -45,36 +47,23 @@ struct Group {
     dense = p + 4 * size + 3 * b;
   }
 
-  // A full group whose blocks split into whole vectors moves by register transposes; any other
-  // group (the last, short one, or b*b not a multiple of W) one lane at a time.
-  bool transposable(int count) const { return count == W && (b * b) % W == 0; }
-
-  // Blocks [n0, n0 + count) of `src` into `dense`; lanes >= count read 0.
-  void read_blocks(const T* src, int64_t n0, int count) {
-    const int bb = b * b;
-    const T* h = src + n0 * bb;
-    if (transposable(count)) {
-      blocks_to_lanes(h, bb, bb, dense);
-    } else {
-      for (int e = 0; e < bb; ++e) dense[e] = gather(h + e, bb, count);
-    }
-  }
-
-  // The lanes `write` of `a` into blocks [n0, n0 + count) of `dst`; the other blocks keep their
-  // values.
-  void write_blocks(Block<V> a, mask write, T* dst, int64_t n0, int count) {
-    const int bb = b * b;
+  // The lanes `write` of a's lower triangle into the factor (tiled, see block_math.h) of blocks
+  // [n0, n0 + count); the other blocks keep theirs. In the tiled layout entry (i, j) of the
+  // group's W blocks is one vector in memory: no transposes, and a full group streams out
+  // (fenced in run_blocks).
+  void write_factor(Block<V> a, mask write, T* factor, int64_t n0, int count) {
+    const int64_t t = packed_size(b);
     const bool merge = Ops::any(Ops::andnot(Ops::all_lanes(), write));
-    if (merge) read_blocks(dst, n0, count);
-    for (int i = 0; i < b; ++i)
-      for (int j = 0; j < b; ++j)
-        dense[i * b + j] = merge ? Ops::select(write, a(i, j), dense[i * b + j]) : a(i, j);
-    T* out = dst + n0 * bb;
-    if (transposable(count)) {
-      lanes_to_blocks(dense, bb, out, bb, /*streaming=*/true);  // fenced in run_blocks
-    } else {
-      for (int l = 0; l < count; ++l)
-        for (int e = 0; e < bb; ++e) out[l * bb + e] = dense[e][l];
+    for (int i = 0; i < b; ++i) {
+      for (int j = 0; j <= i; ++j) {
+        T* out = factor + tiled_offset(n0, packed_index(i, j), t);
+        const V v = merge ? Ops::select(write, a(i, j), load_vector(out)) : a(i, j);
+        if (count == W) {
+          stream_vector(out, v);
+        } else {
+          store_partial(out, v, count);
+        }
+      }
     }
   }
 
@@ -82,7 +71,13 @@ struct Group {
   // with a non-finite entry hold the identity. Returns the lanes holding a finite block; `tau`
   // gets 1e-6 max|S_ij| per lane (SPEC §2).
   mask load(const T* H, int64_t n0, int count, V& tau) {
-    read_blocks(H, n0, count);
+    const int bb = b * b;
+    const T* h = H + n0 * bb;
+    if (count == W) {
+      blocks_to_lanes(h, bb, bb, dense);
+    } else {
+      for (int e = 0; e < bb; ++e) dense[e] = gather(h + e, bb, count);
+    }
     const Block<V> raw{dense, b, b};
     if (count < W) {  // padding lanes hold the identity
       V pad_diagonal = Ops::splat(1);
@@ -173,18 +168,19 @@ void run_group(Group<T>& grp, const CorrectionArgs<T>& pr, int64_t n0, int count
       }
     }
   } else {
-    // The factor is M^{-1} itself (see hsc/ops.py): solve is then one batched product.
+    // The factor is M^{-1} itself, packed and tiled (see block_math.h): solve is then one product
+    // a step.
     invert_lower(ws.f, ws.m);
     if (pr.mode == Mode::kCholesky) {
-      lower_gram(ws.m, ws.a, true);  // a = L_M^{-T} L_M^{-1} = M^{-1}
+      lower_gram(ws.m, ws.a, false);  // a = L_M^{-T} L_M^{-1} = M^{-1} (lower triangle)
     } else {
-      lower_gram(ws.m, ws.a, true);  // a = C^{-1}
-      multiply(ws.s, ws.a, ws.m);    // m = A C^{-1}
+      lower_gram(ws.m, ws.a, true);   // a = C^{-1}
+      multiply(ws.s, ws.a, ws.m);     // m = A C^{-1}, symmetric up to rounding: its lower half
       for (int i = 0; i < b; ++i)
-        for (int j = 0; j < b; ++j) ws.a(i, j) = ws.m(i, j);
+        for (int j = 0; j <= i; ++j) ws.a(i, j) = ws.m(i, j);
     }
     grp.set_identity_where_not(ok, ws.a, fallback);
-    grp.write_blocks(ws.a, pr.keep_failed ? ok : Ops::all_lanes(), pr.factor, n0, count);
+    grp.write_factor(ws.a, pr.keep_failed ? ok : Ops::all_lanes(), pr.factor, n0, count);
   }
 }
 

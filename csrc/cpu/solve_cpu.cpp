@@ -1,17 +1,15 @@
-// CPU implementation of hsc::solve: P = factor G per block.
+// CPU implementation of hsc::solve: P = M^{-1} G per block, from the factor of `correct`.
 //
-// The product reads each factor once and does 2 b^2 flops per block and column, so it is bound by
-// memory, not arithmetic; what it must avoid is torch's batched matmul overhead per small matrix.
-// Two mappings:
-//   rows      one gradient column and b a multiple of the vector width W: each row of a factor is
-//             b / W vectors multiplied by g; W row products at a time are reduced to W entries of
-//             p by horizontal_sums (no transposes of the factor);
-//   lanes     anything else: lane groups of W blocks as in precondition_cpu.cpp, register
-//             transposes bringing entry (i, j) of W factors into one vector.
+// A solve reads each factor once and does 2 b^2 flops per block and column, so it is bound by
+// memory: the factor (b (b + 1) / 2 entries a block, packed) is what it has to read. Blocks are
+// taken in lane groups of W, as in precondition_cpu.cpp; the factor's tiled layout (block_math.h)
+// holds entry (i, j) of a group's W factors as one vector, so each row of P is b W-wide FMAs on
+// vectors loaded as they lie. Only G and P are transposed (b values a block).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "../checks.h"
@@ -20,103 +18,61 @@
 namespace hsc::cpu {
 namespace {
 
-// The rows mapping: p = F g for blocks [n0, n1), one column, b % W == 0. kChunks = b / W when
-// known at compile time (the loops then unroll and the W row products stay in registers), 0 for
-// any other multiple of W.
-// How many blocks ahead the rows mapping asks for factors.
-constexpr int64_t kAhead = 8;
-
-template <class T, int kChunks>
-void solve_rows(const T* factor, const T* G, T* P, int64_t n0, int64_t n1, int b) {
+// kB: the block size when known at compile time (the loops then unroll to fixed offsets, and
+// the factor is read in order, as the prefetchers expect), 0 for any other b.
+template <class T, int kB>
+void solve_groups(const T* factor, const T* G, T* P, int64_t N, int64_t g0, int64_t g1, int b_any,
+                  int64_t r) {
   using V = Vec<T>;
+  const int b = kB > 0 ? kB : b_any;
   constexpr int W = kLanes<T>;
-  const int chunks = kChunks > 0 ? kChunks : b / W;
-  std::unique_ptr<V[]> g(new V[chunks]);
-  V r[W];
-  const int64_t bytes = int64_t(b) * b * sizeof(T);
-  for (int64_t n = n0; n < n1; ++n) {
-    const T* f = factor + n * b * b;
-    // The factors stream from memory: ask for the one kAhead blocks on now.
-    if (n + kAhead < n1) {
-      const char* next = reinterpret_cast<const char*>(f + kAhead * b * b);
-      for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(next + o, 0, 0);
-    }
-    for (int c = 0; c < chunks; ++c) g[c] = load_vector(G + n * b + c * W);
-    for (int i0 = 0; i0 < b; i0 += W) {
-      for (int q = 0; q < W; ++q) {
-        const T* fi = f + (i0 + q) * b;
-        V acc = load_vector(fi) * g[0];
-        for (int c = 1; c < chunks; ++c) acc += load_vector(fi + c * W) * g[c];
-        r[q] = acc;
-      }
-      store_vector(P + n * b + i0, horizontal_sums<T>(r));
-    }
-  }
-}
-
-// The lanes mapping: blocks [W g0, W g1), any b, r columns.
-template <class T>
-void solve_lanes(const T* factor, const T* G, T* P, int64_t N, int64_t g0, int64_t g1, int b,
-                 int64_t r) {
-  using V = Vec<T>;
-  constexpr int W = kLanes<T>;
-  const int bb = b * b;
-  std::unique_ptr<V[]> storage(new V[bb + 2 * b]);
-  V* f = storage.get();  // f[i * b + j]: entry (i, j) of the group's factors
-  V* g = f + bb;
+  static_assert(kTile % W == 0, "a lane group lies within one tile of the factor");
+  const int64_t t = packed_size(b);
+  std::unique_ptr<V[]> storage(new V[2 * b]);
+  V* g = storage.get();
   V* p = g + b;
   for (int64_t grp = g0; grp < g1; ++grp) {
     const int64_t n0 = grp * W;
     const int count = static_cast<int>(std::min<int64_t>(W, N - n0));
-    const T* fb = factor + n0 * bb;
-    if (grp + 1 < g1) {  // the next group's factors, while this one computes
-      const char* next = reinterpret_cast<const char*>(fb + W * bb);
-      const int64_t bytes = std::min<int64_t>(W, N - n0 - W) * bb * sizeof(T);
-      for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(next + o, 0, 0);
-    }
-    if (count == W && bb % W == 0) {
-      blocks_to_lanes(fb, bb, bb, f);
-    } else {
-      for (int e = 0; e < bb; ++e) f[e] = gather(fb + e, bb, count);
-    }
+    // Entry e of the group's factors: f[e * kTile]. Lanes past the last block read the tile's
+    // zeros and are never stored.
+    const T* f = factor + tiled_offset(n0, 0, t);
+    auto entry = [&](int i, int j) { return load_vector(f + packed_index(i, j) * kTile); };
     for (int64_t c = 0; c < r; ++c) {
       const T* gb = G + n0 * b * r + c;
       T* pb = P + n0 * b * r + c;
-      for (int i = 0; i < b; ++i) g[i] = gather(gb + i * r, b * r, count);
+      const bool whole = count == W && r == 1;
+      if (whole) {
+        blocks_to_lanes(gb, b, b, g);
+      } else {
+        for (int i = 0; i < b; ++i) g[i] = gather(gb + i * r, b * r, count);
+      }
+      // p_i = sum_{j <= i} F_ij g_j + sum_{j > i} F_ji g_j, reading the factor once and in
+      // order: each F_ij below the diagonal serves p_i and p_j.
+      for (int i = 0; i < b; ++i) p[i] = V{};
       for (int i = 0; i < b; ++i) {
-        const V* fi = f + i * b;
-        V acc = fi[0] * g[0];
-        for (int j = 1; j < b; ++j) acc += fi[j] * g[j];
-        p[i] = acc;
+        const V gi = g[i];
+        V acc = p[i];
+        for (int j = 0; j < i; ++j) {
+          const V v = entry(i, j);
+          acc += v * g[j];
+          p[j] += v * gi;
+        }
+        p[i] = acc + entry(i, i) * gi;
       }
-      for (int l = 0; l < count; ++l)
-        for (int i = 0; i < b; ++i) pb[(l * b + i) * r] = p[i][l];
+      if (whole) {
+        lanes_to_blocks(p, b, pb, b);
+      } else {
+        for (int l = 0; l < count; ++l)
+          for (int i = 0; i < b; ++i) pb[(l * b + i) * r] = p[i][l];
+      }
     }
-  }
-}
-
-template <class T>
-void solve_blocks(const T* factor, const T* G, T* P, int64_t N, int b, int64_t r) {
-  constexpr int W = kLanes<T>;
-  if (r == 1 && b % W == 0) {
-    at::parallel_for(0, N, 256, [&](int64_t n0, int64_t n1) {
-      switch (b / W) {
-        case 1: return solve_rows<T, 1>(factor, G, P, n0, n1, b);
-        case 2: return solve_rows<T, 2>(factor, G, P, n0, n1, b);
-        case 4: return solve_rows<T, 4>(factor, G, P, n0, n1, b);
-        default: return solve_rows<T, 0>(factor, G, P, n0, n1, b);
-      }
-    });
-  } else {
-    at::parallel_for(0, (N + W - 1) / W, 16, [&](int64_t g0, int64_t g1) {
-      solve_lanes(factor, G, P, N, g0, g1, b, r);
-    });
   }
 }
 
 at::Tensor solve_cpu(const at::Tensor& factor, const at::Tensor& G) {
-  check_factor(factor);
-  check_gradient(G, factor.size(0), factor.size(1), factor, "factor");
+  check_solve_args(factor, G);
+  const int64_t N = G.size(0), b = G.size(1);
   const auto ct = compute_dtype(at::promote_types(factor.scalar_type(), G.scalar_type()));
   const at::Tensor f = factor.to(ct).contiguous();
   const at::Tensor g = G.to(ct).contiguous();
@@ -124,8 +80,19 @@ at::Tensor solve_cpu(const at::Tensor& factor, const at::Tensor& G) {
   const int64_t r = G.dim() == 3 ? G.size(2) : 1;
   if (P.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "hsc::solve", [&] {
-      solve_blocks(f.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), P.data_ptr<scalar_t>(),
-                   f.size(0), static_cast<int>(f.size(1)), r);
+      constexpr int W = kLanes<scalar_t>;
+      at::parallel_for(0, (N + W - 1) / W, 16, [&](int64_t g0, int64_t g1) {
+        const auto run = [&](auto kernel) {
+          kernel(f.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), P.data_ptr<scalar_t>(), N, g0, g1,
+                 static_cast<int>(b), r);
+        };
+        switch (b) {
+          case 8: return run(solve_groups<scalar_t, 8>);
+          case 16: return run(solve_groups<scalar_t, 16>);
+          case 32: return run(solve_groups<scalar_t, 32>);
+          default: return run(solve_groups<scalar_t, 0>);
+        }
+      });
     });
   }
   return P.to(G.scalar_type());

@@ -309,18 +309,21 @@ __global__ void corrected_kernel(Params<T> p, int team_size, int teams_per_block
     Block<T> f = a;
     if (ok) {
       team_invert_lower(team, a, m);
-      team_lower_gram(team, m, a, true);  // M^{-1}, or C^{-1} in singular_safe mode
+      // M^{-1} (its lower triangle is all that is written), or all of C^{-1} in singular_safe mode
+      team_lower_gram(team, m, a, p.mode == Mode::kSingularSafe);
       if (p.mode == Mode::kSingularSafe) {
         team_multiply(team, s, a, m);     // A C^{-1}
         f = m;
       }
     }
     const T fallback = fallback_step<T>(T(1), p.mu2);
-    T* out = p.factor + n * b * b;
+    const int64_t entries = packed_size(b);
     if (ok || !p.keep_failed) {  // correct_ with keep_failed leaves a failed block's factor as it was
-      for (int e = team.rank; e < b * b; e += team.size) {
+      for (int e = team.rank; e < b * b; e += team.size) {  // the lower triangle, packed and tiled
         const int i = e / b, j = e % b;
-        out[e] = ok ? f(i, j) : (i == j ? fallback : T(0));
+        if (j <= i)
+          p.factor[tiled_offset(n, packed_index(i, j), entries)] =
+              ok ? f(i, j) : (i == j ? fallback : T(0));
       }
     }
   }
