@@ -60,10 +60,20 @@ struct VectorLaneOps {
   }
   static mask finite(value x) { return (x - x) == T(0); }
   static value select(mask m, value a, value b) { return m ? a : b; }
+  // One vector instruction where the target has it: a lane-by-lane std::sqrt is a scalar call
+  // per lane (errno), which made the pivots the slowest part of a Cholesky factorisation.
   static value sqrt(value x) {
+#if defined(__AVX512F__) && HSC_VECTOR_BYTES == 64
+    if constexpr (sizeof(T) == 4) return (value)_mm512_sqrt_ps((__m512)x);
+    else return (value)_mm512_sqrt_pd((__m512d)x);
+#elif defined(__AVX__) && HSC_VECTOR_BYTES == 32
+    if constexpr (sizeof(T) == 4) return (value)_mm256_sqrt_ps((__m256)x);
+    else return (value)_mm256_sqrt_pd((__m256d)x);
+#else
     value r;
     for (int l = 0; l < W; ++l) r[l] = std::sqrt(x[l]);
     return r;
+#endif
   }
   static value abs(value x) { return x < T(0) ? -x : x; }
   static value max(value a, value b) { return a > b ? a : b; }
@@ -74,10 +84,13 @@ struct VectorLaneOps {
   static mask and_(mask a, mask b) { return a & b; }
   static mask or_(mask a, mask b) { return a | b; }
   static mask andnot(mask a, mask b) { return a & ~b; }
+  // Whether any lane is set: an OR of the mask's 64-bit words, not a branch per lane.
   static bool any(mask m) {
-    bool r = false;
-    for (int l = 0; l < W; ++l) r |= m[l] != 0;
-    return r;
+    uint64_t words[sizeof(mask) / 8];
+    std::memcpy(words, &m, sizeof m);
+    uint64_t r = 0;
+    for (uint64_t w : words) r |= w;
+    return r != 0;
   }
 };
 

@@ -100,16 +100,17 @@ struct Group {
       ws.s(i, i) = d;
     }
     // Non-finite blocks become the identity so that no lane computes on NaN or Inf.
-    const V one = Ops::splat(1), zero = Ops::splat(0);
-    for (int i = 0; i < b; ++i)
-      for (int j = 0; j < b; ++j) ws.s(i, j) = Ops::select(finite, ws.s(i, j), i == j ? one : zero);
+    set_identity_where_not(finite, ws.s, T(1));
     tau = damping_floor<V>(maxabs);
     mask valid = Ops::no_lanes();
     for (int l = 0; l < count; ++l) valid[l] = -1;
     return Ops::and_(finite, valid);
   }
 
+  // Lanes outside `keep` of `a` become diagonal * I (nothing to do in the usual case, every lane
+  // kept).
   void set_identity_where_not(mask keep, Block<V> a, T diagonal) {
+    if (!Ops::any(Ops::andnot(Ops::all_lanes(), keep))) return;
     const V d = Ops::splat(diagonal), zero = Ops::splat(0);
     for (int i = 0; i < b; ++i)
       for (int j = 0; j < b; ++j) a(i, j) = Ops::select(keep, a(i, j), i == j ? d : zero);
