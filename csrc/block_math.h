@@ -2,9 +2,11 @@
 //
 // Each function works on one "lane value" type V. On the CPU, V is a SIMD vector holding the same
 // entry of W different blocks (lane l = block l of a group), so one call factorises W blocks at
-// once with no branches that depend on the data. On a GPU, V is a plain float/double and one thread
-// runs the same code for one block. Either way the arithmetic, its order and its rounding are the
-// same, which is what lets the CPU tests vouch for the GPU kernels.
+// once with no branches that depend on the data; V may also be a plain float/double (ScalarLaneOps),
+// one block at a time. The CUDA kernels (cuda/precondition_cuda.cu) spread one block over a warp
+// or a thread block, so they run their own loops of the same factorisations; what they take from
+// here are the scalar rules every backend must agree on: the symmetrised entry, tau, the damping
+// sequence, the pivot tests, the fallback, the status codes and the factor's layout.
 //
 // Lanes never mix: a bad block cannot change another block's result. Writes are masked with
 // `active`, so lanes that have finished keep their values while the others retry.

@@ -3,9 +3,6 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <vector>
-
 #include "checks.h"
 
 namespace hsc {
@@ -18,11 +15,12 @@ at::Tensor solve(const at::Tensor& factor, const at::Tensor& G) {
   check_solve_args(factor, G);
   const int64_t N = G.size(0), b = G.size(1);
   const auto ct = compute_dtype(at::promote_types(factor.scalar_type(), G.scalar_type()));
-  std::vector<int64_t> index(b * b);
-  for (int64_t i = 0; i < b; ++i)
-    for (int64_t j = 0; j < b; ++j)
-      index[i * b + j] = packed_index(static_cast<int>(std::max(i, j)), static_cast<int>(std::min(i, j)));
-  const at::Tensor where = at::tensor(index, at::TensorOptions().dtype(at::kLong)).to(factor.device());
+  // Entry (i, j) of a block is packed entry max(i, j) (max(i, j) + 1) / 2 + min(i, j); the index
+  // is built on the factor's device (a copy from the host would wait for the device).
+  const at::Tensor i = at::arange(b, factor.options().dtype(at::kLong));
+  const at::Tensor hi = at::maximum(i.unsqueeze(1), i.unsqueeze(0));
+  const at::Tensor lo = at::minimum(i.unsqueeze(1), i.unsqueeze(0));
+  const at::Tensor where = (hi * (hi + 1)).floor_divide(2).add(lo).flatten();
   const at::Tensor rows = factor.to(ct).transpose(1, 2).reshape({-1, packed_size(b)}).narrow(0, 0, N);
   const at::Tensor f = rows.index_select(1, where).view({N, b, b});
   const at::Tensor g = G.to(ct);

@@ -246,15 +246,20 @@ class Preconditioner:
         options = dict(damping=cfg.damping, scale=cfg.scale, mode=cfg.mode, max_tries=cfg.max_tries)
         if self.correction is None:
             new = ops.correct(self.estimate, **options)
-        else:
-            # Refactorise into the same buffer. A failed block keeps what it held: its previous
-            # factor, or the fallback of the refresh that first failed it, which is the fallback
-            # it would be given now (mu is fixed).
+        else:  # refactorise into the same buffer; a failed block keeps what it held
             new = ops.correct_(self.correction.factor, self.estimate, keep_failed=True, **options)
         failed = new.status >= 2
         keep = failed & self.has_factor
         if self.correction is not None:
             self.counters["kept_previous_factor"] += int(keep.sum())
+            # A failed block that never had a factor of its own gets this refresh's fallback
+            # (mu may have changed since the fallback it holds was written).
+            fresh = (failed & ~self.has_factor).nonzero().flatten()
+            if fresh.numel():
+                b = cfg.block_size
+                fallback = ops.pack(torch.eye(b, dtype=new.factor.dtype, device=fresh.device)[None] /
+                                    (1.0 + cfg.scale ** 2))[0, :, 0]
+                new.factor[fresh // ops.TILE, :, fresh % ops.TILE] = fallback
         self.has_factor |= ~failed
         self.correction = new
 

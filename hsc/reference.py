@@ -99,9 +99,10 @@ def _fallback(N: int, b: int, scale: float, dtype: torch.dtype) -> torch.Tensor:
     return _eye(N, b, dtype) / (1.0 + float(scale) ** 2)
 
 
-def correct(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0, mode: str = "cholesky",
-            max_tries: int = 32, dtype: torch.dtype = torch.float64) -> Correction:
-    """Reference of hsc.ops.correct: factor = M^{-1} per block, laid out as hsc.ops.Correction's."""
+def corrected_inverse(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0,
+                      mode: str = "cholesky", max_tries: int = 32, dtype: torch.dtype = torch.float64):
+    """M^{-1} of every block as ``[N, b, b]`` (the fallback where status >= 2), the damping used
+    and the status: hsc.ops.correct before its factor is packed."""
     N, b = H.shape[0], H.shape[1]
     A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries, dtype)
     if mode == "cholesky":
@@ -110,8 +111,15 @@ def correct(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0, mod
         # M^{-1} = A (A^2 + mu^2 I)^{-1}: in A's eigenbasis, lambda / (lambda^2 + mu^2).
         lam, Q = torch.linalg.eigh(A)
         Minv = (Q * (lam / (lam ** 2 + float(scale) ** 2))[..., None, :]) @ Q.mT
-    factor = torch.where(ok[:, None, None], Minv, _fallback(N, b, scale, dtype))
-    return Correction(pack(factor), used, status)
+    return torch.where(ok[:, None, None], Minv, _fallback(N, b, scale, dtype)), used, status
+
+
+def correct(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float = 1.0, mode: str = "cholesky",
+            max_tries: int = 32, dtype: torch.dtype = torch.float64) -> Correction:
+    """Reference of hsc.ops.correct: factor = M^{-1} per block, laid out as hsc.ops.Correction's."""
+    Minv, used, status = corrected_inverse(H, damping=damping, scale=scale, mode=mode,
+                                           max_tries=max_tries, dtype=dtype)
+    return Correction(pack(Minv), used, status)
 
 
 def solve(correction: Correction, G: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:

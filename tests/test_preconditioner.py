@@ -168,6 +168,22 @@ def test_failed_factorisation_keeps_previous_factor_and_counts_it(estimator):
     assert pre.counters["kept_previous_factor"] == 1
 
 
+def test_block_never_factorised_gets_the_current_fallback():
+    """SPEC §3: a block with status 3 and no factor of its own holds I / (1 + mu^2) for the mu of
+    the refresh, also after mu changed (the factor buffer is refactorised in place)."""
+    w = torch.zeros(6, dtype=DT, requires_grad=True)
+    H, c = block_diag_quadratic(4, [(7.0, 9.0), (-6.0, 8.0), (3.0, 10.0)])  # block 1 indefinite
+    pre = Preconditioner([w], block_size=2, estimator="exact", ema=0.0, update_every=1, damping=0.0,
+                         max_tries=1)
+    pre.update_curvature(quadratic(w, H, c))
+    assert pre.correction.status.tolist() == [0, 3, 0]
+    torch.testing.assert_close(ops.unpack(pre.correction.factor, 3)[1], torch.eye(2, dtype=DT) / 2.0)
+    pre.config.scale = 0.5
+    pre.update_curvature(quadratic(w, H, c))
+    assert pre.correction.status.tolist() == [0, 3, 0] and pre.counters["kept_previous_factor"] == 0
+    torch.testing.assert_close(ops.unpack(pre.correction.factor, 3)[1], torch.eye(2, dtype=DT) / 1.25)
+
+
 @pytest.mark.parametrize("estimator", ["exact", "probe"])
 def test_block_with_nan_first_refresh_recovers_on_next_good_refresh(estimator):
     # SPEC §3-5: a non-finite estimate gets the fallback (status 2) for that refresh. A later refresh
