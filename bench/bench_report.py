@@ -17,13 +17,12 @@ def useful_flops(b: int) -> float:
 OPS_LIMITS = """
 ## What limits the CPU kernels
 
-Each lane group holds four b×b workspaces of 64-byte vectors (b = 64: 4 × 260 KB), so the
-dot-product loops stream from L2 rather than L1: four accumulators share each load, about 1.25
-loads per FMA, which keeps the fused op near 40 % of the large-GEMM rate from b = 32 up. About a
-sixth of the time at b = 64 goes to the gathered load that transposes H into lane order. Below
-b = 16 the per-block work is too small to hide the load and the status bookkeeping. Next steps, in
-order of expected gain: 2-D register tiles (8 FMAs per 6 loads), an in-register 16×16 transpose
-instead of the gather, and cache blocking of the b = 128 workspace.
+Each lane group holds four b×b workspaces of 64-byte vectors (b = 64: 4 × 260 KB), so from b = 32
+up the dot-product loops stream from L2 rather than L1: four accumulators share each load, about
+1.25 loads per FMA, which keeps the fused op near half of the large-GEMM rate there. H comes into
+lane order through in-register W×W transposes (W log2 W shuffles for W² entries). Below b = 16 the
+per-block work is small against reading H and the status bookkeeping. Next steps, in order of
+expected gain: 2-D register tiles (8 FMAs per 6 loads) and cache blocking of the b = 128 workspace.
 """
 
 
