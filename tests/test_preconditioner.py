@@ -71,6 +71,27 @@ def test_precondition_before_first_refresh_leaves_grads_unchanged():
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))
 
 
+def test_precondition_blocks_is_precondition_without_gather_and_scatter():
+    """precondition_blocks(layout.gather(g)) is layout.gather(precondition(g)), bit for bit; it
+    counts non-finite gradient blocks unless the caller says it checked them (finite=True)."""
+    model = tiny_mlp()
+    x, y = regression_data(model)
+    loss_fn = lambda: ((model(x) - y) ** 2).mean()  # noqa: E731
+    params = list(model.parameters())
+    pre = Preconditioner(params, block_size=5, estimator="exact")
+    assert torch.equal(pre.precondition_blocks(torch.ones(pre.layout.num_blocks, 5)),
+                       torch.ones(pre.layout.num_blocks, 5))  # before the first refresh: a copy
+    pre.update_curvature(loss_fn)
+    grads = torch.autograd.grad(loss_fn(), params)
+    G = pre.layout.gather(grads)
+    assert torch.equal(pre.precondition_blocks(G), pre.layout.gather(pre.precondition(grads)))
+    G[1, 0] = float("nan")
+    pre.precondition_blocks(G, finite=True)
+    assert pre.counters["non_finite_gradient_blocks"] == 0
+    pre.precondition_blocks(G)
+    assert pre.counters["non_finite_gradient_blocks"] == 1
+
+
 @pytest.mark.parametrize("estimator", ["exact", "probe"])
 def test_precondition_rewrites_grads_with_m_inverse_g(estimator):
     model = tiny_mlp()
