@@ -502,4 +502,24 @@ HSC_HD typename Ops::mask factorise_shifted_square(const Workspace<V>& ws, V mu2
   return cholesky_lower<V, Ops>(ws.f, active, shifted_square_min_pivot(mu2));
 }
 
+// Raw pointers and sizes the kernels of every backend take (filled by correction_call.h).
+template <class T>
+struct CorrectionArgs {
+  const T* H;
+  const T* damping_in;
+  T* damping_out;
+  int32_t* status;
+  const T* G = nullptr;  // fused path: P = M^{-1} G (P != nullptr)
+  T* P = nullptr;
+  int64_t r = 0;
+  T* factor = nullptr;   // correct: M^{-1}, packed (factor != nullptr)
+  bool keep_failed = false;  // correct_: blocks of status 2 or 3 leave their factor as it was
+  int64_t N;
+  int b;
+  T mu2;
+  T mu;
+  Mode mode;
+  int max_tries;
+};
+
 }  // namespace hsc

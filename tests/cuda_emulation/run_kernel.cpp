@@ -1,0 +1,139 @@
+// Runs the CUDA kernels (csrc/cuda/*_kernel.cuh) on the host under emulate.h, on inputs written
+// by tests/test_cuda_emulation.py:
+//   run_kernel DIR     reads DIR/params.txt; kernel 0 (correct / correct_ / precondition) reads
+//                      the raw arrays H.bin, damping.bin and G.bin (precondition) or factor.bin
+//                      (correct, updated in place) and writes damping_out.bin, status.bin and
+//                      P.bin or factor.bin; kernel 1 (accumulate_probes) reads state.bin,
+//                      hvps.bin, signs.bin and mask.bin and writes state.bin and accepted.bin.
+#include "emulate.h"
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../../csrc/cuda/accumulate_probes_kernel.cuh"
+#include "../../csrc/cuda/corrected_kernel.cuh"
+
+namespace {
+
+std::map<std::string, double> read_params(const std::string& path) {
+  std::map<std::string, double> out;
+  std::ifstream in(path);
+  std::string key;
+  double value;
+  while (in >> key >> value) out[key] = value;
+  return out;
+}
+
+template <class T>
+std::vector<T> read_array(const std::string& path, size_t count) {
+  std::vector<T> v(count);
+  std::ifstream in(path, std::ios::binary);
+  in.read(reinterpret_cast<char*>(v.data()), count * sizeof(T));
+  if (static_cast<size_t>(in.gcount()) != count * sizeof(T)) {
+    std::fprintf(stderr, "short read: %s\n", path.c_str());
+    std::exit(2);
+  }
+  return v;
+}
+
+template <class T>
+void write_array(const std::string& path, const std::vector<T>& v) {
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+template <class T>
+int run(const std::string& dir, std::map<std::string, double>& prm) {
+  using namespace hsc;
+  using namespace hsc::cuda;
+  const int64_t N = static_cast<int64_t>(prm["N"]), r = static_cast<int64_t>(prm["r"]);
+  const int b = static_cast<int>(prm["b"]);
+  const bool fused = prm["fused"] != 0;
+  std::vector<T> H = read_array<T>(dir + "/H.bin", N * b * b);
+  std::vector<T> damping = read_array<T>(dir + "/damping.bin", N);
+  std::vector<T> damping_out(N), G, P, factor;
+  std::vector<int32_t> status(N);
+  Params<T> p;
+  p.H = H.data();
+  p.damping_in = damping.data();
+  p.damping_out = damping_out.data();
+  p.status = status.data();
+  if (fused) {
+    G = read_array<T>(dir + "/G.bin", N * b * r);
+    P.assign(N * b * r, T(0));
+    p.G = G.data();
+    p.P = P.data();
+    p.r = r;
+  } else {
+    factor = read_array<T>(dir + "/factor.bin", tile_count(N) * packed_size(b) * kTile);
+    p.factor = factor.data();
+    p.keep_failed = prm["keep_failed"] != 0;
+  }
+  p.N = N;
+  p.b = b;
+  p.mu = static_cast<T>(prm["scale"]);
+  p.mu2 = static_cast<T>(prm["scale"] * prm["scale"]);
+  p.mode = prm["mode"] == 0 ? Mode::kCholesky : Mode::kSingularSafe;
+  p.max_tries = static_cast<int>(prm["max_tries"]);
+  const Mapping m = choose_mapping<T>(N, b, static_cast<size_t>(prm["max_shared"]));
+  std::vector<T> scratch;
+  if (!m.in_shared) {
+    scratch.assign(N * workspace_entries(b), T(0));
+    p.scratch = scratch.data();
+  }
+  if (N > 0) {
+    if (m.warp) {
+      emulation::launch(corrected_kernel<T, true>, m.blocks, m.threads(), m.shared_bytes(), p,
+                        m.team_size, m.teams_per_block, m.bytes_per_team, m.in_shared);
+    } else {
+      emulation::launch(corrected_kernel<T, false>, m.blocks, m.threads(), m.shared_bytes(), p,
+                        m.team_size, m.teams_per_block, m.bytes_per_team, m.in_shared);
+    }
+  }
+  write_array(dir + "/damping_out.bin", damping_out);
+  write_array(dir + "/status.bin", status);
+  if (fused) {
+    write_array(dir + "/P.bin", P);
+  } else {
+    write_array(dir + "/factor.bin", factor);
+  }
+  std::printf("mapping warp=%d team=%d teams_per_block=%d in_shared=%d blocks=%lld\n", m.warp,
+              m.team_size, m.teams_per_block, m.in_shared, static_cast<long long>(m.blocks));
+  return 0;
+}
+
+template <class T>
+int run_accumulate(const std::string& dir, std::map<std::string, double>& prm) {
+  const int64_t S = static_cast<int64_t>(prm["S"]), N = static_cast<int64_t>(prm["N"]);
+  const int64_t b = static_cast<int64_t>(prm["b"]);
+  std::vector<T> state = read_array<T>(dir + "/state.bin", N * b * b);
+  std::vector<T> hvps = read_array<T>(dir + "/hvps.bin", S * b * N * b);
+  std::vector<T> signs = read_array<T>(dir + "/signs.bin", S * N);
+  std::vector<uint8_t> mask = read_array<uint8_t>(dir + "/mask.bin", N * b);
+  std::vector<uint8_t> accepted(N, 2);
+  static_assert(sizeof(bool) == 1, "bool arrays are read as bytes");
+  emulation::launch(hsc::cuda::accumulate_probes_kernel<T>, N, hsc::cuda::kThreads, 0, state.data(),
+                    static_cast<const T*>(hvps.data()), static_cast<const T*>(signs.data()),
+                    reinterpret_cast<const bool*>(mask.data()), reinterpret_cast<bool*>(accepted.data()),
+                    S, N, b, static_cast<T>(prm["ema"]), prm["first"] != 0);
+  write_array(dir + "/state.bin", state);
+  write_array(dir + "/accepted.bin", accepted);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: run_kernel DIR\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  auto prm = read_params(dir + "/params.txt");
+  if (prm["kernel"] == 1)
+    return prm["itemsize"] == 8 ? run_accumulate<double>(dir, prm) : run_accumulate<float>(dir, prm);
+  return prm["itemsize"] == 8 ? run<double>(dir, prm) : run<float>(dir, prm);
+}

@@ -1,0 +1,176 @@
+"""The CUDA kernel of correct / correct_ / precondition, run on the host without a GPU.
+
+tests/cuda_emulation compiles csrc/cuda/corrected_kernel.cuh with the host compiler and runs it
+with one thread per CUDA thread (emulate.h), under AddressSanitizer and UndefinedBehaviorSanitizer.
+This checks what the CPU kernels cannot vouch for: the kernel's thread mapping (warp teams with
+whole warps leaving early, block teams, the global-scratch fallback), its indexing into shared
+memory and into the packed, tiled factor, and that every team reaches the same barriers (a
+mismatch deadlocks, caught by the timeout). Results are compared with the CPU op on the same
+inputs. What only hardware shows (speed, bank conflicts, the weaker memory model) is for
+tests/test_cuda.py on a GPU machine.
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import generator, indefinite_blocks, spd_blocks
+from hsc import ops
+
+HERE = pathlib.Path(__file__).parent / "cuda_emulation"
+COMPILER = shutil.which("g++") or shutil.which("c++")
+MAX_SHARED = 227 * 1024  # an H100's opt-in shared memory per thread block
+TIMEOUT = 300  # seconds; a team that misses a barrier hangs instead of failing
+
+pytestmark = pytest.mark.skipif(COMPILER is None, reason="no C++ compiler to build the emulation")
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> pathlib.Path:
+    exe = tmp_path_factory.mktemp("emulator") / "run_kernel"
+    subprocess.run([COMPILER, "-std=c++20", "-O1", "-g", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=all", "-pthread", f"-I{HERE}", str(HERE / "run_kernel.cpp"),
+                    "-o", str(exe)], check=True, capture_output=True, text=True)
+    return exe
+
+
+def emulate(exe, tmp_path, H, *, G=None, factor=None, damping=1e-4, scale=1.0, mode="cholesky",
+            max_tries=32, keep_failed=False, max_shared=MAX_SHARED):
+    """The kernel's (out, damping, status): out is P (G given) or the factor (updated from
+    ``factor``, or from zeros)."""
+    N, b = H.shape[0], H.shape[1]
+    dtype = H.dtype
+    r = 0 if G is None else (G.shape[2] if G.dim() == 3 else 1)
+    params = dict(N=N, b=b, r=r, fused=int(G is not None), itemsize=dtype.itemsize, scale=scale,
+                  mode=0 if mode == "cholesky" else 1, max_tries=max_tries,
+                  keep_failed=int(keep_failed), max_shared=max_shared)
+    (tmp_path / "params.txt").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
+    H.contiguous().numpy().tofile(tmp_path / "H.bin")
+    torch.full((N,), float(damping), dtype=dtype).numpy().tofile(tmp_path / "damping.bin")
+    if G is not None:
+        G.contiguous().numpy().tofile(tmp_path / "G.bin")
+    else:
+        start = torch.zeros(ops.factor_shape(N, b), dtype=dtype) if factor is None else factor
+        start.contiguous().numpy().tofile(tmp_path / "factor.bin")
+    done = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    read = lambda name, dt: torch.from_numpy(np.fromfile(tmp_path / name, dtype=dt))  # noqa: E731
+    d, s = read("damping_out.bin", np_dtype), read("status.bin", np.int32)
+    out = (read("P.bin", np_dtype).reshape(G.shape) if G is not None
+           else read("factor.bin", np_dtype).reshape(ops.factor_shape(N, b)))
+    return out, d, s
+
+
+def blocks(N: int, b: int, dtype, seed: int) -> torch.Tensor:
+    """SPD and clearly indefinite blocks (no decision near a boundary, so CPU and emulated GPU
+    take the same one), and a NaN block and an Inf block."""
+    gen = generator(seed)
+    H = torch.cat([spd_blocks(N - N // 2, b, gen), indefinite_blocks(N // 2, b, gen)]).to(dtype)
+    H[1, 0, b - 1] = float("nan")
+    H[N - 2, b - 1, 0] = float("inf")
+    return H
+
+
+def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((x.double() - y.double()).norm() / y.double().norm().clamp_min(1e-300))
+
+
+TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+# b: warp teams (1, 3, 16, 32; N = 9 leaves whole warps idle in the last thread block), block teams
+# of 64 and 128 threads (33, 64, 100).
+CASES = [(1, torch.float32), (3, torch.float64), (16, torch.float32), (32, torch.float64),
+         (33, torch.float32), (64, torch.float64), (100, torch.float32)]
+
+
+@pytest.mark.parametrize("mode", ["cholesky", "singular_safe"])
+@pytest.mark.parametrize("b,dtype", CASES, ids=[f"b{b}-{str(d)[6:]}" for b, d in CASES])
+def test_emulated_kernel_matches_cpu(emulator, tmp_path, b, dtype, mode):
+    N = 9
+    H = blocks(N, b, dtype, seed=b)
+    G = torch.randn(N, b, 2, dtype=dtype, generator=generator(b + 1))
+    P, d, s = emulate(emulator, tmp_path, H, G=G, scale=0.7, mode=mode)
+    P_cpu, d_cpu, s_cpu = ops.precondition(H, G, scale=0.7, mode=mode)
+    assert torch.equal(s, s_cpu) and torch.equal(d, d_cpu)
+    assert s[1] == 2 and s[N - 2] == 2
+    assert relative_error(P, P_cpu) < TOL[dtype]
+    F, d2, s2 = emulate(emulator, tmp_path, H, scale=0.7, mode=mode)
+    c = ops.correct(H, scale=0.7, mode=mode)
+    assert torch.equal(s2, c.status) and torch.equal(d2, c.damping)
+    assert relative_error(ops.unpack(F, N), ops.unpack(c.factor, N)) < TOL[dtype]
+    assert (F[-1, :, N % 16:] == 0).all()  # lanes past the last block are not written
+
+
+@pytest.mark.parametrize("b", [8, 40])
+def test_emulated_global_scratch_fallback(emulator, tmp_path, b):
+    """Workspaces that do not fit in shared memory go to the global scratch (forced here with a
+    small shared-memory limit): same results."""
+    N, dtype = 6, torch.float64
+    H = blocks(N, b, dtype, seed=3 * b)
+    G = torch.randn(N, b, dtype=dtype, generator=generator(b))
+    P, d, s = emulate(emulator, tmp_path, H, G=G, max_shared=4096)
+    P_cpu, d_cpu, s_cpu = ops.precondition(H, G)
+    assert torch.equal(s, s_cpu) and torch.equal(d, d_cpu)
+    assert relative_error(P, P_cpu) < TOL[dtype]
+
+
+def test_emulated_keep_failed(emulator, tmp_path):
+    """correct_ with keep_failed: blocks of status 2 and 3 keep the factor they held."""
+    N, b, dtype = 7, 5, torch.float32
+    gen = generator(11)
+    H = torch.cat([spd_blocks(4, b, gen), -spd_blocks(3, b, gen)]).to(dtype)
+    H[0, 1, 1] = float("nan")
+    previous = torch.randn(ops.factor_shape(N, b), dtype=dtype, generator=gen)
+    previous[:, :, N:] = 0
+    F, d, s = emulate(emulator, tmp_path, H, factor=previous.clone(), damping=0.0, max_tries=1,
+                      keep_failed=True)
+    expected = ops.correct(H, damping=0.0, max_tries=1)
+    assert torch.equal(s, expected.status)
+    failed = s >= 2
+    assert failed[0] and failed[4:].all() and not failed[1:4].any()
+    assert torch.equal(ops.unpack(F, N)[failed], ops.unpack(previous, N)[failed])
+    assert relative_error(ops.unpack(F, N)[~failed], ops.unpack(expected.factor, N)[~failed]) < 1e-4
+
+
+def emulate_accumulate(exe, tmp_path, state, hvps, signs, mask, *, ema, first):
+    """The accumulate_probes kernel: (new state, accepted)."""
+    S, b, N = hvps.shape[0], hvps.shape[1], hvps.shape[2]
+    params = dict(kernel=1, S=S, N=N, b=b, itemsize=state.dtype.itemsize, ema=ema, first=int(first))
+    (tmp_path / "params.txt").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
+    for name, t in (("state", state), ("hvps", hvps), ("signs", signs), ("mask", mask.to(torch.uint8))):
+        t.contiguous().numpy().tofile(tmp_path / f"{name}.bin")
+    done = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    np_dtype = np.float64 if state.dtype == torch.float64 else np.float32
+    new = torch.from_numpy(np.fromfile(tmp_path / "state.bin", dtype=np_dtype)).reshape(state.shape)
+    accepted = torch.from_numpy(np.fromfile(tmp_path / "accepted.bin", dtype=np.uint8))
+    return new, accepted
+
+
+@pytest.mark.parametrize("first", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_accumulate_probes_matches_cpu(emulator, tmp_path, dtype, first):
+    """The assembly kernel (one thread block per diagonal block, two __syncthreads_or): a block
+    with an Inf HVP keeps its state, a block whose state holds a NaN starts afresh, padding slots
+    hold the identity; the CPU op's result up to rounding (the same per-entry arithmetic, which
+    compilers may fuse into multiply-adds differently)."""
+    gen = generator(21)
+    S, b, N = 2, 6, 11
+    hvps = torch.randn(S, b, N, b, dtype=dtype, generator=gen)
+    hvps[0, 1, 4, 2] = float("inf")
+    signs = torch.randint(0, 2, (S, N), generator=gen).to(dtype) * 2 - 1
+    mask = torch.ones(N, b, dtype=torch.bool)
+    mask[-1, -2:] = False
+    state = torch.randn(N, b, b, dtype=dtype, generator=gen)
+    state[7, 0, 0] = float("nan")
+    cpu = state.clone()
+    accepted_cpu = ops.accumulate_probes(cpu, hvps, signs, mask, ema=0.8, first=first)
+    new, accepted = emulate_accumulate(emulator, tmp_path, state, hvps, signs, mask, ema=0.8, first=first)
+    assert torch.equal(accepted.bool(), accepted_cpu) and not accepted_cpu[4]
+    torch.testing.assert_close(new, cpu, rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
