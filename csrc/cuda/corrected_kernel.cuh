@@ -1,11 +1,14 @@
 // The kernel of hsc::correct, hsc::correct_ and hsc::precondition on CUDA (launched from
 // precondition_cuda.cu), and its thread mapping.
 //
-// Thread mapping: a "team" of threads owns one block matrix, held in shared memory with rows
-// padded to b + 1 entries (no bank conflicts along columns).
-//   b <= 32       a warp per matrix, four matrices per thread block, __syncwarp only;
-//   32 < b <= 256 a thread block (64, 128 or 256 threads) per matrix;
-//   any b whose workspace does not fit in shared memory: the same kernel with the workspace in a
+// Thread mapping:
+//   b <= 32       warp_kernel: a warp per matrix, four matrices per thread block; lane i holds
+//                 row i of each matrix in registers (padded to B = 4, 8, 16 or 32 rows), values
+//                 of other rows come by shuffles; no shared memory, no block-wide barrier;
+//   32 < b        corrected_kernel: a thread block (64, 128 or 256 threads) per matrix, held in
+//                 shared memory with rows padded to b + 1 entries (no bank conflicts along
+//                 columns), left-looking with the rows of each column shared out;
+//   any b whose workspace does not fit in shared memory: corrected_kernel with the workspace in a
 //                 global scratch tensor (3 b (b+1) + 3 b entries per block), documented fallback.
 // The whole pipeline of SPEC §2 runs in one launch: read H once, factorise with the damping
 // retries, form the correction, solve, write P (or the factor). The scalar rules (pivot test,
@@ -35,18 +38,11 @@ struct Params : CorrectionArgs<T> {
   T* scratch = nullptr;
 };
 
-// The threads that own one matrix: a warp, or the whole thread block.
-template <bool kWarp>
+// The threads that own one matrix: the whole thread block (b > 32).
 struct Team {
   int rank;
   int size;
-  __device__ __forceinline__ void sync() const {
-    if constexpr (kWarp) {
-      __syncwarp();
-    } else {
-      __syncthreads();
-    }
-  }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
 };
 
 // Per-team scalars in shared memory.
@@ -58,8 +54,8 @@ struct TeamScalars {
 };
 
 // The maximum of v over the team, returned to every thread.
-template <class T, bool kWarp>
-__device__ T team_max(const Team<kWarp>& team, const TeamScalars<T>& sc, T v) {
+template <class T>
+__device__ T team_max(const Team& team, const TeamScalars<T>& sc, T v) {
   sc.reduce[team.rank] = v;
   team.sync();
   if (team.rank == 0) {
@@ -76,8 +72,8 @@ __device__ T team_max(const Team<kWarp>& team, const TeamScalars<T>& sc, T v) {
 // In-place lower Cholesky of a's lower triangle; false (for the whole team) at the first pivot
 // that is not usable (finite and > min_pivot). Left-looking: for column j every thread reduces its rows i >= j, then
 // rank 0 takes the pivot and the rows are scaled.
-template <class T, bool kWarp>
-__device__ bool team_cholesky(const Team<kWarp>& team, const TeamScalars<T>& sc, Block<T> a,
+template <class T>
+__device__ bool team_cholesky(const Team& team, const TeamScalars<T>& sc, Block<T> a,
                               T min_pivot) {
   const int b = a.b;
   for (int j = 0; j < b; ++j) {
@@ -109,8 +105,8 @@ __device__ bool team_cholesky(const Team<kWarp>& team, const TeamScalars<T>& sc,
 }
 
 // w = l^{-1} (lower triangles): one thread per column, forward substitution of e_j.
-template <class T, bool kWarp>
-__device__ void team_invert_lower(const Team<kWarp>& team, Block<T> l, Block<T> w) {
+template <class T>
+__device__ void team_invert_lower(const Team& team, Block<T> l, Block<T> w) {
   const int b = l.b;
   for (int i = team.rank; i < b; i += team.size) w(i, i) = T(1) / l(i, i);
   team.sync();
@@ -125,8 +121,8 @@ __device__ void team_invert_lower(const Team<kWarp>& team, Block<T> l, Block<T> 
 }
 
 // out = w^T w for lower-triangular w (lower triangle, or all of it when `full`).
-template <class T, bool kWarp>
-__device__ void team_lower_gram(const Team<kWarp>& team, Block<T> w, Block<T> out, bool full) {
+template <class T>
+__device__ void team_lower_gram(const Team& team, Block<T> w, Block<T> out, bool full) {
   const int b = w.b;
   for (int e = team.rank; e < b * b; e += team.size) {
     const int i = e / b, j = e % b;
@@ -146,8 +142,8 @@ __device__ void team_lower_gram(const Team<kWarp>& team, Block<T> w, Block<T> ou
 }
 
 // out = s^2 + mu2 I (lower triangle) for a full symmetric s.
-template <class T, bool kWarp>
-__device__ void team_square_plus_shift(const Team<kWarp>& team, Block<T> s, T mu2, Block<T> out) {
+template <class T>
+__device__ void team_square_plus_shift(const Team& team, Block<T> s, T mu2, Block<T> out) {
   const int b = s.b;
   for (int e = team.rank; e < b * b; e += team.size) {
     const int i = e / b, j = e % b;
@@ -160,8 +156,8 @@ __device__ void team_square_plus_shift(const Team<kWarp>& team, Block<T> s, T mu
 }
 
 // out = x y for full x and y.
-template <class T, bool kWarp>
-__device__ void team_multiply(const Team<kWarp>& team, Block<T> x, Block<T> y, Block<T> out) {
+template <class T>
+__device__ void team_multiply(const Team& team, Block<T> x, Block<T> y, Block<T> out) {
   const int b = x.b;
   for (int e = team.rank; e < b * b; e += team.size) {
     const int i = e / b, j = e % b;
@@ -173,8 +169,8 @@ __device__ void team_multiply(const Team<kWarp>& team, Block<T> x, Block<T> y, B
 }
 
 // x = (l l^T)^{-1} x: column-oriented substitutions, the updates of each column in parallel.
-template <class T, bool kWarp>
-__device__ void team_cholesky_solve(const Team<kWarp>& team, Block<T> l, T* x) {
+template <class T>
+__device__ void team_cholesky_solve(const Team& team, Block<T> l, T* x) {
   const int b = l.b;
   for (int j = 0; j < b; ++j) {
     if (team.rank == 0) x[j] /= l(j, j);
@@ -202,16 +198,14 @@ __host__ __device__ size_t scalar_bytes(int team_size) {
   return aligned16((team_size + 1) * sizeof(T) + sizeof(int));
 }
 
-template <class T, bool kWarp>
+template <class T>
 __global__ void corrected_kernel(Params<T> p, int team_size, int teams_per_block,
                                  size_t bytes_per_team, bool workspace_in_shared) {
   HSC_DYNAMIC_SHARED(smem);
   const int slot = threadIdx.x / team_size;
   const int64_t n = int64_t(blockIdx.x) * teams_per_block + slot;
-  // Only whole warps leave (warp teams, never synchronised across warps); a block team always
-  // has a matrix.
-  if (n >= p.N) return;
-  const Team<kWarp> team{static_cast<int>(threadIdx.x % team_size), team_size};
+  if (n >= p.N) return;  // never taken: one matrix per thread block, and no block past N
+  const Team team{static_cast<int>(threadIdx.x % team_size), team_size};
   unsigned char* mine = smem + slot * bytes_per_team;
   const int b = p.b, ld = b + 1;
   T* ws = workspace_in_shared ? reinterpret_cast<T*>(mine) : p.scratch + n * workspace_entries(b);
@@ -335,9 +329,240 @@ __global__ void corrected_kernel(Params<T> p, int team_size, int teams_per_block
   }
 }
 
+// ---- b <= 32: a warp per matrix, held in registers -----------------------------------------
+// Lane i holds row i of every matrix of the pipeline in a register array of B >= b entries;
+// rows and columns b..B-1 are identity padding, which leaves the factorisations of the real part
+// as they are (a padding pivot is 1, or 1 + mu^2 in M), and lanes B..31 only take part in the
+// shuffles. A value of another row comes by __shfl_sync: O(B^2) shuffles and O(B^2) FMAs per
+// lane for each factorisation, inverse and product. Every loop over a register array has bounds
+// known at compile time, so that the arrays stay in registers.
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+template <class T>
+__device__ __forceinline__ T from_lane(T v, int lane) {
+  return __shfl_sync(kFullMask, v, lane);
+}
+
+template <class T>
+__device__ __forceinline__ T warp_max(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = LaneOps<T>::max(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+// In-place lower Cholesky factorisation, row `lane` of the matrix in a[] (its lower part is
+// read): false, for the whole warp, at the first pivot that is not usable (finite, > min_pivot).
+// On success lane i holds L(i, 0..i) in a[0..i].
+template <class T, int B>
+__device__ bool warp_cholesky(T (&a)[B], int lane, T min_pivot) {
+#pragma unroll
+  for (int k = 0; k < B; ++k) {
+    const T pivot = from_lane(a[k], k);
+    if (!LaneOps<T>::usable_pivot(pivot, min_pivot)) return false;  // the same for every lane
+    const T r = LaneOps<T>::sqrt(pivot);
+    const T lik = a[k] / r;  // L(lane, k) for lanes below k
+    if (lane == k) a[k] = r;
+    if (lane > k) a[k] = lik;
+#pragma unroll
+    for (int j = k + 1; j < B; ++j) {
+      const T ljk = from_lane(lik, j);
+      if (lane >= j) a[j] -= lik * ljk;
+    }
+  }
+  return true;
+}
+
+// w = L^{-1} by rows: row k is final once divided by L(k, k), then every later row subtracts
+// its multiple of it.
+template <class T, int B>
+__device__ void warp_invert_lower(const T (&l)[B], T (&w)[B], int lane) {
+#pragma unroll
+  for (int j = 0; j < B; ++j) w[j] = j == lane ? T(1) : T(0);
+#pragma unroll
+  for (int k = 0; k < B; ++k) {
+    if (lane == k) {
+#pragma unroll
+      for (int j = 0; j <= k; ++j) w[j] /= l[k];
+    }
+#pragma unroll
+    for (int j = 0; j <= k; ++j) {
+      const T wkj = from_lane(w[j], k);
+      if (lane > k) w[j] -= l[k] * wkj;
+    }
+  }
+}
+
+// out = w^T w (row `lane`, whole) for lower-triangular w: out(i, j) = sum_k w(k, i) w(k, j).
+template <class T, int B>
+__device__ void warp_lower_gram(const T (&w)[B], T (&out)[B], int lane) {
+#pragma unroll
+  for (int j = 0; j < B; ++j) out[j] = T(0);
+#pragma unroll
+  for (int k = 0; k < B; ++k) {
+    T row[B];  // row k of w
+    T wki = T(0);
+#pragma unroll
+    for (int j = 0; j <= k; ++j) {
+      row[j] = from_lane(w[j], k);
+      if (j == lane) wki = row[j];
+    }
+#pragma unroll
+    for (int j = 0; j <= k; ++j) out[j] += wki * row[j];
+  }
+}
+
+// out = x y (row `lane`) for full x and y held by rows; x's row in x_row.
+template <class T, int B>
+__device__ void warp_multiply(const T (&x_row)[B], const T (&y)[B], T (&out)[B]) {
+#pragma unroll
+  for (int j = 0; j < B; ++j) out[j] = T(0);
+#pragma unroll
+  for (int k = 0; k < B; ++k) {
+#pragma unroll
+    for (int j = 0; j < B; ++j) out[j] += x_row[k] * from_lane(y[j], k);
+  }
+}
+
+// x = (L L^T)^{-1} g for L held by rows; lane i's entry of g in, of x out.
+template <class T, int B>
+__device__ T warp_cholesky_solve(const T (&l)[B], T x, int lane) {
+#pragma unroll
+  for (int k = 0; k < B; ++k) {  // L y = g
+    if (lane == k) x /= l[k];
+    const T xk = from_lane(x, k);
+    if (lane > k) x -= l[k] * xk;
+  }
+#pragma unroll
+  for (int k = B - 1; k >= 0; --k) {  // L^T x = y
+    if (lane == k) x /= l[k];
+    const T xk = from_lane(x, k);
+    T lki = T(0);  // L(k, lane)
+#pragma unroll
+    for (int j = 0; j < k; ++j) {
+      const T v = from_lane(l[j], k);
+      if (j == lane) lki = v;
+    }
+    if (lane < k) x -= lki * xk;
+  }
+  return x;
+}
+
+// The whole pipeline of SPEC §2 for b <= B <= 32: one warp per matrix, warps_per_block matrices
+// per thread block. Whole warps leave together; nothing else is synchronised across warps.
+template <class T, int B>
+__global__ void warp_kernel(Params<T> p, int warps_per_block) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const int64_t n = int64_t(blockIdx.x) * warps_per_block + threadIdx.x / 32;
+  if (n >= p.N) return;
+  const int b = p.b;
+  const bool real = lane < b;
+
+  // Row `lane` of S = (H + H^T)/2, identity outside the real block; its largest entry and
+  // whether it is finite, over the warp.
+  T s[B];
+  T max_abs = T(0), non_finite = T(0);
+  const T* h = p.H + n * b * b;
+#pragma unroll
+  for (int j = 0; j < B; ++j) {
+    T v = j == lane ? T(1) : T(0);
+    if (real && j < b) {
+      v = symmetric_entry(h[lane * b + j], h[j * b + lane]);
+      if (!LaneOps<T>::finite(v)) non_finite = T(1);
+      else max_abs = LaneOps<T>::max(max_abs, LaneOps<T>::abs(v));
+    }
+    s[j] = v;
+  }
+  max_abs = warp_max(max_abs);
+  const T damping = p.damping_in[n];
+  // A negative, infinite or NaN damping is not checked on the host (that would synchronise): such
+  // a block takes the fallback, as a non-finite H does.
+  const bool finite = warp_max(non_finite) == T(0) && damping >= T(0) && LaneOps<T>::finite(damping);
+  if (!finite) {
+#pragma unroll
+    for (int j = 0; j < B; ++j) s[j] = j == lane ? T(1) : T(0);
+  }
+
+  T a[B], w[B], m[B];
+  T used = damping;
+  bool ok = false, raised = false;
+  if (finite && p.mode == Mode::kCholesky) {
+    const T tau = damping_floor<T>(max_abs);
+    T d = damping;
+    for (int t = 0; t < p.max_tries; ++t) {
+#pragma unroll
+      for (int j = 0; j < B; ++j) a[j] = s[j] + (real && j == lane ? d : T(0));
+      used = d;
+      if (warp_cholesky<T, B>(a, lane, T(0))) {
+        warp_invert_lower<T, B>(a, w, lane);  // w = L^{-1}
+        warp_lower_gram<T, B>(w, m, lane);    // m = A^{-1}
+#pragma unroll
+        for (int j = 0; j < B; ++j) m[j] = (s[j] + (real && j == lane ? d : T(0))) + p.mu2 * m[j];
+        ok = warp_cholesky<T, B>(m, lane, correction_min_pivot(p.mu));  // m = L_M
+      }
+      if (ok) {
+        raised = t > 0;
+        break;
+      }
+      d = next_damping<T>(d, tau);
+      if (!LaneOps<T>::usable_pivot(d, T(0))) break;  // an overflowing damping never gives a factor
+    }
+  } else if (finite) {
+#pragma unroll
+    for (int j = 0; j < B; ++j) a[j] = s[j] + (real && j == lane ? damping : T(0));  // A
+    warp_multiply<T, B>(a, a, m);  // A^2 (A is symmetric: row k of A is column k)
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+      if (j == lane) m[j] += p.mu2;  // C = A^2 + mu^2 I
+    ok = warp_cholesky<T, B>(m, lane, shifted_square_min_pivot(p.mu2));  // m = L_C
+  }
+
+  if (lane == 0) {
+    p.damping_out[n] = used;
+    p.status[n] = status_code(finite, ok, raised);
+  }
+
+  if (p.P != nullptr) {
+    for (int64_t c = 0; c < p.r; ++c) {
+      const T g = real ? p.G[(n * b + lane) * p.r + c] : T(0);
+      T x = g;
+      if (ok) {
+        x = warp_cholesky_solve<T, B>(m, g, lane);  // M^{-1} g, or C^{-1} g
+        if (p.mode == Mode::kSingularSafe) {  // A C^{-1} g
+          T ax = T(0);
+#pragma unroll
+          for (int k = 0; k < B; ++k) ax += a[k] * from_lane(x, k);
+          x = ax;
+        }
+      }
+      if (real) p.P[(n * b + lane) * p.r + c] = ok ? x : fallback_step(g, p.mu2);
+    }
+  } else {
+    if (ok) {
+      warp_invert_lower<T, B>(m, w, lane);
+      warp_lower_gram<T, B>(w, m, lane);  // M^{-1}, or C^{-1} in singular_safe mode
+      if (p.mode == Mode::kSingularSafe) {
+        warp_multiply<T, B>(a, m, w);  // A C^{-1}
+#pragma unroll
+        for (int j = 0; j < B; ++j) m[j] = w[j];
+      }
+    }
+    const T fallback = fallback_step<T>(T(1), p.mu2);
+    const int64_t entries = packed_size(b);
+    if (real && (ok || !p.keep_failed)) {  // keep_failed leaves a failed block's factor as it was
+#pragma unroll
+      for (int j = 0; j < B; ++j)
+        if (j <= lane)
+          p.factor[tiled_offset(n, packed_index(lane, j), entries)] =
+              ok ? m[j] : (j == lane ? fallback : T(0));
+    }
+  }
+}
+
 // How a launch covers N blocks of size b: see the top of this file.
 struct Mapping {
-  bool warp;               // a warp per matrix (else a thread block)
+  bool warp;               // a warp per matrix, in registers (warp_kernel; else corrected_kernel)
+  int rows;                // warp_kernel's register rows B >= b (4, 8, 16 or 32)
   int team_size;           // threads per matrix
   int teams_per_block;     // matrices per thread block
   bool in_shared;          // the workspace fits in shared memory (else the global scratch)
@@ -352,11 +577,17 @@ template <class T>
 Mapping choose_mapping(int64_t N, int b, size_t max_shared) {
   Mapping m;
   m.warp = b <= 32;
+  m.rows = b <= 4 ? 4 : b <= 8 ? 8 : b <= 16 ? 16 : 32;
   m.team_size = m.warp ? 32 : b <= 64 ? 64 : b <= 128 ? 128 : 256;
   m.teams_per_block = m.warp ? 4 : 1;
-  const size_t ws_bytes = aligned16(workspace_entries(b) * sizeof(T));
-  m.in_shared = m.teams_per_block * (ws_bytes + scalar_bytes<T>(m.team_size)) <= max_shared;
-  m.bytes_per_team = (m.in_shared ? ws_bytes : 0) + scalar_bytes<T>(m.team_size);
+  if (m.warp) {  // no shared memory
+    m.in_shared = true;
+    m.bytes_per_team = 0;
+  } else {
+    const size_t ws_bytes = aligned16(workspace_entries(b) * sizeof(T));
+    m.in_shared = ws_bytes + scalar_bytes<T>(m.team_size) <= max_shared;
+    m.bytes_per_team = (m.in_shared ? ws_bytes : 0) + scalar_bytes<T>(m.team_size);
+  }
   m.blocks = (N + m.teams_per_block - 1) / m.teams_per_block;
   return m;
 }

@@ -15,14 +15,21 @@
 namespace hsc::cuda {
 namespace {
 
-template <class T, bool kWarp>
+template <class T>
 void launch_kernel(const Params<T>& p, const Mapping& m) {
-  auto kernel = corrected_kernel<T, kWarp>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(m.shared_bytes())));
-  kernel<<<static_cast<unsigned>(m.blocks), m.threads(), m.shared_bytes(),
-           c10::cuda::getCurrentCUDAStream()>>>(p, m.team_size, m.teams_per_block, m.bytes_per_team,
-                                                m.in_shared);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const auto grid = static_cast<unsigned>(m.blocks);
+  if (m.warp) {
+    auto kernel = m.rows == 4 ? warp_kernel<T, 4> : m.rows == 8 ? warp_kernel<T, 8>
+                  : m.rows == 16 ? warp_kernel<T, 16> : warp_kernel<T, 32>;
+    kernel<<<grid, m.threads(), 0, stream>>>(p, m.teams_per_block);
+  } else {
+    auto kernel = corrected_kernel<T>;
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(m.shared_bytes())));
+    kernel<<<grid, m.threads(), m.shared_bytes(), stream>>>(p, m.team_size, m.teams_per_block,
+                                                             m.bytes_per_team, m.in_shared);
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -38,11 +45,7 @@ void launch(Params<T> p, const at::TensorOptions& options, at::Tensor& scratch) 
     scratch = at::empty({p.N * workspace_entries(p.b)}, options);
     p.scratch = scratch.data_ptr<T>();
   }
-  if (m.warp) {
-    launch_kernel<T, true>(p, m);
-  } else {
-    launch_kernel<T, false>(p, m);
-  }
+  launch_kernel<T>(p, m);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const CorrectionCall& call) {

@@ -6,9 +6,11 @@
 // without a GPU.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <barrier>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -29,6 +31,7 @@ inline thread_local unsigned char* shared_memory = nullptr;
 inline thread_local std::barrier<>* warp_barrier = nullptr;
 inline thread_local std::barrier<>* block_barrier = nullptr;
 inline thread_local std::atomic<int>* block_flag = nullptr;  // for __syncthreads_or
+inline thread_local std::array<uint64_t, 32>* warp_exchange = nullptr;  // for the shuffles
 
 // Runs kernel(args...) over `blocks` thread blocks of `threads` threads (a multiple of 32) with
 // `shared_bytes` of dynamic shared memory each, one block after another.
@@ -40,6 +43,7 @@ void launch(Kernel kernel, int64_t blocks, int threads, size_t shared_bytes, Arg
     std::atomic<int> flag{0};
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<std::barrier<>>(32));
+    std::vector<std::array<uint64_t, 32>> exchange((threads + 31) / 32);
     std::vector<std::thread> team;
     for (int t = 0; t < threads; ++t) {
       team.emplace_back([&, t] {
@@ -49,6 +53,7 @@ void launch(Kernel kernel, int64_t blocks, int threads, size_t shared_bytes, Arg
         block_flag = &flag;
         shared_memory = shared.data();
         warp_barrier = warps[t / 32].get();
+        warp_exchange = &exchange[t / 32];
         block_barrier = &block;
         kernel(args...);
       });
@@ -73,4 +78,24 @@ inline int __syncthreads_or(int predicate) {
   __syncthreads();
   if (emulation::thread_index.x == 0) emulation::block_flag->store(0);
   return any;
+}
+
+// Every lane of the warp must call these, as with the full mask on hardware.
+template <class T>
+T __shfl_sync(unsigned /*mask*/, T value, int source) {
+  static_assert(sizeof(T) <= 8, "values up to 8 bytes");
+  auto& slots = *emulation::warp_exchange;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  slots[emulation::thread_index.x % 32] = bits;
+  __syncwarp();
+  bits = slots[source & 31];
+  __syncwarp();
+  T out;
+  std::memcpy(&out, &bits, sizeof(T));
+  return out;
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+  return __shfl_sync(mask, value, static_cast<int>(emulation::thread_index.x % 32) ^ lane_mask);
 }

@@ -86,10 +86,11 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
   }
   if (N > 0) {
     if (m.warp) {
-      emulation::launch(corrected_kernel<T, true>, m.blocks, m.threads(), m.shared_bytes(), p,
-                        m.team_size, m.teams_per_block, m.bytes_per_team, m.in_shared);
+      auto kernel = m.rows == 4 ? warp_kernel<T, 4> : m.rows == 8 ? warp_kernel<T, 8>
+                    : m.rows == 16 ? warp_kernel<T, 16> : warp_kernel<T, 32>;
+      emulation::launch(kernel, m.blocks, m.threads(), m.shared_bytes(), p, m.teams_per_block);
     } else {
-      emulation::launch(corrected_kernel<T, false>, m.blocks, m.threads(), m.shared_bytes(), p,
+      emulation::launch(corrected_kernel<T>, m.blocks, m.threads(), m.shared_bytes(), p,
                         m.team_size, m.teams_per_block, m.bytes_per_team, m.in_shared);
     }
   }
@@ -100,8 +101,9 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
   } else {
     write_array(dir + "/factor.bin", factor);
   }
-  std::printf("mapping warp=%d team=%d teams_per_block=%d in_shared=%d blocks=%lld\n", m.warp,
-              m.team_size, m.teams_per_block, m.in_shared, static_cast<long long>(m.blocks));
+  std::printf("mapping warp=%d rows=%d team=%d teams_per_block=%d in_shared=%d blocks=%lld\n",
+              m.warp, m.rows, m.team_size, m.teams_per_block, m.in_shared,
+              static_cast<long long>(m.blocks));
   return 0;
 }
 
