@@ -7,10 +7,10 @@
 
 namespace hsc {
 
-// P = M^{-1} G per block from the factor of `correct`. This composite kernel serves every device
-// without a kernel of its own (a GPU: cuBLAS batched products): it expands the tiled, packed
-// factor to full symmetric blocks and multiplies. The CPU has its own kernel (cpu/solve_cpu.cpp),
-// which reads the factor as it lies.
+// P = M^{-1} G per block from the factor of `correct`. This composite kernel serves the devices
+// without a kernel of their own: it expands the tiled, packed factor to full symmetric blocks and
+// multiplies. The CPU and CUDA have their own (cpu/solve_cpu.cpp, cuda/solve_cuda.cu), which read
+// the factor as it lies.
 at::Tensor solve(const at::Tensor& factor, const at::Tensor& G) {
   check_solve_args(factor, G);
   const int64_t N = G.size(0), b = G.size(1);

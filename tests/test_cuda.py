@@ -50,6 +50,9 @@ def test_cuda_matches_cpu(b, dtype, mode):
     F_gpu, F_cpu = ops.unpack(c_gpu.factor.cpu(), N), ops.unpack(c_cpu.factor, N)
     assert relative_error(F_gpu[same], F_cpu[same]) < tol
     assert torch.isfinite(P_gpu).all() and torch.isfinite(c_gpu.factor).all()
+    # solve on the GPU (its own kernel) against the CPU's, on the same factor
+    S_gpu, S_cpu = ops.solve(c_gpu, G.cuda()).cpu(), ops.solve(c_gpu._replace(factor=c_gpu.factor.cpu()), G)
+    assert relative_error(S_gpu, S_cpu) < tol
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])

@@ -175,3 +175,24 @@ def test_emulated_accumulate_probes_matches_cpu(emulator, tmp_path, dtype, first
     new, accepted = emulate_accumulate(emulator, tmp_path, state, hvps, signs, mask, ema=0.8, first=first)
     assert torch.equal(accepted.bool(), accepted_cpu) and not accepted_cpu[4]
     torch.testing.assert_close(new, cpu, rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("b,r", [(1, 1), (5, 3), (16, 1), (33, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_solve_matches_cpu(emulator, tmp_path, b, r, dtype):
+    """The solve kernel (a thread per entry of P, reading the tiled factor) on a random factor,
+    nonzero lanes past the last block included: the CPU op's result up to rounding."""
+    N = 21
+    gen = generator(b + r)
+    F = torch.randn(ops.factor_shape(N, b), dtype=dtype, generator=gen)
+    G = torch.randn(N, b, r, dtype=dtype, generator=gen)
+    params = dict(kernel=2, N=N, b=b, r=r, itemsize=dtype.itemsize)
+    (tmp_path / "params.txt").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
+    F.numpy().tofile(tmp_path / "factor.bin")
+    G.numpy().tofile(tmp_path / "G.bin")
+    done = subprocess.run([str(emulator), str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    P = torch.from_numpy(np.fromfile(tmp_path / "P.bin", dtype=np_dtype)).reshape(N, b, r)
+    expected = ops.solve(ops.Correction(F, torch.zeros(N), torch.zeros(N, dtype=torch.int32)), G)
+    assert relative_error(P, expected) < TOL[dtype]

@@ -597,8 +597,8 @@ def test_solve_is_the_product_for_any_factor(device, b, n, r, factor_dtype, G_dt
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_solve_composite_kernel(b, r, dtype):
     """The composite kernel of solve (expand the packed factor, batched matmul), which serves the
-    devices without a kernel of their own (CUDA), run on the CPU through the dispatcher: it agrees
-    with the CPU kernel within the rounding of a product."""
+    devices without a kernel of their own (neither CPU nor CUDA), run on the CPU through the
+    dispatcher: it agrees with the CPU kernel within the rounding of a product."""
     gen = generator(50 + b)
     F = torch.randn(ops.factor_shape(21, b), dtype=dtype, generator=gen)
     G = gradients(21, b, r, gen).to(dtype)

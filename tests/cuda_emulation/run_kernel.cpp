@@ -4,7 +4,8 @@
 //                      the raw arrays H.bin, damping.bin and G.bin (precondition) or factor.bin
 //                      (correct, updated in place) and writes damping_out.bin, status.bin and
 //                      P.bin or factor.bin; kernel 1 (accumulate_probes) reads state.bin,
-//                      hvps.bin, signs.bin and mask.bin and writes state.bin and accepted.bin.
+//                      hvps.bin, signs.bin and mask.bin and writes state.bin and accepted.bin;
+//                      kernel 2 (solve) reads factor.bin and G.bin and writes P.bin.
 #include "emulate.h"
 
 #include <cstdio>
@@ -16,6 +17,7 @@
 
 #include "../../csrc/cuda/accumulate_probes_kernel.cuh"
 #include "../../csrc/cuda/corrected_kernel.cuh"
+#include "../../csrc/cuda/solve_kernel.cuh"
 
 namespace {
 
@@ -126,6 +128,23 @@ int run_accumulate(const std::string& dir, std::map<std::string, double>& prm) {
   return 0;
 }
 
+template <class T>
+int run_solve(const std::string& dir, std::map<std::string, double>& prm) {
+  const int64_t N = static_cast<int64_t>(prm["N"]), r = static_cast<int64_t>(prm["r"]);
+  const int b = static_cast<int>(prm["b"]);
+  std::vector<T> factor = read_array<T>(dir + "/factor.bin", hsc::tile_count(N) * hsc::packed_size(b) * hsc::kTile);
+  std::vector<T> G = read_array<T>(dir + "/G.bin", N * b * r);
+  std::vector<T> P(N * b * r, T(0));
+  const int64_t threads = N * b * r;
+  const int64_t blocks = (threads + hsc::cuda::kSolveThreads - 1) / hsc::cuda::kSolveThreads;
+  if (threads > 0)
+    emulation::launch(hsc::cuda::solve_kernel<T>, blocks, hsc::cuda::kSolveThreads, 0,
+                      static_cast<const T*>(factor.data()), static_cast<const T*>(G.data()), P.data(),
+                      N, b, r);
+  write_array(dir + "/P.bin", P);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,6 +154,8 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   auto prm = read_params(dir + "/params.txt");
+  if (prm["kernel"] == 2)
+    return prm["itemsize"] == 8 ? run_solve<double>(dir, prm) : run_solve<float>(dir, prm);
   if (prm["kernel"] == 1)
     return prm["itemsize"] == 8 ? run_accumulate<double>(dir, prm) : run_accumulate<float>(dir, prm);
   return prm["itemsize"] == 8 ? run<double>(dir, prm) : run<float>(dir, prm);
