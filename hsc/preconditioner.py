@@ -249,9 +249,8 @@ class Preconditioner:
         else:  # refactorise into the same buffer; a failed block keeps what it held
             new = ops.correct_(self.correction.factor, self.estimate, keep_failed=True, **options)
         failed = new.status >= 2
-        keep = failed & self.has_factor
-        if self.correction is not None:
-            self.counters["kept_previous_factor"] += int(keep.sum())
+        if self.correction is not None and bool(failed.any()):  # one host sync when none failed
+            self.counters["kept_previous_factor"] += int((failed & self.has_factor).sum())
             # A failed block that never had a factor of its own gets this refresh's fallback
             # (mu may have changed since the fallback it holds was written).
             fresh = (failed & ~self.has_factor).nonzero().flatten()

@@ -276,14 +276,6 @@ inline void lanes_to_blocks(Vec<T>* lanes, int entries, T* blocks, int64_t strid
   }
 }
 
-// dst[0, count) = src[0, count) for output that will not be read again soon, count a multiple of
-// W: non-temporal stores where dst is aligned for them (the caller fences).
-template <class T>
-inline void stream_copy(T* dst, const T* src, int64_t count) {
-  constexpr int W = kLanes<T>;
-  for (int64_t e = 0; e < count; e += W) stream_vector(dst + e, load_vector(src + e));
-}
-
 }  // namespace hsc::cpu
 
 namespace hsc {

@@ -38,6 +38,26 @@ struct Params : CorrectionArgs<T> {
   T* scratch = nullptr;
 };
 
+// The damping search of SPEC §2 for one block, shared by both kernels: tries d_0 = damping,
+// d_{i+1} = max(2 d_i, tau), at most max_tries values, until factorise(d) (which must answer the
+// same on every thread of the team) succeeds. Returns whether one did; `used` gets the last value
+// tried and `raised` whether it was past d_0.
+template <class T, class Factorise>
+__device__ bool search_damping(T damping, T tau, int max_tries, Factorise factorise, T& used,
+                               bool& raised) {
+  T d = damping;
+  for (int t = 0; t < max_tries; ++t) {
+    used = d;
+    if (factorise(d)) {
+      raised = t > 0;
+      return true;
+    }
+    d = next_damping<T>(d, tau);
+    if (!LaneOps<T>::usable_pivot(d, T(0))) break;  // an overflowing damping never gives a factor
+  }
+  return false;
+}
+
 // The threads that own one matrix: the whole thread block (b > 32).
 struct Team {
   int rank;
@@ -241,34 +261,24 @@ __global__ void corrected_kernel(Params<T> p, int team_size, int teams_per_block
   T used = damping;
   bool ok = false, raised = false;
   if (finite && p.mode == Mode::kCholesky) {
-    const T tau = damping_floor<T>(max_abs);
-    T d = damping;
-    for (int t = 0; t < p.max_tries; ++t) {
+    ok = search_damping(damping, damping_floor<T>(max_abs), p.max_tries, [&](T d) {
       for (int e = team.rank; e < b * b; e += team.size) {
         const int i = e / b, j = e % b;
         if (j < i) a(i, j) = s(i, j);
         else if (j == i) a(i, i) = s(i, i) + d;
       }
       team.sync();
-      used = d;
-      if (team_cholesky(team, sc, a, T(0))) {
-        team_invert_lower(team, a, m);        // m = L^{-1}
-        team_lower_gram(team, m, a, false);   // a = A^{-1}
-        for (int e = team.rank; e < b * b; e += team.size) {  // a = S + d I + mu^2 A^{-1}
-          const int i = e / b, j = e % b;
-          if (j < i) a(i, j) = s(i, j) + p.mu2 * a(i, j);
-          else if (j == i) a(i, i) = (s(i, i) + d) + p.mu2 * a(i, i);
-        }
-        team.sync();
-        ok = team_cholesky(team, sc, a, correction_min_pivot(p.mu));  // a = L_M
+      if (!team_cholesky(team, sc, a, T(0))) return false;
+      team_invert_lower(team, a, m);        // m = L^{-1}
+      team_lower_gram(team, m, a, false);   // a = A^{-1}
+      for (int e = team.rank; e < b * b; e += team.size) {  // a = S + d I + mu^2 A^{-1}
+        const int i = e / b, j = e % b;
+        if (j < i) a(i, j) = s(i, j) + p.mu2 * a(i, j);
+        else if (j == i) a(i, i) = (s(i, i) + d) + p.mu2 * a(i, i);
       }
-      if (ok) {
-        raised = t > 0;
-        break;
-      }
-      d = next_damping<T>(d, tau);
-      if (!LaneOps<T>::usable_pivot(d, T(0))) break;  // an overflowing damping never gives a factor
-    }
+      team.sync();
+      return team_cholesky(team, sc, a, correction_min_pivot(p.mu));  // a = L_M
+    }, used, raised);
   } else if (finite) {
     for (int i = team.rank; i < b; i += team.size) s(i, i) += damping;  // A = S + delta I
     team.sync();
@@ -487,26 +497,16 @@ __global__ void warp_kernel(Params<T> p, int warps_per_block) {
   T used = damping;
   bool ok = false, raised = false;
   if (finite && p.mode == Mode::kCholesky) {
-    const T tau = damping_floor<T>(max_abs);
-    T d = damping;
-    for (int t = 0; t < p.max_tries; ++t) {
+    ok = search_damping(damping, damping_floor<T>(max_abs), p.max_tries, [&](T d) {
 #pragma unroll
       for (int j = 0; j < B; ++j) a[j] = s[j] + (real && j == lane ? d : T(0));
-      used = d;
-      if (warp_cholesky<T, B>(a, lane, T(0))) {
-        warp_invert_lower<T, B>(a, w, lane);  // w = L^{-1}
-        warp_lower_gram<T, B>(w, m, lane);    // m = A^{-1}
+      if (!warp_cholesky<T, B>(a, lane, T(0))) return false;
+      warp_invert_lower<T, B>(a, w, lane);  // w = L^{-1}
+      warp_lower_gram<T, B>(w, m, lane);    // m = A^{-1}
 #pragma unroll
-        for (int j = 0; j < B; ++j) m[j] = (s[j] + (real && j == lane ? d : T(0))) + p.mu2 * m[j];
-        ok = warp_cholesky<T, B>(m, lane, correction_min_pivot(p.mu));  // m = L_M
-      }
-      if (ok) {
-        raised = t > 0;
-        break;
-      }
-      d = next_damping<T>(d, tau);
-      if (!LaneOps<T>::usable_pivot(d, T(0))) break;  // an overflowing damping never gives a factor
-    }
+      for (int j = 0; j < B; ++j) m[j] = (s[j] + (real && j == lane ? d : T(0))) + p.mu2 * m[j];
+      return warp_cholesky<T, B>(m, lane, correction_min_pivot(p.mu));  // m = L_M
+    }, used, raised);
   } else if (finite) {
 #pragma unroll
     for (int j = 0; j < B; ++j) a[j] = s[j] + (real && j == lane ? damping : T(0));  // A
