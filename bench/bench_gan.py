@@ -83,7 +83,7 @@ def variant_config(changes: dict, seed: int, seconds: float, data: str = "ring8"
     top = {k: v for k, v in changes.items() if k in TrainConfig.__dataclass_fields__}
     inner = {k: v for k, v in changes.items() if k not in top}
     return TrainConfig(**{"data": data, "method": "hsc", "seed": seed, "seconds": seconds, **top,
-                          "hsc": dataclasses.replace(HSCOptions(), **inner)})
+                          "hsc": HSCOptions().with_changes(**inner)})
 
 
 def _run(config: TrainConfig) -> RunResult:

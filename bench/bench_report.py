@@ -9,7 +9,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def useful_flops(b: int) -> float:
-    """Flops of one block of the corrected preconditioner: 4b^3/3 (SPEC §2, two Cholesky
+    """Flops of one block of the corrected preconditioner: 4b^3/3 (docs/contract.md §2, two Cholesky
     factorisations, a triangular inverse and a triangular product)."""
     return 4 * b ** 3 / 3
 

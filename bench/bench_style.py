@@ -105,7 +105,7 @@ def config_with(changes: dict, **budget) -> RunConfig:
     top = {k: v for k, v in changes.items() if k in ("optimizer", "adam_lr")}
     inner = {k: v for k, v in changes.items() if k not in top}
     return RunConfig(**{"optimizer": "hsc", **top, **budget},
-                     hsc=dataclasses.replace(HSCSettings(), **inner))
+                     hsc=HSCSettings().with_changes(**inner))
 
 
 def warm_up(objective: StyleObjective) -> None:
@@ -346,7 +346,7 @@ def markdown(report: dict, sizes: List[int]) -> str:
                          f"{p['block_share_of_frobenius']:.3f} | {p['probe_noise_median']:.2f} | "
                          f"{p['indefinite_blocks']:.3f} | {pre} |")
     lines += ["", "Probe noise: for each block, ‖rows of the block outside it‖ / ‖block‖, the relative error "
-              "of one sign draw of the probe estimator (SPEC §4). Pictures: `style.png` (loss against "
+              "of one sign draw of the probe estimator (docs/contract.md §4). Pictures: `style.png` (loss against "
               "seconds and evaluations, target dotted), "
               f"`style_{max(sizes)}.png` (the images)."]
     notes = RESULTS / "style_notes.md"

@@ -6,7 +6,8 @@
 
 #include <string>
 
-#include "block_math.h"
+#include "block_rules.h"
+#include "factor_layout.h"
 
 namespace hsc {
 
@@ -36,7 +37,7 @@ inline void check_blocks(const at::Tensor& H) {
   check_floating(H, "H");
 }
 
-// The factor of N blocks of size b (its layout: tiled_offset in block_math.h).
+// The factor of N blocks of size b (its layout: factor_layout.h).
 inline void check_factor(const at::Tensor& factor, int64_t N, int64_t b) {
   TORCH_CHECK_VALUE(factor.dim() == 3 && factor.size(0) == tile_count(N) &&
                     factor.size(1) == packed_size(b) && factor.size(2) == kTile,
@@ -71,13 +72,33 @@ inline void check_correction_args(const at::Tensor& H, const at::Tensor& damping
   TORCH_CHECK_VALUE(max_tries >= 1, "hsc: max_tries must be >= 1, got ", max_tries);
 }
 
-inline void check_probe_args(const at::Tensor& state, const at::Tensor& hvps,
-                             const at::Tensor& signs, const at::Tensor& mask, double ema) {
+// The running estimate `state`, updated in place by accumulate_probes and fold_estimate_.
+inline void check_state(const at::Tensor& state) {
   TORCH_CHECK_VALUE(state.dim() == 3 && state.size(1) == state.size(2),
                     "hsc: state must have shape [N, b, b], got ", state.sizes());
   TORCH_CHECK_VALUE(state.is_contiguous(), "hsc: state must be contiguous (it is updated in place)");
   TORCH_CHECK_TYPE(state.scalar_type() == at::kFloat || state.scalar_type() == at::kDouble,
                    "hsc: state must be float32 or float64, got ", state.scalar_type());
+}
+
+// mask: [N, b] bool on state's device, False at padding slots.
+inline void check_mask(const at::Tensor& mask, const at::Tensor& state) {
+  const int64_t N = state.size(0), b = state.size(1);
+  TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == N && mask.size(1) == b,
+                    "hsc: mask must have shape [N, b] = [", N, ", ", b, "], got ", mask.sizes());
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, "hsc: mask must be a bool tensor, got ",
+                   mask.scalar_type());
+  TORCH_CHECK_VALUE(mask.device() == state.device(), "hsc: mask must be on state's device ",
+                    state.device(), ", got ", mask.device());
+}
+
+inline void check_ema(double ema) {
+  TORCH_CHECK_VALUE(ema >= 0 && ema < 1, "hsc: ema must be in [0, 1), got ", ema);
+}
+
+inline void check_probe_args(const at::Tensor& state, const at::Tensor& hvps,
+                             const at::Tensor& signs, const at::Tensor& mask, double ema) {
+  check_state(state);
   const int64_t N = state.size(0), b = state.size(1);
   TORCH_CHECK_VALUE(hvps.dim() == 4 && hvps.size(1) == b && hvps.size(2) == N && hvps.size(3) == b,
                     "hsc: hvps must have shape [samples, b, N, b] = [S, ", b, ", ", N, ", ", b,
@@ -88,14 +109,26 @@ inline void check_probe_args(const at::Tensor& state, const at::Tensor& hvps,
   TORCH_CHECK_VALUE(signs.dim() == 2 && signs.size(0) == hvps.size(0) && signs.size(1) == N,
                     "hsc: signs must have shape [samples, N] = [", hvps.size(0), ", ", N,
                     "], got ", signs.sizes());
-  TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == N && mask.size(1) == b,
-                    "hsc: mask must have shape [N, b] = [", N, ", ", b, "], got ", mask.sizes());
-  TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, "hsc: mask must be a bool tensor, got ",
-                   mask.scalar_type());
-  for (const at::Tensor* t : {&hvps, &signs, &mask})
-    TORCH_CHECK_VALUE(t->device() == state.device(), "hsc: hvps, signs and mask must be on state's "
+  check_mask(mask, state);
+  for (const at::Tensor* t : {&hvps, &signs})
+    TORCH_CHECK_VALUE(t->device() == state.device(), "hsc: hvps and signs must be on state's "
                       "device ", state.device(), ", got ", t->device());
-  TORCH_CHECK_VALUE(ema >= 0 && ema < 1, "hsc: ema must be in [0, 1), got ", ema);
+  check_ema(ema);
+}
+
+// hsc::fold_estimate_(state, estimate, mask, ema, first)
+inline void check_fold_args(const at::Tensor& state, const at::Tensor& estimate,
+                            const at::Tensor& mask, double ema) {
+  check_state(state);
+  TORCH_CHECK_VALUE(estimate.sizes() == state.sizes(), "hsc: estimate must have state's shape ",
+                    state.sizes(), ", got ", estimate.sizes());
+  TORCH_CHECK_TYPE(estimate.scalar_type() == state.scalar_type(),
+                   "hsc: estimate must have state's dtype ", state.scalar_type(), ", got ",
+                   estimate.scalar_type());
+  TORCH_CHECK_VALUE(estimate.device() == state.device(), "hsc: estimate must be on state's device ",
+                    state.device(), ", got ", estimate.device());
+  check_mask(mask, state);
+  check_ema(ema);
 }
 
 // hsc::solve(factor, G): N and b from G, then the factor's shape against them.

@@ -33,12 +33,14 @@ TORCH_LIBRARY(hsc, m) {
         " -> (Tensor factor, Tensor damping, Tensor status)");
   // Not `mode`: torch's functionalization of mutating ops (torch.compile) takes a `mode` of its own.
   m.def("correct_(Tensor(a!) factor, Tensor H, Tensor damping, float scale, str correction_mode,"
-        " int max_tries, bool keep_failed) -> (Tensor damping, Tensor status)");
+        " int max_tries, Tensor? keep_failed) -> (Tensor damping, Tensor status)");
   m.def("solve(Tensor factor, Tensor G) -> Tensor");
   m.def("precondition(Tensor H, Tensor G, Tensor damping, float scale, str mode, int max_tries)"
         " -> (Tensor P, Tensor damping, Tensor status)");
   m.def("accumulate_probes(Tensor(a!) state, Tensor hvps, Tensor signs, Tensor mask, float ema,"
         " bool first) -> Tensor");
+  m.def("fold_estimate_(Tensor(a!) state, Tensor estimate, Tensor mask, float ema, bool first)"
+        " -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hsc, CompositeExplicitAutograd, m) { m.impl("solve", &solve); }

@@ -48,7 +48,7 @@ class DataParallelPlayer:
         self.module = module
         self.ddp = DistributedDataParallel(module)  # broadcasts rank 0's weights
         self.params = list(module.parameters())
-        self.pre = hsc.Preconditioner(self.params, process_group=group, **options.preconditioner_options(seed))
+        self.pre = hsc.Preconditioner(self.params, options.preconditioner_config(seed), process_group=group)
         self.opt = torch.optim.Adam(self.params, lr=options.lr, betas=(0.5, 0.999))
         self.skipped = 0
 

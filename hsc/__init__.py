@@ -5,12 +5,13 @@ import torch
 
 from . import ops, optim
 from .layout import BlockLayout
-from .ops import Correction
+from .ops import Correction, Status
 from .optim import HSC
-from .preconditioner import Preconditioner, PreconditionerConfig
+from .config import PreconditionerConfig
+from .preconditioner import Preconditioner
 
 __version__ = "0.1.0"
-__all__ = ["ops", "optim", "Correction", "BlockLayout", "Preconditioner", "PreconditionerConfig", "HSC",
+__all__ = ["ops", "optim", "Correction", "Status", "BlockLayout", "Preconditioner", "PreconditionerConfig", "HSC",
            "info", "__version__"]
 
 

@@ -14,28 +14,31 @@ def main(argv=None) -> int:
                                          "loss PNG, metrics.json")
     if argv is None:
         argv = sys.argv[1:]
-    if argv and argv[0] == "gan":  # hsc.gan (matplotlib, sklearn, ...) is imported only when asked for
-        from .gan.cli import add_arguments
-
-        add_arguments(gan)
-    if argv and argv[0] == "style":  # likewise hsc.style (scikit-image, matplotlib, ...)
-        from .style.cli import add_arguments as add_style_arguments
-
-        add_style_arguments(style)
+    # An application (and its extra's packages: matplotlib, scikit-learn, ...) is imported only
+    # when asked for.
+    if argv and argv[0] == "gan":
+        _application("gan").add_arguments(gan)
+    if argv and argv[0] == "style":
+        _application("style").add_arguments(style)
     args = parser.parse_args(argv)
     if args.command == "info":
         import hsc
 
         hsc.info()
-    elif args.command == "gan":
-        from .gan.cli import main as gan_main
-
-        return gan_main(args)
-    elif args.command == "style":
-        from .style.cli import main as style_main
-
-        return style_main(args)
+    elif args.command in ("gan", "style"):
+        return _application(args.command).main(args)
     return 0
+
+
+def _application(name: str):
+    """hsc.gan.cli or hsc.style.cli; a missing package of the application's extra is named."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"hsc.{name}.cli")
+    except ImportError as err:
+        raise SystemExit(f"hsc {name} needs the [{name}] extra: pip install 'hsc[{name}]' "
+                         f"(missing: {err.name or err})") from err
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Block-diagonal curvature from Hessian-vector products (SPEC §4).
+"""Block-diagonal curvature from Hessian-vector products (docs/contract.md §4).
 
 HVPs are taken by double backward through the graph of a gradient computed with
 ``create_graph=True``, several probe vectors at once with ``is_grads_batched`` (vmap over the

@@ -1,4 +1,4 @@
-"""Block layout of a parameter set: which parameter entry sits in which block slot (SPEC §1).
+"""Block layout of a parameter set: which parameter entry sits in which block slot (docs/contract.md §1).
 
 A parameter set (one or more tensors) is flattened tensor by tensor and cut into blocks of
 ``block_size`` = b consecutive entries. Every tensor is one *segment* (or, with ``patch``, every
@@ -95,7 +95,7 @@ def _blocks_of(length: int, block_size: int) -> int:
 
 
 class BlockLayout:
-    """The block cut of a parameter set (SPEC §1), reusable across steps.
+    """The block cut of a parameter set (docs/contract.md §1), reusable across steps.
 
     Args:
         params: the parameter tensors (floating point, all on one device), e.g.
@@ -333,7 +333,7 @@ class BlockLayout:
         """``H`` (``[N, b, b]``) with every padding row and column replaced by the identity's.
 
         Entry ``(k, i, j)`` becomes ``1 if i == j else 0`` where slot i or slot j of block k is
-        padding (SPEC §1's inert entries); real entries are copied unchanged. Returns a new tensor
+        padding (docs/contract.md §1's inert entries); real entries are copied unchanged. Returns a new tensor
         (``H`` is not modified); only the blocks that contain padding are touched after the copy.
         """
         if not isinstance(H, torch.Tensor):

@@ -1,6 +1,7 @@
 """Typed wrappers of the compiled ops, and their fake kernels for torch.compile.
 
-The maths is SPEC §2-3 (`shared/SPEC.md`); `hsc.reference` is its float64 definition.
+The maths is docs/contract.md §2-4; `hsc.reference` is its float64 definition. The reference of
+every op, with its errors and costs, is docs/ops.md.
 
 Route to M^{-1} g, mode ``cholesky``: L L^T = A, A^{-1} = L^{-T} L^{-1}, M = A + mu^2 A^{-1},
 L_M L_M^T = M, then two triangular solves. The damping delta_k is the first value of the sequence
@@ -15,7 +16,8 @@ Error bound (measured in tests/test_ops.py over ~1e5 blocks): ||P - P_ref|| <= 8
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+import enum
+from typing import NamedTuple, Optional, Union
 
 import torch
 
@@ -25,7 +27,17 @@ MODES = ("cholesky", "singular_safe")
 Damping = Union[float, torch.Tensor]
 
 
-TILE = 16  # blocks per tile of a factor (csrc/block_math.h: kTile)
+TILE = 16  # blocks per tile of a factor (csrc/factor_layout.h: kTile)
+
+
+class Status(enum.IntEnum):
+    """Per-block status of :func:`correct`, :func:`correct_` and :func:`precondition`
+    (docs/contract.md §3)."""
+
+    FACTORISED = 0       # factorised with the requested damping
+    DAMPING_RAISED = 1   # factorised after raising the damping (mode cholesky)
+    NON_FINITE = 2       # H_k has a NaN or Inf (on CUDA also: a bad damping entry): fallback
+    FAILED = 3           # not factorised within max_tries (or pivots too small): fallback
 
 
 class Correction(NamedTuple):
@@ -40,7 +52,8 @@ class Correction(NamedTuple):
              float16/bfloat16 inputs. Blocks with status 2 or 3 hold the fallback ``I / (1 + mu^2)``.
     damping: ``[N]``, the damping delta_k each block was factorised with (the input damping for
              status 2; the last value tried for status 3).
-    status:  ``[N]`` int32, SPEC §3: 0 factorised, 1 damping raised, 2 non-finite H, 3 failed.
+    status:  ``[N]`` int32, :class:`Status` (docs/contract.md §3): 0 factorised, 1 damping
+             raised, 2 non-finite H, 3 failed.
     """
 
     factor: torch.Tensor
@@ -94,6 +107,17 @@ def _damping_tensor(damping: Damping, H: torch.Tensor) -> torch.Tensor:
     return torch.full((H.shape[0] if H.dim() >= 1 else 0,), float(damping), dtype=dtype, device=H.device)
 
 
+def _keep_failed_tensor(keep_failed, H: torch.Tensor) -> Optional[torch.Tensor]:
+    if isinstance(keep_failed, torch.Tensor):
+        return keep_failed
+    if not isinstance(keep_failed, bool):
+        raise TypeError(f"hsc: keep_failed must be a bool or a [N] bool tensor, got "
+                        f"{type(keep_failed).__name__}")
+    if not keep_failed:
+        return None
+    return torch.ones(H.shape[0] if H.dim() >= 1 else 0, dtype=torch.bool, device=H.device)
+
+
 def _check_tensor(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"hsc: {name} must be a torch.Tensor, got {type(x).__name__}")
@@ -135,7 +159,7 @@ def correct_(
     scale: float = 1.0,
     mode: str = "cholesky",
     max_tries: int = 32,
-    keep_failed: bool = False,
+    keep_failed: Union[bool, torch.Tensor] = False,
 ) -> Correction:
     """:func:`correct` writing the factor into ``factor`` in place.
 
@@ -146,8 +170,10 @@ def correct_(
         factor: shaped as :class:`Correction`'s (:func:`factor_shape`), contiguous, in H's
             compute dtype (float64 for float64 H, else float32), on H's device. Lanes past the
             last block are set to 0.
-        keep_failed: leave the factor of blocks with status 2 or 3 as it was (SPEC §5: a block
-            whose refresh fails keeps its previous factor) instead of writing the fallback.
+        keep_failed: which blocks leave their factor as it was when they fail (status 2 or 3)
+            instead of receiving the fallback (docs/contract.md §5: a block whose refresh fails
+            keeps its previous factor): a bool for every block, or a ``[N]`` bool tensor on H's
+            device, one flag per block.
         The other arguments are those of :func:`correct`.
     Returns:
         ``Correction(factor, damping, status)``, with ``factor`` the tensor passed in.
@@ -155,7 +181,8 @@ def correct_(
     _check_tensor(factor, "factor")
     _check_tensor(H, "H")
     damping_used, status = torch.ops.hsc.correct_.default(
-        factor, H, _damping_tensor(damping, H), float(scale), mode, int(max_tries), bool(keep_failed))
+        factor, H, _damping_tensor(damping, H), float(scale), mode, int(max_tries),
+        _keep_failed_tensor(keep_failed, H))
     return Correction(factor, damping_used, status)
 
 
@@ -203,7 +230,8 @@ def accumulate_probes(
     ema: float,
     first: bool,
 ) -> torch.Tensor:
-    """Fold sign-coded probe results into the running block-diagonal estimate, in place (SPEC §4).
+    """Fold sign-coded probe results into the running block-diagonal estimate, in place
+    (docs/contract.md §4).
 
     Args:
         state: ``[N, b, b]`` running estimate (float32/float64, contiguous), updated in place.
@@ -220,6 +248,31 @@ def accumulate_probes(
         a finite estimate arrives.
     """
     return torch.ops.hsc.accumulate_probes.default(state, hvps, signs, mask, float(ema), bool(first))
+
+
+def fold_estimate_(
+    state: torch.Tensor,
+    estimate: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ema: float,
+    first: bool,
+) -> torch.Tensor:
+    """Fold assembled block estimates into the running estimate, in place, by the rules of
+    :func:`accumulate_probes` (docs/contract.md §4): the estimate on the first refresh or where the
+    state is not finite, else ``ema * state + (1 - ema) * estimate``; a non-finite estimate leaves a
+    finite state as it was; padding slots (``mask`` False) are exactly the identity's entries.
+
+    Args:
+        state: ``[N, b, b]`` running estimate (float32/float64, contiguous), updated in place.
+        estimate: ``[N, b, b]`` new estimates, state's dtype and device.
+        mask: ``[N, b]`` bool, False at padding slots.
+        ema: weight of the previous state, in [0, 1).
+        first: overwrite ``state`` instead of averaging (the first refresh).
+    Returns:
+        ``[N]`` bool, False for blocks whose estimate was not finite.
+    """
+    return torch.ops.hsc.fold_estimate_.default(state, estimate, mask, float(ema), bool(first))
 
 
 # ---- fake kernels: shapes and dtypes only, for torch.compile and meta tensors ----------------
@@ -248,7 +301,8 @@ def _correct_fake(H, damping, scale, mode, max_tries):
 
 @torch.library.register_fake("hsc::correct_")
 def _correct_in_place_fake(factor, H, damping, scale, correction_mode, max_tries, keep_failed):
-    _same_device(factor=factor, H=H, damping=damping)
+    _same_device(factor=factor, H=H, damping=damping,
+                 **({} if keep_failed is None else {"keep_failed": keep_failed}))
     N = H.shape[0]
     return H.new_empty((N,)), H.new_empty((N,), dtype=torch.int32)
 
@@ -269,4 +323,10 @@ def _precondition_fake(H, G, damping, scale, mode, max_tries):
 @torch.library.register_fake("hsc::accumulate_probes")
 def _accumulate_probes_fake(state, hvps, signs, mask, ema, first):
     _same_device(state=state, hvps=hvps, signs=signs, mask=mask)
+    return state.new_empty((state.shape[0],), dtype=torch.bool)
+
+
+@torch.library.register_fake("hsc::fold_estimate_")
+def _fold_estimate_fake(state, estimate, mask, ema, first):
+    _same_device(state=state, estimate=estimate, mask=mask)
     return state.new_empty((state.shape[0],), dtype=torch.bool)

@@ -12,11 +12,12 @@ from typing import Callable, Optional
 import torch
 
 from .distributed import RankGroup
-from .preconditioner import CONFIG_FIELDS, Preconditioner, PreconditionerConfig, all_finite
+from .config import CONFIG_FIELDS, PreconditionerConfig
+from .preconditioner import Preconditioner, all_finite
 
 
 class HSC(torch.optim.Optimizer):
-    """Momentum SGD on p = M^-1 g (SPEC §5).
+    """Momentum SGD on p = M^-1 g (docs/contract.md §5).
 
     Args:
         params: parameters or parameter groups; a group may override any option below.
@@ -71,6 +72,9 @@ class HSC(torch.optim.Optimizer):
     def _skip(self, reason: str) -> None:
         self.counters[f"skipped_non_finite_{reason}"] += 1
 
+    def _param_lists(self) -> list:
+        return [g["params"] for g in self.param_groups]
+
     def _grads(self, loss: torch.Tensor, groups, create_graph: bool) -> list:
         """d loss / d params per group (zeros where unused). Frozen parameters (requires_grad
         False) get zeros and are left alone by the step, as torch's optimizers do."""
@@ -92,63 +96,95 @@ class HSC(torch.optim.Optimizer):
         are taken from the closure's graph, or from ``curvature_closure()`` when given: a loss on
         part of the batch, say, since a refresh costs ``block_size`` HVPs (subsampled curvature,
         as Sophia and K-FAC use)."""
-        loss = None
-        groups = [g["params"] for g in self.param_groups]
         if curvature_closure is not None and closure is None:
             raise ValueError("hsc: curvature_closure needs a closure (the step's loss)")
-        if closure is not None:
-            with torch.enable_grad():
-                loss, grads, curvature_grads, error = None, None, None, None
-                try:
-                    loss = self._scalar(closure(), "closure")
-                    if not bool(torch.isfinite(loss.detach()).all()) and not self.ranks.distributed:
-                        self._skip("loss")
-                        return loss
-                    due = any(pc.refresh_due for pc in self.preconditioners)
-                    grads = self._grads(loss, groups, create_graph=due and curvature_closure is None)
-                    curvature_grads = grads
-                    if due and curvature_closure is not None:
-                        curvature_loss = self._scalar(curvature_closure(), "curvature_closure")
-                        curvature_grads = self._grads(curvature_loss, groups, create_graph=True)
-                except Exception as err:
-                    error = err
-                self.ranks.agree(error, "closure", groups[0][0].device)
-                # The step's own copy of each group's gradient, gathered straight into its blocks
-                # (one concatenation: autograd's outputs may alias one another or be expanded);
-                # .grad are views of it, and the apply needs no gather of its own. With a group,
-                # the rank mean of the loss and the gradients in one all-reduce. Each rank's HVPs
-                # come from its own graph, averaged by the refresh.
-                blocks = [pc.layout.gather([g.detach() for g in gs])
-                          for pc, gs in zip(self.preconditioners, grads)]
-                if self.ranks.distributed:
-                    mean_loss = loss.detach().reshape(1).clone()
-                    self.ranks.all_reduce_mean_([mean_loss] + blocks)
-                    loss = mean_loss.reshape(loss.shape)
-                    if not bool(torch.isfinite(mean_loss).all()):
-                        self._skip("loss")
-                        return loss
-                if not all_finite(blocks):
-                    self._skip("gradient")
-                    return loss
-                for pc, gs in zip(self.preconditioners, curvature_grads):
-                    if pc.tick():
-                        pc.refresh(gs)
-            for ps, pc, G in zip(groups, self.preconditioners, blocks):
-                for p, g in zip(ps, pc.layout.scatter(G)):
-                    if p.requires_grad:  # the blocks have the group's promoted dtype
-                        p.grad = g if g.dtype == p.dtype else g.to(p.dtype)
-            directions = [pc.layout.scatter(pc.precondition_blocks(G, finite=True))  # checked above
-                          for pc, G in zip(self.preconditioners, blocks)]
+        if closure is None:
+            loss, directions = None, self._directions_from_grad()
         else:
-            grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in ps] for ps in groups]
-            # every rank must take the same decision: the all-gather in precondition follows
-            if not self.ranks.all_true(all_finite(g for gs in grads for g in gs), groups[0][0].device):
-                self._skip("gradient")
-                return loss
-            directions = [pc.precondition(gs) for pc, gs in zip(self.preconditioners, grads)]
+            loss, directions = self._directions_from_closure(closure, curvature_closure)
+        if directions is not None:
+            self._apply(directions)
+        return loss
 
-        # The new momentum buffers and parameters are formed aside and written only when every
-        # value is finite: finite inputs can still overflow.
+    # ---- the pieces of a step ---------------------------------------------------------------
+
+    def _evaluate(self, closure, curvature_closure, groups):
+        """The loss, its gradients per group and the gradients the HVPs differentiate (with their
+        graph when a refresh is due). An error on any rank is raised on every rank. Without a
+        process group a non-finite loss skips the step here: (loss, None, None)."""
+        loss = grads = curvature_grads = error = None
+        with torch.enable_grad():
+            try:
+                loss = self._scalar(closure(), "closure")
+                if not self.ranks.distributed and not bool(torch.isfinite(loss.detach()).all()):
+                    self._skip("loss")
+                    return loss, None, None
+                due = any(pc.refresh_due for pc in self.preconditioners)
+                grads = self._grads(loss, groups, create_graph=due and curvature_closure is None)
+                curvature_grads = grads
+                if due and curvature_closure is not None:
+                    curvature_loss = self._scalar(curvature_closure(), "curvature_closure")
+                    curvature_grads = self._grads(curvature_loss, groups, create_graph=True)
+            except Exception as err:
+                error = err
+        self.ranks.agree(error, "closure", groups[0][0].device)
+        return loss, grads, curvature_grads
+
+    def _rank_mean(self, loss: torch.Tensor, blocks: list) -> torch.Tensor:
+        """The rank mean of the loss (returned) and of the gradient blocks (in place), in one
+        all-reduce."""
+        mean_loss = loss.detach().reshape(1).clone()
+        self.ranks.all_reduce_mean_([mean_loss] + blocks)
+        return mean_loss.reshape(loss.shape)
+
+    def _write_grads(self, groups, blocks: list) -> None:
+        """``.grad`` of each parameter: a view of its group's gradient blocks."""
+        for ps, pc, G in zip(groups, self.preconditioners, blocks):
+            for p, g in zip(ps, pc.layout.scatter(G)):
+                if p.requires_grad:  # the blocks have the group's promoted dtype
+                    p.grad = g if g.dtype == p.dtype else g.to(p.dtype)
+
+    def _directions_from_closure(self, closure, curvature_closure):
+        """(loss, M^-1 g per group) from the closure, refreshing the curvature when due; the
+        directions are None when the step is skipped."""
+        groups = self._param_lists()
+        loss, grads, curvature_grads = self._evaluate(closure, curvature_closure, groups)
+        if grads is None:
+            return loss, None
+        # The step's own copy of each group's gradient, gathered straight into its blocks (one
+        # concatenation: autograd's outputs may alias one another or be expanded); .grad are views
+        # of it, and the solve needs no gather of its own. Each rank's HVPs come from its own
+        # graph, averaged by the refresh.
+        blocks = [pc.layout.gather([g.detach() for g in gs]) for pc, gs in zip(self.preconditioners, grads)]
+        if self.ranks.distributed:
+            loss = self._rank_mean(loss, blocks)
+            if not bool(torch.isfinite(loss).all()):
+                self._skip("loss")
+                return loss, None
+        if not all_finite(blocks):
+            self._skip("gradient")
+            return loss, None
+        with torch.enable_grad():
+            for pc, gs in zip(self.preconditioners, curvature_grads):
+                pc.refresh_if_due(gs)
+        self._write_grads(groups, blocks)
+        return loss, [pc.layout.scatter(pc.solve_blocks(G, finite=True))  # checked above
+                      for pc, G in zip(self.preconditioners, blocks)]
+
+    def _directions_from_grad(self):
+        """M^-1 g per group from the ``.grad`` already there (and the last factors); None when the
+        step is skipped. Every rank takes the same decision: the all-gather in solve follows."""
+        grads = [[p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
+                 for ps in self._param_lists()]
+        if not self.ranks.all_true(all_finite(g for gs in grads for g in gs), grads[0][0].device):
+            self._skip("gradient")
+            return None
+        return [pc.solve(gs) for pc, gs in zip(self.preconditioners, grads)]
+
+    def _apply(self, directions) -> None:
+        """Momentum and decoupled weight decay on the directions. The new momentum buffers and
+        parameters are formed aside and written only when every value is finite: finite inputs can
+        still overflow."""
         updates = []
         for group, ds in zip(self.param_groups, directions):
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -166,13 +202,12 @@ class HSC(torch.optim.Optimizer):
         # parameters covers both.
         if not all_finite([new_p for _, new_p, _ in updates]):
             self._skip("update")
-            return loss
+            return
         for p, new_p, new_buf in updates:
             p.copy_(new_p)
             if new_buf is not None:
                 self.state[p]["momentum_buffer"] = new_buf
         self.counters["steps"] += 1
-        return loss
 
     def stats(self) -> dict:
         """The optimizer's counters and each group's preconditioner statistics."""

@@ -1,4 +1,5 @@
-"""The block preconditioner bookkeeping: curvature estimate, factors, refresh schedule (SPEC §4-5).
+"""The block preconditioner bookkeeping: curvature estimate, factors, refresh schedule
+(docs/contract.md §4-5).
 
 It rewrites gradients in place (``precondition_``) so that any torch optimizer can take the step;
 ``hsc.optim.HSC`` wraps it into an optimizer of its own.
@@ -7,18 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
 from . import ops
+from .config import PreconditionerConfig
 from .curvature import draw_signs, exact_blocks, probe_hvps
 from .distributed import BlockShards, RankGroup
 from .layout import BlockLayout
 
-ESTIMATORS = ("probe", "exact")
-STATUS_NAMES = ("factorised", "damping_raised", "non_finite", "not_factorised")
 # Counters of blocks: each rank counts its own; checkpoints hold the sum over the ranks.
 BLOCK_COUNTERS = ("kept_previous_factor", "non_finite_estimate_blocks", "non_finite_gradient_blocks")
 
@@ -41,45 +40,6 @@ def finite_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(rows.amax(1)) & torch.isfinite(rows.amin(1))
 
 
-@dataclass
-class PreconditionerConfig:
-    """Options of a :class:`Preconditioner` (SPEC §2, §4)."""
-
-    block_size: int = 32
-    estimator: str = "probe"       # "probe" (b HVPs a sign draw) or "exact" (n HVPs)
-    samples: int = 1               # sign draws averaged per refresh (probe)
-    ema: float = 0.9               # weight of the previous estimate at each refresh
-    update_every: int = 10         # refresh the estimate and the factors once every this many calls
-    damping: float = 1e-4          # delta
-    scale: float = 1.0             # mu
-    mode: str = "cholesky"         # or "singular_safe"
-    max_tries: int = 32
-    chunk_size: Optional[int] = None  # probe vectors per batched HVP (memory bound)
-    patch: Optional[tuple] = None     # spatial patches (ph, pw) for image-shaped tensors
-    seed: int = 0                  # seeds the probe signs
-
-    def validate(self) -> "PreconditionerConfig":
-        def need(ok: bool, name: str, expected: str):
-            if not ok:
-                raise ValueError(f"hsc: {name} must be {expected}, got {getattr(self, name)!r}")
-
-        need(isinstance(self.block_size, int) and self.block_size >= 1, "block_size", "an int >= 1")
-        need(self.estimator in ESTIMATORS, "estimator", f"one of {ESTIMATORS}")
-        need(isinstance(self.samples, int) and self.samples >= 1, "samples", "an int >= 1")
-        need(0 <= self.ema < 1, "ema", "in [0, 1)")
-        need(isinstance(self.update_every, int) and self.update_every >= 1, "update_every", "an int >= 1")
-        need(self.damping >= 0 and self.damping != float("inf"), "damping", "a finite float >= 0")
-        need(0 < self.scale < float("inf"), "scale", "a finite float > 0")
-        need(self.mode in ops.MODES, "mode", f"one of {ops.MODES}")
-        need(isinstance(self.max_tries, int) and self.max_tries >= 1, "max_tries", "an int >= 1")
-        need(self.chunk_size is None or (isinstance(self.chunk_size, int) and self.chunk_size >= 1),
-             "chunk_size", "None or an int >= 1")
-        return self
-
-
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(PreconditionerConfig))
-
-
 class Preconditioner:
     """Block-diagonal curvature of ``params`` and the corrected preconditioner M = A + mu^2 A^-1.
 
@@ -92,7 +52,7 @@ class Preconditioner:
         opt.step()
 
     Until the first refresh gradients pass through unchanged. Blocks whose refresh fails
-    (status 2 or 3) keep their previous factor when they have one (SPEC §5).
+    (status 2 or 3) keep their previous factor when they have one (docs/contract.md §5).
 
     Data-parallel training (``process_group``, a ``torch.distributed`` group of R ranks): rank r
     owns the blocks ``layout.ranges(R)[r]`` and holds the estimate and factors of those only. At a
@@ -107,11 +67,17 @@ class Preconditioner:
     ``stats()`` describes this rank's blocks.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], *, process_group=None,
-                 ranks: Optional[RankGroup] = None, **options):
-        """``ranks`` lets an optimizer share one :class:`RankGroup` (and its byte counts) between its
+    def __init__(self, params: Iterable[torch.Tensor], config: Optional[PreconditionerConfig] = None, *,
+                 process_group=None, ranks: Optional[RankGroup] = None, **options):
+        """Options come as a :class:`~hsc.config.PreconditionerConfig` or as its fields by name.
+        ``ranks`` lets an optimizer share one :class:`RankGroup` (and its byte counts) between its
         preconditioners; give ``process_group`` otherwise."""
-        self.config = PreconditionerConfig(**options).validate()
+        if config is not None and options:
+            raise TypeError("hsc: give a PreconditionerConfig or its fields by name, not both")
+        if config is not None and not isinstance(config, PreconditionerConfig):
+            raise TypeError(f"hsc: config must be a PreconditionerConfig, got {type(config).__name__}")
+        self.config = (dataclasses.replace(config) if config is not None
+                       else PreconditionerConfig(**options)).validate()
         self.params = [p for p in params]
         if not self.params:
             raise ValueError("hsc: params must hold at least one tensor")
@@ -126,8 +92,8 @@ class Preconditioner:
         self.estimate: Optional[torch.Tensor] = None
         self.correction: Optional[ops.Correction] = None
         self.has_factor = torch.zeros(self.shards.num_owned, dtype=torch.bool, device=self.layout.device)
-        self.counters = {"refreshes": 0, "kept_previous_factor": 0, "non_finite_estimate_blocks": 0,
-                         "non_finite_gradient_blocks": 0}
+        self.counters = {"refreshes": 0, "hvps": 0, "kept_previous_factor": 0,
+                         "non_finite_estimate_blocks": 0, "non_finite_gradient_blocks": 0}
         self.timings = {"hvp": 0.0, "assembly": 0.0, "communication": 0.0, "factorisation": 0.0,
                         "apply": 0.0}
 
@@ -143,6 +109,15 @@ class Preconditioner:
         due = self.refresh_due
         self.calls += 1
         return due
+
+    def refresh_if_due(self, grads: Optional[Sequence[torch.Tensor]]) -> bool:
+        """Counts one step and refreshes from ``grads`` (the loss gradient computed with
+        ``create_graph=True``) when it is due; returns whether it refreshed. With a process group
+        every rank must call it together."""
+        if not self.tick():
+            return False
+        self.refresh(grads)
+        return True
 
     def update_curvature(self, loss_fn: Callable[[], torch.Tensor]) -> bool:
         """Call once per step with a callable that recomputes the loss. Every ``update_every``
@@ -184,9 +159,11 @@ class Preconditioner:
             try:
                 if cfg.estimator == "exact":
                     blocks = exact_blocks(layout, grads, self.params, chunk_size=cfg.chunk_size).detach()
+                    self.counters["hvps"] += layout.numel
                     t1 = time.perf_counter()
                 else:
                     hvps = probe_hvps(layout, grads, self.params, signs, chunk_size=cfg.chunk_size).detach()
+                    self.counters["hvps"] += cfg.samples * cfg.block_size
                     t1 = time.perf_counter()
                     shape = (layout.num_blocks, cfg.block_size, cfg.block_size)
                     if ranks.distributed:  # this rank's estimate of every block, averaged below
@@ -223,48 +200,30 @@ class Preconditioner:
         self.timings["factorisation"] += t5 - t4
 
     def _fold(self, blocks: torch.Tensor, first: bool) -> torch.Tensor:
-        """EMA of assembled block estimates into the state, with ``ops.accumulate_probes``' rules:
-        a non-finite block keeps a finite state; a non-finite state restarts. Returns ``[N]``
+        """Folds assembled block estimates of the owned blocks into the state, by the rules
+        ``ops.accumulate_probes`` also folds with (``ops.fold_estimate_``). Returns ``[N]``
         finiteness of ``blocks``."""
-        finite = finite_rows(blocks)
         if first:
-            self.estimate = blocks
-            return finite
-        ema = self.config.ema
-        fresh = ~finite_rows(self.estimate)
-        usual = torch.stack([finite.all(), ~fresh.any()]).all()  # one host synchronisation
-        if bool(usual):  # every block finite, nothing to restart: one pass, in place
-            self.estimate.mul_(ema).add_(blocks, alpha=1 - ema)
-        else:
-            folded = torch.where(fresh[:, None, None], blocks, ema * self.estimate + (1 - ema) * blocks)
-            keep = (~finite & ~fresh)[:, None, None]
-            self.estimate = torch.where(keep, self.estimate, folded)
-        return finite
+            self.estimate = torch.empty_like(blocks)
+        return ops.fold_estimate_(self.estimate, blocks, self.shards.owned(self.layout.mask),
+                                  ema=self.config.ema, first=first)
 
     def _factorise(self) -> None:
         cfg = self.config
         options = dict(damping=cfg.damping, scale=cfg.scale, mode=cfg.mode, max_tries=cfg.max_tries)
         if self.correction is None:
             new = ops.correct(self.estimate, **options)
-        else:  # refactorise into the same buffer; a failed block keeps what it held
-            new = ops.correct_(self.correction.factor, self.estimate, keep_failed=True, **options)
-        failed = new.status >= 2
-        if self.correction is not None and bool(failed.any()):  # one host sync when none failed
-            self.counters["kept_previous_factor"] += int((failed & self.has_factor).sum())
-            # A failed block that never had a factor of its own gets this refresh's fallback
-            # (mu may have changed since the fallback it holds was written).
-            fresh = (failed & ~self.has_factor).nonzero().flatten()
-            if fresh.numel():
-                b = cfg.block_size
-                fallback = ops.pack(torch.eye(b, dtype=new.factor.dtype, device=fresh.device)[None] /
-                                    (1.0 + cfg.scale ** 2))[0, :, 0]
-                new.factor[fresh // ops.TILE, :, fresh % ops.TILE] = fallback
+        else:  # refactorise into the same buffer; a failed block that had a factor keeps it
+            new = ops.correct_(self.correction.factor, self.estimate, keep_failed=self.has_factor,
+                               **options)
+        failed = new.status >= ops.Status.NON_FINITE
+        self.counters["kept_previous_factor"] += int((failed & self.has_factor).sum())
         self.has_factor |= ~failed
         self.correction = new
 
     # ---- apply -----------------------------------------------------------------------------
 
-    def _solve_blocks(self, G: torch.Tensor, finite: bool = False) -> torch.Tensor:
+    def _solve_owned(self, G: torch.Tensor, finite: bool = False) -> torch.Tensor:
         """M^-1 g for gradients gathered into ``[N, b]`` blocks: this rank solves its own, the
         all-gather brings the rest. Non-finite gradient blocks are counted (the owned ones), not
         repaired; ``finite``: the caller has checked that there are none."""
@@ -273,26 +232,26 @@ class Preconditioner:
             self.counters["non_finite_gradient_blocks"] += int((~finite_rows(G)).sum())
         return self.shards.all_gather(ops.solve(self.correction, G))
 
-    def precondition_blocks(self, G: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
+    def solve_blocks(self, G: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
         """M^-1 g for gradients already gathered into blocks (``layout.gather``, ``[N, b]``):
-        :meth:`precondition` without the gather and the scatter. ``finite=True`` says the caller
+        :meth:`solve` without the gather and the scatter. ``finite=True`` says the caller
         has checked that every entry of G is finite (the optimizer skips steps otherwise), which
         saves the count of non-finite blocks. Returns ``[N, b]`` (a copy of G before the first
         refresh)."""
         if self.correction is None:
             return G.clone()
         t0 = time.perf_counter()
-        out = self._solve_blocks(G, finite)
+        out = self._solve_owned(G, finite)
         self.timings["apply"] += time.perf_counter() - t0
         return out
 
-    def precondition(self, grads: Sequence[torch.Tensor]) -> list:
+    def solve(self, grads: Sequence[torch.Tensor]) -> list:
         """M^-1 g for gradients shaped like the params; returns new tensors (unchanged copies
         before the first refresh)."""
         if self.correction is None:
             return [g.clone() for g in grads]
         t0 = time.perf_counter()
-        out = self.layout.scatter(self._solve_blocks(self.layout.gather(grads)))
+        out = self.layout.scatter(self._solve_owned(self.layout.gather(grads)))
         self.timings["apply"] += time.perf_counter() - t0
         return out
 
@@ -305,7 +264,7 @@ class Preconditioner:
         t0 = time.perf_counter()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         # Parameters without a gradient receive their (discarded) share in a temporary.
-        self.layout.scatter_(self._solve_blocks(self.layout.gather(grads)), grads)
+        self.layout.scatter_(self._solve_owned(self.layout.gather(grads)), grads)
         self.timings["apply"] += time.perf_counter() - t0
 
     # ---- reporting and checkpoints ---------------------------------------------------------
@@ -321,7 +280,7 @@ class Preconditioner:
                        owned=(self.shards.start, self.shards.end), sent_bytes=dict(self.ranks.sent_bytes))
         if self.correction is not None:
             status, damping = self.correction.status, self.correction.damping.double()
-            out["status"] = {name: int((status == code).sum()) for code, name in enumerate(STATUS_NAMES)}
+            out["status"] = {code.name.lower(): int((status == code).sum()) for code in ops.Status}
             out["damping"] = {"min": float(damping.min()), "median": float(damping.median()),
                               "max": float(damping.max())} if damping.numel() else {}
         return out
@@ -378,7 +337,7 @@ class Preconditioner:
             ops.pack(owned(c["factor"])), owned(c["damping"]), owned(c["status"]))
         self.has_factor = owned(state["has_factor"])
         self.generator.set_state(state["generator"])
-        self.counters = dict(state["counters"])
+        self.counters = {**dict.fromkeys(self.counters, 0), **state["counters"]}
         if self.ranks.rank != 0:  # the totals live on rank 0, so that saving sums them once
             self.counters.update(dict.fromkeys(BLOCK_COUNTERS, 0))
         self.timings = {**dict.fromkeys(self.timings, 0.0), **state["timings"]}

@@ -1,9 +1,9 @@
-"""The float64 pure-torch definition of every hsc op (SPEC §2-3). Tests compare the compiled ops
+"""The float64 pure-torch definition of every hsc op (docs/contract.md §2-3). Tests compare the compiled ops
 to these functions; they favour clarity over speed.
 
 Computation is in float64 whatever the input dtype (``dtype=`` selects another, for benchmarks
 of a pure-torch path); only the floor of tau (the smallest normal number) follows the dtype the
-compiled op computes in, as SPEC §2 defines it.
+compiled op computes in, as docs/contract.md §2 defines it.
 """
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def full_hessian(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor)
 
 def diagonal_blocks(H: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     """The ``[N, b, b]`` diagonal blocks of the dense ``H`` in ``layout``'s cut, with the identity's
-    rows and columns at padding slots (SPEC §1). Built by explicit loops."""
+    rows and columns at padding slots (docs/contract.md §1). Built by explicit loops."""
     N, b = layout.num_blocks, layout.block_size
     out = torch.zeros(N, b, b, dtype=H.dtype)
     index, mask = layout.index.tolist(), layout.mask.tolist()
@@ -94,7 +94,7 @@ def diagonal_blocks(H: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
 def off_diagonal_energy(H: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
     """Per block k: sum over m != k of ||(H_km + H_km^T)/2||_F^2 (H_km uses the real slots only).
 
-    SPEC §4: the symmetrised probe estimate of block k from one sign draw is
+    docs/contract.md §4: the symmetrised probe estimate of block k from one sign draw is
     H_kk + sum_{m != k} eps_m Sym(H_km) with independent Rademacher eps_m, so this is the expected
     squared Frobenius error of one draw, and S averaged draws have 1/S of it."""
     N, b = layout.num_blocks, layout.block_size
@@ -120,10 +120,10 @@ def off_diagonal_energy(H: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
 
 def einsum_accumulate(state: torch.Tensor, hvps: torch.Tensor, signs: torch.Tensor, mask: torch.Tensor,
                       ema: float, first: bool):
-    """Pure-torch SPEC §4 assembly: returns (new_state, accepted).
+    """Pure-torch docs/contract.md §4 assembly: returns (new_state, accepted).
 
     estimate[k, i, j] = mean_s signs[s, k] * hvps[s, j, k, i], symmetrised; padding rows/cols set to
-    the identity; folded by EMA (or written, on ``first``). Blocks whose estimate is non-finite at a
+    the identity (exactly, whatever the state held there); folded by EMA (or written, on ``first``). Blocks whose estimate is non-finite at a
     real (mask) position keep ``state`` unless ``first``."""
     S, b, N, _ = hvps.shape
     raw = torch.einsum("sk,sjki->kij", signs.to(hvps.dtype), hvps) / S
@@ -132,7 +132,7 @@ def einsum_accumulate(state: torch.Tensor, hvps: torch.Tensor, signs: torch.Tens
     accepted = torch.where(real, est, torch.zeros_like(est)).isfinite().flatten(1).all(1)
     eye = torch.eye(b, dtype=hvps.dtype).expand(N, b, b)
     est = torch.where(real, est, eye)
-    new = est if first else ema * state + (1 - ema) * est
+    new = est if first else torch.where(real, ema * state + (1 - ema) * est, eye)  # padding: exactly I
     if not first:
         new = torch.where(accepted[:, None, None], new, state)
     return new, accepted

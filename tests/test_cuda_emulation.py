@@ -49,7 +49,7 @@ def emulate(exe, tmp_path, H, *, G=None, factor=None, damping=1e-4, scale=1.0, m
     r = 0 if G is None else (G.shape[2] if G.dim() == 3 else 1)
     params = dict(N=N, b=b, r=r, fused=int(G is not None), itemsize=dtype.itemsize, scale=scale,
                   mode=0 if mode == "cholesky" else 1, max_tries=max_tries,
-                  keep_failed=int(keep_failed), max_shared=max_shared)
+                  keep_failed=int(keep_failed is not False), max_shared=max_shared)
     (tmp_path / "params.txt").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
     H.contiguous().numpy().tofile(tmp_path / "H.bin")
     torch.full((N,), float(damping), dtype=dtype).numpy().tofile(tmp_path / "damping.bin")
@@ -58,6 +58,9 @@ def emulate(exe, tmp_path, H, *, G=None, factor=None, damping=1e-4, scale=1.0, m
     else:
         start = torch.zeros(ops.factor_shape(N, b), dtype=dtype) if factor is None else factor
         start.contiguous().numpy().tofile(tmp_path / "factor.bin")
+        if keep_failed is not False:
+            keep = torch.ones(N, dtype=torch.bool) if keep_failed is True else keep_failed
+            keep.to(torch.uint8).numpy().tofile(tmp_path / "keep_failed.bin")
     done = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-4000:]
     np_dtype = np.float64 if dtype == torch.float64 else np.float32

@@ -1,4 +1,4 @@
-"""Block-diagonal curvature estimators (SPEC §4): hsc.curvature.exact_blocks / probe_hvps and the
+"""Block-diagonal curvature estimators (docs/contract.md §4): hsc.curvature.exact_blocks / probe_hvps and the
 compiled assembly op hsc::accumulate_probes.
 
 References: the dense Hessian from torch.autograd.functional.hessian, cut into blocks by explicit
@@ -141,7 +141,7 @@ def test_probe_error_on_dense_quadratic_falls_like_inverse_sqrt_samples():
     loss = lambda: 0.5 * w @ H @ w  # noqa: E731
     layout = BlockLayout([w], b)
     truth = diagonal_blocks(H, layout)
-    # SPEC §4: error of one draw = sum_{m != k} eps_m Sym(H_km), eps_m independent signs, so the
+    # docs/contract.md §4: error of one draw = sum_{m != k} eps_m Sym(H_km), eps_m independent signs, so the
     # expected squared Frobenius error of the S-draw average is off_diagonal_energy / S.
     per_draw = float(off_diagonal_energy(H, layout).sum())
     grads = grads_with_graph(loss, [w])
@@ -228,7 +228,7 @@ def test_accumulate_probes_non_finite_block_on_first_is_written():
 
 
 def test_accumulate_probes_non_finite_at_padding_only_is_accepted():
-    # A padding slot's estimate is the identity by definition (SPEC §1), whatever the HVP says there.
+    # A padding slot's estimate is the identity by definition (docs/contract.md §1), whatever the HVP says there.
     state, hvps, signs, mask = random_probe_inputs(S=2, N=3, b=4, seed=8)
     mask[:] = True
     mask[1, 3] = False

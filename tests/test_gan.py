@@ -13,7 +13,7 @@ from hsc.gan.data import make_dataset
 from hsc.gan.metrics import digits_classifier, digits_metrics, kl_to_uniform, mixture_metrics
 from hsc.gan.train import HSCOptions, TrainConfig, Trainer, train
 
-FAST_HSC = HSCOptions(block_size=8, update_every=3)
+FAST_HSC = HSCOptions().with_changes(block_size=8, update_every=3)
 
 
 # ---- metrics --------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_hsc_one_player_preconditioned(players):
 
 def test_digits_short_run():
     cfg = TrainConfig(data="digits", method="hsc", steps=3, batch_size=32, eval_samples=300,
-                      hsc=dataclasses.replace(FAST_HSC, block_size=32))
+                      hsc=FAST_HSC.with_changes(block_size=32))
     result = train(cfg)
     assert result.samples.shape == (300, 64) and set(result.final) >= {"classes", "class_kl", "frechet"}
 

@@ -1,4 +1,4 @@
-"""Tests of hsc.layout.BlockLayout against SPEC §1 (blocks, padding, spatial patches, round trip).
+"""Tests of hsc.layout.BlockLayout against docs/contract.md §1 (blocks, padding, spatial patches, round trip).
 
 The expected layouts are built here independently, by explicit Python loops over tensors, tiles and
 coordinates (see ``reference_rows``), and compared exactly with the vectorised index.

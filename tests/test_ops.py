@@ -1,6 +1,6 @@
-"""The hsc ops (correct, solve, precondition) against hsc.reference and the contract of SPEC §2-3.
+"""The hsc ops (correct, solve, precondition) against hsc.reference and the contract of docs/contract.md §2-3.
 
-The op is always compared with the float64 reference AT THE DAMPING THE OP REPORTS (SPEC §2:
+The op is always compared with the float64 reference AT THE DAMPING THE OP REPORTS (docs/contract.md §2:
 float32 and float64 may stop at neighbouring values of the retry sequence); the retry logic
 itself is checked separately against the sequence d_0 = delta, d_{i+1} = max(2 d_i, tau).
 """
@@ -82,7 +82,7 @@ def start_damping(damping, N: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def damping_sequence(d0: torch.Tensor, tau: torch.Tensor, length: int) -> torch.Tensor:
-    """[N, length]: d_0 = delta, d_{i+1} = max(2 d_i, tau) (SPEC §2), in float64."""
+    """[N, length]: d_0 = delta, d_{i+1} = max(2 d_i, tau) (docs/contract.md §2), in float64."""
     seq = [d0]
     for _ in range(length - 1):
         seq.append(torch.maximum(2 * seq[-1], tau))
@@ -105,7 +105,7 @@ def route_condition(lam: torch.Tensor, scale: float, mode: str) -> torch.Tensor:
 
 
 def fallback(G: torch.Tensor, scale: float) -> torch.Tensor:
-    """SPEC §3, status 2 and 3: p = g / (1 + mu^2)."""
+    """docs/contract.md §3, status 2 and 3: p = g / (1 + mu^2)."""
     return G / (1.0 + scale ** 2)
 
 
@@ -130,7 +130,7 @@ def run_ops(H, G, device, **kwargs):
 
 def check_against_reference(H, G, *, device="cpu", damping=1e-4, scale=1.0, mode="cholesky",
                             max_tries=32):
-    """Runs both paths of the op on (H, G) and checks every block against SPEC §2-3 and the
+    """Runs both paths of the op on (H, G) and checks every block against docs/contract.md §2-3 and the
     reference. Returns (P, damping, status) of precondition, on the CPU."""
     assert H.dtype in FLOATS and G.dtype == H.dtype, "half precision is tested against float32"
     N, b = H.shape[0], H.shape[1]
@@ -151,7 +151,7 @@ def check_against_reference(H, G, *, device="cpu", damping=1e-4, scale=1.0, mode
     lam = spectrum(S, dd)
     kappa = route_condition(lam, scale, mode)
 
-    # Status codes (SPEC §3) and the damping each one reports (hsc.ops.Correction).
+    # Status codes (docs/contract.md §3) and the damping each one reports (hsc.ops.Correction).
     assert torch.equal(s == 2, ~finite), "status 2 exactly on the blocks with a NaN or Inf"
     assert set(s.unique().tolist()) <= ({0, 1, 2, 3} if mode == "cholesky" else {0, 2, 3})
     keeps_input = (s == 0) | (s == 2) if mode == "cholesky" else torch.ones_like(finite)
@@ -179,7 +179,7 @@ def check_against_reference(H, G, *, device="cpu", damping=1e-4, scale=1.0, mode
         destroyed = ((scale ** 2 * b * eps * top_prev >= 1e-3 * scale * lam_prev ** 2)
                      | (scale ** 2 >= 0.5 * big * lam_prev))
         assert ((lam_prev <= margin[raised]) | destroyed).all(), "skipped a damping that factorises"
-        # Status 3 after the whole budget (SPEC §3). The op also stops when the second
+        # Status 3 after the whole budget (docs/contract.md §3). The op also stops when the second
         # factorisation (of M = A + mu^2 A^{-1}) fails, which it does when A is singular to
         # working precision or mu^2 / lambda_min(A) overflows: the known issues at the end.
         failed_early = (s == 3) & (index < max_tries - 1)
@@ -189,7 +189,7 @@ def check_against_reference(H, G, *, device="cpu", damping=1e-4, scale=1.0, mode
     else:
         assert (eps * kappa[s == 3] >= NUMERICALLY_SINGULAR).all()
 
-    # Blocks the op could not factorise get the fallback (SPEC §3), in both paths.
+    # Blocks the op could not factorise get the fallback (docs/contract.md §3), in both paths.
     bad = s >= 2
     assert_fallback(P[bad], G[bad], scale)
     assert_fallback(P2[bad], G[bad], scale)
@@ -314,7 +314,7 @@ def assert_same_product(x, y, factor, G):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_transposed_and_nonsymmetric_blocks(device, mode, dtype):
     """H, H^T and (H + H^T)/2 give bit-identical results: only the symmetric part counts, and
-    halving before the sum (SPEC §2, S = (H + H^T)/2) is exact and order-independent."""
+    halving before the sum (docs/contract.md §2, S = (H + H^T)/2) is exact and order-independent."""
     gen = generator(7)
     H = torch.randn(20, 9, 9, dtype=torch.float64, generator=gen).to(dtype).to(device)
     G = torch.randn(20, 9, dtype=dtype, generator=gen).to(device)
@@ -380,7 +380,7 @@ def test_gradient_columns_are_independent(device, mode, dtype):
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("b", [1, 3, 8, 17])
 def test_nonfinite_blocks_do_not_touch_the_others(device, mode, dtype, b):
-    """SPEC §3: a block with a NaN or Inf gets status 2 and p = g / (1 + mu^2), and the other
+    """docs/contract.md §3: a block with a NaN or Inf gets status 2 and p = g / (1 + mu^2), and the other
     blocks are BIT-identical to a run without the bad blocks (lanes never mix)."""
     gen = generator(b)
     N, scale = 45, 0.7
@@ -486,7 +486,7 @@ def test_too_few_tries_gives_status_3(device, dtype, max_tries):
     assert (s == 1).all()
 
 
-# ---- properties of SPEC §2-3 ------------------------------------------------------------------
+# ---- properties of docs/contract.md §2-3 ------------------------------------------------------------------
 
 @settings(max_examples=150)
 @given(family=st.sampled_from(sorted(BLOCK_FAMILIES)), b=st.sampled_from(BLOCK_SIZES[:9]),
@@ -629,7 +629,7 @@ def test_correct_in_place_equals_correct(device, b, mode, dtype):
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_correct_in_place_keeps_failed_blocks(device, mode, dtype):
     """keep_failed=True: blocks of status 2 (non-finite H) and 3 (no success within max_tries)
-    keep the factor they held, the others are refactorised (SPEC §5); keep_failed=False writes
+    keep the factor they held, the others are refactorised (docs/contract.md §5); keep_failed=False writes
     the fallback, as correct does."""
     gen = generator(40)
     b = 16
@@ -651,6 +651,14 @@ def test_correct_in_place_keeps_failed_blocks(device, mode, dtype):
     assert torch.equal(F[~failed], F_expected[~failed])
     ops.correct_(factor, H, mode=mode, max_tries=1, keep_failed=False)
     assert torch.equal(factor, expected.factor)
+    # A per-block mask: failed blocks keep their factor only where the mask says so (the others
+    # get the fallback, as a block that never had a factor of its own does).
+    keep = torch.arange(36) % 3 == 0
+    factor = previous.clone()
+    ops.correct_(factor, H, mode=mode, max_tries=1, keep_failed=keep.to(device))
+    F = ops.unpack(factor.cpu(), 36)
+    assert torch.equal(F[failed & keep], F_previous[failed & keep])
+    assert torch.equal(F[~(failed & keep)], F_expected[~(failed & keep)])
 
 
 def _correct_in_place(**changes):
@@ -675,6 +683,12 @@ BAD_IN_PLACE = {
     "factor on another device": (_correct_in_place(factor=torch.zeros(1, 6, 16, device="meta")),
                                  (ValueError, RuntimeError), r"\bfactor\b is on meta"),
     "H bad": (_correct_in_place(H=torch.zeros(4, 3)), ValueError, r"\bH\b must have shape"),
+    "keep_failed wrong length": (_correct_in_place(keep_failed=torch.ones(3, dtype=torch.bool)),
+                                 ValueError, r"\bkeep_failed\b must have shape \[N\] = \[4\]"),
+    "keep_failed not bool": (_correct_in_place(keep_failed=torch.ones(4)), TypeError,
+                             r"\bkeep_failed\b must be a bool tensor"),
+    "keep_failed a list": (_correct_in_place(keep_failed=[True] * 4), TypeError,
+                           r"\bkeep_failed\b must be a bool or a \[N\] bool tensor"),
 }
 
 
@@ -817,7 +831,8 @@ def test_opcheck(device, mode, dtype):
     damping = torch.full((7,), 1e-4, dtype=dtype, device=device)
     factor = ops.correct(H, mode=mode).factor
     torch.library.opcheck(torch.ops.hsc.correct.default, (H, damping, 1.0, mode, 32))
-    for keep_failed in (False, True):
+    for keep_failed in (None, torch.ones(7, dtype=torch.bool, device=device),
+                        torch.arange(7, device=device) % 2 == 0):
         torch.library.opcheck(torch.ops.hsc.correct_.default,
                               (factor.clone(), H, damping, 1.0, mode, 32, keep_failed))
     for G in (torch.randn(7, 5, dtype=dtype, generator=gen),
@@ -880,7 +895,7 @@ def test_status_3_only_after_max_tries():
     H = torch.tensor([[[0.06278962641954422, 0.10872073471546173],
                        [0.10872073471546173, 0.1882508248090744]]], dtype=torch.float32)
     P, d, s = ops.precondition(H, torch.ones(1, 2), damping=0.0)
-    assert s.item() != 3  # SPEC §3: 3 means no Cholesky success within max_tries
+    assert s.item() != 3  # docs/contract.md §3: 3 means no Cholesky success within max_tries
 
 
 # A zero block: tau is the smallest normal number, so mu^2 / tau overflows M once mu >= 2 at d_1;
@@ -889,7 +904,7 @@ def test_status_3_only_after_max_tries():
 def test_zero_block_large_scale(dtype):
     H, G = torch.zeros(1, 3, 3, dtype=dtype), torch.ones(1, 3, dtype=dtype)
     P, d, s = ops.precondition(H, G, damping=0.0, scale=2.0)
-    assert s.item() != 3  # d_1 = tau factorises A = tau I: SPEC §3 gives status 1
+    assert s.item() != 3  # d_1 = tau factorises A = tau I: docs/contract.md §3 gives status 1
 
 
 # float32 blocks beyond the working precision (cond(A^2 + mu^2 I) = 5e7, cond(A) = 1e8) must not get

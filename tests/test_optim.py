@@ -1,4 +1,4 @@
-"""hsc.HSC, the optimizer (SPEC §5): convergence against SGD and Adam, checkpoint round trip, safety
+"""hsc.HSC, the optimizer (docs/contract.md §5): convergence against SGD and Adam, checkpoint round trip, safety
 against non-finite inputs, parameter groups, lr schedulers, closure-free steps, argument errors.
 """
 from __future__ import annotations
@@ -141,7 +141,7 @@ def test_hsc_state_dict_round_trip_is_bit_identical():
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), alone.parameters()))
 
 
-# ---- safety (SPEC §5) ---------------------------------------------------------------------------------
+# ---- safety (docs/contract.md §5) ---------------------------------------------------------------------------------
 
 def _trained_mlp_and_hsc(steps=2, **options):
     model = tiny_mlp(seed=0)
@@ -232,7 +232,7 @@ def test_nan_curvature_with_finite_gradient_steps_with_previous_factor(estimator
 
 @pytest.mark.parametrize("case", ["update_overflows", "momentum_overflows"])
 def test_finite_inputs_never_make_a_parameter_non_finite(case):
-    # SPEC §5: "No input may ever put a NaN or Inf into a parameter." Finite float32 gradients whose
+    # docs/contract.md §5: "No input may ever put a NaN or Inf into a parameter." Finite float32 gradients whose
     # step overflows: p - lr * d (case 1) or the momentum buffer 0.9 b + d (case 2) exceeds float32's
     # max (3.4e38). Before the first refresh the direction is the gradient itself (finite), so only
     # a check of the update itself can catch this.

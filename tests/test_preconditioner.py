@@ -1,8 +1,8 @@
-"""hsc.Preconditioner (SPEC §4-5): refresh schedule, precondition_, stats, failed blocks, a GAN-like
+"""hsc.Preconditioner (docs/contract.md §4-5): refresh schedule, precondition_, stats, failed blocks, a GAN-like
 two-player setup, and the state_dict round trip.
 
 Expected factors are computed independently: Hessian blocks from torch.autograd.functional.hessian
-and M^-1 from hsc.reference (the float64 definition of SPEC §2-3).
+and M^-1 from hsc.reference (the float64 definition of docs/contract.md §2-3).
 """
 from __future__ import annotations
 
@@ -71,24 +71,24 @@ def test_precondition_before_first_refresh_leaves_grads_unchanged():
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), before))
 
 
-def test_precondition_blocks_is_precondition_without_gather_and_scatter():
-    """precondition_blocks(layout.gather(g)) is layout.gather(precondition(g)), bit for bit; it
+def test_solve_blocks_is_precondition_without_gather_and_scatter():
+    """solve_blocks(layout.gather(g)) is layout.gather(solve(g)), bit for bit; it
     counts non-finite gradient blocks unless the caller says it checked them (finite=True)."""
     model = tiny_mlp()
     x, y = regression_data(model)
     loss_fn = lambda: ((model(x) - y) ** 2).mean()  # noqa: E731
     params = list(model.parameters())
     pre = Preconditioner(params, block_size=5, estimator="exact")
-    assert torch.equal(pre.precondition_blocks(torch.ones(pre.layout.num_blocks, 5)),
+    assert torch.equal(pre.solve_blocks(torch.ones(pre.layout.num_blocks, 5)),
                        torch.ones(pre.layout.num_blocks, 5))  # before the first refresh: a copy
     pre.update_curvature(loss_fn)
     grads = torch.autograd.grad(loss_fn(), params)
     G = pre.layout.gather(grads)
-    assert torch.equal(pre.precondition_blocks(G), pre.layout.gather(pre.precondition(grads)))
+    assert torch.equal(pre.solve_blocks(G), pre.layout.gather(pre.solve(grads)))
     G[1, 0] = float("nan")
-    pre.precondition_blocks(G, finite=True)
+    pre.solve_blocks(G, finite=True)
     assert pre.counters["non_finite_gradient_blocks"] == 0
-    pre.precondition_blocks(G)
+    pre.solve_blocks(G)
     assert pre.counters["non_finite_gradient_blocks"] == 1
 
 
@@ -135,7 +135,7 @@ def test_stats_reports_status_damping_and_timings():
     w.grad = torch.ones(6, dtype=DT)
     pre.precondition_()
     s = pre.stats()
-    assert s["status"] == {"factorised": 2, "damping_raised": 1, "non_finite": 0, "not_factorised": 0}
+    assert s["status"] == {"factorised": 2, "damping_raised": 1, "non_finite": 0, "failed": 0}
     assert s["damping"]["min"] == pytest.approx(1e-4) and s["damping"]["median"] == pytest.approx(1e-4)
     assert s["damping"]["max"] > 2.0  # A = S + d I must be positive definite: d > 2
     assert s["damping"]["max"] == pytest.approx(float(pre.correction.damping[1]))
@@ -190,7 +190,7 @@ def test_failed_factorisation_keeps_previous_factor_and_counts_it(estimator):
 
 
 def test_block_never_factorised_gets_the_current_fallback():
-    """SPEC §3: a block with status 3 and no factor of its own holds I / (1 + mu^2) for the mu of
+    """docs/contract.md §3: a block with status 3 and no factor of its own holds I / (1 + mu^2) for the mu of
     the refresh, also after mu changed (the factor buffer is refactorised in place)."""
     w = torch.zeros(6, dtype=DT, requires_grad=True)
     H, c = block_diag_quadratic(4, [(7.0, 9.0), (-6.0, 8.0), (3.0, 10.0)])  # block 1 indefinite
@@ -207,7 +207,7 @@ def test_block_never_factorised_gets_the_current_fallback():
 
 @pytest.mark.parametrize("estimator", ["exact", "probe"])
 def test_block_with_nan_first_refresh_recovers_on_next_good_refresh(estimator):
-    # SPEC §3-5: a non-finite estimate gets the fallback (status 2) for that refresh. A later refresh
+    # docs/contract.md §3-5: a non-finite estimate gets the fallback (status 2) for that refresh. A later refresh
     # with finite curvature must factorise the block again; the NaN of the first refresh must not
     # stay in the running estimate forever (NaN * ema is NaN).
     w = torch.zeros(6, dtype=DT, requires_grad=True)

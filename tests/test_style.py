@@ -195,7 +195,7 @@ def test_patch_blocks_are_the_diagonal_blocks_of_the_finite_difference_hessian()
 # ---- short runs -----------------------------------------------------------------------------
 
 # The defaults (momentum 0.97, a refresh every 100 steps) are tuned for 128-256 pixels and long runs.
-FAST_HSC = HSCSettings(update_every=3, momentum=0.5)
+FAST_HSC = HSCSettings(momentum=0.5).with_changes(update_every=3)
 
 
 @pytest.mark.parametrize("optimizer", ["hsc", "lbfgs", "adam"])
@@ -219,7 +219,7 @@ def test_short_run_lowers_the_loss_and_stays_finite(optimizer, init):
 
 
 def test_hsc_with_patches_runs():
-    settings = HSCSettings(patch=(2, 2), update_every=4)
+    settings = HSCSettings().with_changes(patch=(2, 2), update_every=4)
     result = run(tiny_objective(), RunConfig(optimizer="hsc", steps=8, hsc=settings))
     assert result.stats["groups"][0]["block_size"] == 12 and result.stats["groups"][0]["blocks"] == 64
     assert result.hvps == 2 * 12 and result.history[-1].loss < result.history[0].loss
@@ -313,7 +313,7 @@ def test_bad_run_configs_are_named_errors():
     with pytest.raises(ValueError, match="--steps"):
         RunConfig(optimizer="adam", steps=0).validate()
     with pytest.raises(ValueError, match="--hsc-patch"):
-        RunConfig(optimizer="hsc", steps=1, hsc=HSCSettings(patch=(0, 2))).validate()
+        RunConfig(optimizer="hsc", steps=1, hsc=HSCSettings().with_changes(patch=(0, 2))).validate()
 
 
 # ---- the CLI --------------------------------------------------------------------------------

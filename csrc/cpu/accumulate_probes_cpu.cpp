@@ -1,13 +1,14 @@
 // CPU implementation of hsc::accumulate_probes: assembles sign-coded probe results into the
-// block-diagonal curvature estimate (SPEC §4) and folds it into the running EMA, in one pass.
+// block-diagonal curvature estimate and folds it into the running state, in one pass
+// (docs/contract.md §4; the rules in estimate_rules.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <vector>
 
-#include "../accumulate_probes.h"
 #include "../checks.h"
+#include "../estimate_rules.h"
 
 namespace hsc::cpu {
 namespace {
@@ -29,16 +30,14 @@ void accumulate(T* state, const T* hvps, const T* signs, const bool* mask, bool*
       }
       accepted[k] = finite;
       T* st = state + k * b * b;
-      // A block whose state holds no finite estimate yet starts afresh, as on the first refresh.
-      bool fresh = first;
-      for (int64_t e = 0; e < b * b && !fresh; ++e) fresh = !LaneOps<T>::finite(st[e]);
-      // A non-finite estimate leaves a finite state as it was; with nothing to keep it is written,
-      // and `correct` reports the block as status 2.
-      if (!finite && !fresh) continue;
+      bool state_finite = true;
+      for (int64_t e = 0; e < b * b && state_finite; ++e) state_finite = LaneOps<T>::finite(st[e]);
+      const Fold fold = fold_rule(first, state_finite, finite);
+      if (fold == Fold::kKeep) continue;
       for (int64_t i = 0; i < b; ++i)
         for (int64_t j = 0; j < b; ++j)
           st[i * b + j] = folded_entry(st[i * b + j], estimate[i * b + j], real[i] && real[j], i == j,
-                                       ema, fresh);
+                                       ema, fold);
     }
   });
 }

@@ -8,7 +8,7 @@
 #include <cstring>
 #include <limits>
 
-#include "../block_math.h"
+#include "../block_rules.h"
 
 #if defined(__SSE2__)
 #include <immintrin.h>

@@ -2,7 +2,7 @@
 //
 // A solve reads each factor once and does 2 b^2 flops per block and column, so it is bound by
 // memory: the factor (b (b + 1) / 2 entries a block, packed) is what it has to read. Blocks are
-// taken in lane groups of W, as in precondition_cpu.cpp; the factor's tiled layout (block_math.h)
+// taken in lane groups of W, as in correct_cpu.cpp; the factor's tiled layout (factor_layout.h)
 // holds entry (i, j) of a group's W factors as one vector, so each row of P is b W-wide FMAs on
 // vectors loaded as they lie. Only G and P are transposed (b values a block).
 #include <ATen/ATen.h>

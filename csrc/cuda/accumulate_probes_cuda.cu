@@ -22,7 +22,7 @@ at::Tensor accumulate_probes_cuda(at::Tensor& state, const at::Tensor& hvps, con
   at::Tensor accepted = at::empty({N}, state.options().dtype(at::kBool));
   if (N == 0) return accepted;
   AT_DISPATCH_FLOATING_TYPES(state.scalar_type(), "hsc::accumulate_probes", [&] {
-    accumulate_probes_kernel<scalar_t><<<static_cast<unsigned>(N), kThreads, 0,
+    accumulate_probes_kernel<scalar_t><<<static_cast<unsigned>(N), kFoldThreads, 0,
                                          c10::cuda::getCurrentCUDAStream()>>>(
         state.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
         m.data_ptr<bool>(), accepted.data_ptr<bool>(), S, N, b, static_cast<scalar_t>(ema), first);

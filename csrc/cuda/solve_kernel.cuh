@@ -1,5 +1,5 @@
 // The kernel of hsc::solve on CUDA (launched from solve_cuda.cu): P = M^{-1} G per block from the
-// packed, tiled factor (block_math.h). One thread per entry (block n, row i, column c) of P, with
+// packed, tiled factor (factor_layout.h). One thread per entry (block n, row i, column c) of P, with
 // n fastest: the threads of a warp read entry (i, j) of consecutive blocks, which the tiled layout
 // holds side by side, so every factor load is coalesced. Needs nothing from torch or the CUDA
 // runtime: tests/cuda_emulation runs it on the host.
@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "../block_math.h"
+#include "../factor_layout.h"
 
 namespace hsc::cuda {
 

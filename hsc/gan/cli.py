@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .. import config
 from .data import DATASETS, make_dataset
 from .metrics import metric_names
 from .train import BASES, METHODS, PLAYERS, UPDATES, HSCOptions, RunResult, TrainConfig, Trainer
@@ -39,24 +40,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="snapshot period: seconds (seconds budget) or steps (steps budget)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--checkpoint", action="store_true", help="save each run's final checkpoint")
-    g = parser.add_argument_group("hsc method")
-    g.add_argument("--hsc-players", choices=PLAYERS, default=d.players)
-    g.add_argument("--hsc-block-size", type=int, default=d.block_size)
-    g.add_argument("--hsc-update-every", type=int, default=d.update_every)
-    g.add_argument("--hsc-scale", type=float, default=d.scale, help="mu")
-    g.add_argument("--hsc-damping", type=float, default=d.damping)
-    g.add_argument("--hsc-estimator", choices=("probe", "exact"), default=d.estimator)
-    g.add_argument("--hsc-samples", type=int, default=d.samples)
-    g.add_argument("--hsc-base", choices=BASES, default=d.base)
-    g.add_argument("--hsc-lr", type=float, default=d.lr)
-    g.add_argument("--hsc-graft", choices=("on", "off"), default="on" if d.graft else "off")
+    g = parser.add_argument_group("hsc method: the step around each player's preconditioner")
+    g.add_argument("--hsc-players", choices=PLAYERS, default=d.players,
+                   help=f"which players are preconditioned (default: {d.players})")
+    g.add_argument("--hsc-base", choices=BASES, default=d.base,
+                   help=f"optimizer stepping on the preconditioned gradient (default: {d.base})")
+    g.add_argument("--hsc-lr", type=float, default=d.lr, help=f"the base optimizer's lr (default: {d.lr:g})")
+    g.add_argument("--hsc-momentum", type=float, default=d.momentum,
+                   help=f"momentum of base sgd (default: {d.momentum:g})")
+    g.add_argument("--hsc-graft", choices=("on", "off"), default="on" if d.graft else "off",
+                   help="rescale each tensor's M^-1 g to its raw gradient's norm (default: "
+                        f"{'on' if d.graft else 'off'})")
+    p = parser.add_argument_group("hsc method: the preconditioner (hsc.PreconditionerConfig)")
+    config.add_arguments(p, d.preconditioner, skip=("seed", "patch"))
 
 
 def hsc_options(args: argparse.Namespace) -> HSCOptions:
-    return HSCOptions(players=args.hsc_players, block_size=args.hsc_block_size,
-                      update_every=args.hsc_update_every, scale=args.hsc_scale, damping=args.hsc_damping,
-                      estimator=args.hsc_estimator, samples=args.hsc_samples, base=args.hsc_base,
-                      lr=args.hsc_lr, graft=args.hsc_graft == "on")
+    d = HSCOptions()
+    return HSCOptions(players=args.hsc_players, base=args.hsc_base, lr=args.hsc_lr,
+                      momentum=args.hsc_momentum, graft=args.hsc_graft == "on",
+                      preconditioner=config.from_arguments(args, d.preconditioner))
 
 
 def run_configs(configs: Sequence[TrainConfig], out: Optional[Path] = None, checkpoint: bool = False,

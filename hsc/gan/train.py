@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import CONFIG_FIELDS, PreconditionerConfig
 from ..preconditioner import Preconditioner, all_finite
 from .data import make_dataset
 from .metrics import EVAL_SAMPLES, evaluate
@@ -39,36 +40,51 @@ PLAYERS = ("both", "G", "D")
 BASES = ("adam", "sgd", "graft-adam")
 
 
+# The preconditioner's defaults for the GAN players (the library's, where not set here).
+GAN_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=16, update_every=50)
+
+
 @dataclass
 class HSCOptions:
-    """The ``hsc`` method: preconditioner options (see ``hsc.PreconditionerConfig``) and the step rule."""
+    """The ``hsc`` method: the step rule around each player's preconditioner, and the
+    preconditioner's options (``preconditioner``, a :class:`hsc.PreconditionerConfig`; its seed
+    is set per player from the run's seed)."""
 
     players: str = "both"        # which players are preconditioned: "both", "G" or "D"
-    block_size: int = 16
-    update_every: int = 50
-    scale: float = 1.0           # mu
-    damping: float = 1e-4
-    estimator: str = "probe"
-    samples: int = 1
-    ema: float = 0.9
-    mode: str = "cholesky"
     base: str = "adam"           # optimizer stepping on the preconditioned gradient: "adam", "sgd",
                                  # or "graft-adam" (Adam's step length, the preconditioned direction)
     lr: float = 2e-4
     momentum: float = 0.9        # for base "sgd"
     graft: bool = True           # rescale each tensor's M^-1 g to the norm of its raw gradient
+    preconditioner: PreconditionerConfig = field(default_factory=lambda: dataclasses.replace(GAN_PRECONDITIONER))
 
-    def preconditioner_options(self, seed: int) -> dict:
-        return dict(block_size=self.block_size, update_every=self.update_every, scale=self.scale,
-                    damping=self.damping, estimator=self.estimator, samples=self.samples, ema=self.ema,
-                    mode=self.mode, seed=seed)
+    def with_changes(self, **changes) -> "HSCOptions":
+        """A copy with ``changes`` applied: this class's fields, or the preconditioner's by name."""
+        own = {k: v for k, v in changes.items() if k not in CONFIG_FIELDS}
+        inner = {k: v for k, v in changes.items() if k in CONFIG_FIELDS}
+        return dataclasses.replace(self, **own,
+                                   preconditioner=dataclasses.replace(self.preconditioner, **inner))
+
+    def preconditioner_config(self, seed: int) -> PreconditionerConfig:
+        return dataclasses.replace(self.preconditioner, seed=seed)
 
     def validate(self) -> "HSCOptions":
         if self.players not in PLAYERS:
             raise ValueError(f"hsc gan: players must be one of {PLAYERS}, got {self.players!r}")
         if self.base not in BASES:
             raise ValueError(f"hsc gan: base must be one of {BASES}, got {self.base!r}")
+        self.preconditioner.validate()
         return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HSCOptions":
+        """From :func:`dataclasses.asdict`'s form (or an older checkpoint's flat one)."""
+        d = dict(d)
+        inner = dict(d.pop("preconditioner", {}))
+        inner.update({k: d.pop(k) for k in list(d) if k in CONFIG_FIELDS})
+        if inner.get("patch") is not None:
+            inner["patch"] = tuple(inner["patch"])
+        return cls(**d, preconditioner=dataclasses.replace(GAN_PRECONDITIONER, **inner))
 
 
 @dataclass
@@ -106,7 +122,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
-        d["hsc"] = HSCOptions(**d.get("hsc", {}))
+        d["hsc"] = HSCOptions.from_dict(d.get("hsc", {}))
         d["betas"] = tuple(d["betas"])
         return cls(**d)
 
@@ -262,7 +278,7 @@ class Trainer:
         else:
             optimizer = torch.optim.SGD(module.parameters(), lr=opts.lr, momentum=opts.momentum)
         preconditioned = opts.players in ("both", name)
-        pre = Preconditioner(module.parameters(), **opts.preconditioner_options(2 * cfg.seed + index)) \
+        pre = Preconditioner(module.parameters(), opts.preconditioner_config(2 * cfg.seed + index)) \
             if preconditioned else None
         return Player(module, optimizer, pre, graft=opts.graft and preconditioned)
 

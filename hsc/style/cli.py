@@ -21,6 +21,7 @@ from typing import Callable, Dict, List
 
 import torch
 
+from .. import config
 from .features import EXTRACTORS, make_extractor
 from .images import BUNDLED, load_image, save_image
 from .objective import LossWeights, StyleObjective
@@ -57,25 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("peers")
     p.add_argument("--adam-lr", type=float, default=r.adam_lr)
     p.add_argument("--lbfgs-history", type=int, default=r.lbfgs_history)
-    g = parser.add_argument_group("hsc")
-    g.add_argument("--hsc-lr", type=float, default=h.lr)
-    g.add_argument("--hsc-momentum", type=float, default=h.momentum)
-    g.add_argument("--hsc-patch", default=",".join(map(str, h.patch)),
-                   help="block = a patch of ph,pw pixels (b = 3 ph pw)")
-    g.add_argument("--hsc-update-every", type=int, default=h.update_every)
-    g.add_argument("--hsc-scale", type=float, default=h.scale, help="mu x H W")
-    g.add_argument("--hsc-damping", type=float, default=h.damping, help="delta x H W")
-    g.add_argument("--hsc-ema", type=float, default=h.ema)
-    g.add_argument("--hsc-samples", type=int, default=h.samples)
-    g.add_argument("--hsc-mode", choices=("cholesky", "singular_safe"), default=h.mode)
-
-
-def _patch(text: str):
-    try:
-        ph, pw = (int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"hsc: --hsc-patch must be two ints ph,pw, got {text!r}") from None
-    return (ph, pw)
+    g = parser.add_argument_group("hsc: momentum SGD on the preconditioned gradient")
+    g.add_argument("--hsc-lr", type=float, default=h.lr, help=f"learning rate (default: {h.lr:g})")
+    g.add_argument("--hsc-momentum", type=float, default=h.momentum,
+                   help=f"heavy-ball momentum (default: {h.momentum:g})")
+    p = parser.add_argument_group("hsc: the preconditioner over the pixels (hsc.PreconditionerConfig)")
+    config.add_arguments(p, h.preconditioner, skip=("block_size", "seed"),
+                         notes={"scale": "given per pixel, mu x H W", "damping": "given per pixel, delta x H W",
+                                "patch": "the blocks: b = 3 ph pw"})
 
 
 def build_configs(args: argparse.Namespace) -> List[RunConfig]:
@@ -87,9 +77,9 @@ def build_configs(args: argparse.Namespace) -> List[RunConfig]:
     if len(set(names)) != len(names):
         raise ValueError(f"hsc: --optim must not repeat an optimizer, got {args.optim!r}")
     steps = args.steps if args.steps is not None or args.evaluations or args.seconds else DEFAULT_STEPS
-    hsc = HSCSettings(lr=args.hsc_lr, momentum=args.hsc_momentum, patch=_patch(args.hsc_patch),
-                      update_every=args.hsc_update_every, scale=args.hsc_scale, damping=args.hsc_damping,
-                      ema=args.hsc_ema, samples=args.hsc_samples, mode=args.hsc_mode)
+    h = HSCSettings()
+    hsc = HSCSettings(lr=args.hsc_lr, momentum=args.hsc_momentum,
+                      preconditioner=config.from_arguments(args, h.preconditioner))
     return [RunConfig(optimizer=m, steps=steps, evaluations=args.evaluations, seconds=args.seconds,
                       init=args.init, seed=args.seed, adam_lr=args.adam_lr,
                       lbfgs_history=args.lbfgs_history, hsc=hsc).validate() for m in names]

@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from ..config import CONFIG_FIELDS, PreconditionerConfig
 from ..optim import HSC
 from .objective import StyleObjective
 
@@ -34,10 +35,18 @@ OPTIMIZERS = ("hsc", "lbfgs", "adam")
 INITS = ("content", "noise")
 
 
+# The preconditioner's defaults over the pixels (the library's, where not set here): blocks of
+# 1x1-pixel patches (b = 3), refreshed every 100 steps; scale and damping per pixel (see HSCSettings).
+STYLE_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=3, patch=(1, 1),
+                                           update_every=100, scale=500.0, damping=1.0)
+
+
 @dataclass
 class HSCSettings:
-    """The ``hsc`` optimizer over the pixels: spatial patches of ``patch`` pixels are the blocks
-    (b = 3 ph pw entries), the probe estimator refreshes them every ``update_every`` steps.
+    """The ``hsc`` optimizer over the pixels: momentum SGD (``lr``, ``momentum``) on M^-1 g, with
+    the preconditioner's options in ``preconditioner`` (a :class:`hsc.PreconditionerConfig`).
+    Spatial patches of ``patch`` pixels are the blocks, so the block size is always 3 ph pw; the
+    probe signs are seeded by the run's seed.
 
     ``scale`` (mu) and ``damping`` (delta) are given per pixel: the loss terms are means over
     pixels, so the gradient and the curvature of one pixel shrink as 1 / (H W), and the
@@ -47,14 +56,18 @@ class HSCSettings:
 
     lr: float = 0.1
     momentum: float = 0.97
-    patch: tuple = (1, 1)
-    update_every: int = 100
-    scale: float = 500.0      # mu x H W
-    damping: float = 1.0      # delta x H W
-    ema: float = 0.9
-    samples: int = 1
-    mode: str = "cholesky"
-    estimator: str = "probe"  # "exact" (3 H W HVPs a refresh) only to measure what the probes miss
+    preconditioner: PreconditionerConfig = field(default_factory=lambda: dataclasses.replace(STYLE_PRECONDITIONER))
+
+    def with_changes(self, **changes) -> "HSCSettings":
+        """A copy with ``changes`` applied: this class's fields, or the preconditioner's by name."""
+        own = {k: v for k, v in changes.items() if k not in CONFIG_FIELDS}
+        inner = {k: v for k, v in changes.items() if k in CONFIG_FIELDS}
+        return dataclasses.replace(self, **own,
+                                   preconditioner=dataclasses.replace(self.preconditioner, **inner))
+
+    @property
+    def patch(self) -> tuple:
+        return self.preconditioner.patch
 
     @property
     def block_size(self) -> int:
@@ -63,10 +76,10 @@ class HSCSettings:
     def optimizer(self, image: torch.Tensor, seed: int) -> HSC:
         """``hsc.HSC`` over ``image`` (``[1, 3, H, W]``) with these settings."""
         pixels = image.shape[-2] * image.shape[-1]
-        return HSC([image], lr=self.lr, momentum=self.momentum, block_size=self.block_size,
-                   patch=tuple(self.patch), estimator=self.estimator, update_every=self.update_every,
-                   scale=self.scale / pixels, damping=self.damping / pixels, ema=self.ema,
-                   samples=self.samples, mode=self.mode, seed=seed)
+        cfg = dataclasses.replace(self.preconditioner, block_size=self.block_size, patch=tuple(self.patch),
+                                  scale=self.preconditioner.scale / pixels,
+                                  damping=self.preconditioner.damping / pixels, seed=seed)
+        return HSC([image], lr=self.lr, momentum=self.momentum, **dataclasses.asdict(cfg))
 
 
 @dataclass
@@ -169,12 +182,7 @@ class _Stepper:
 
     @property
     def hvps(self) -> int:
-        if self.config.optimizer != "hsc":
-            return 0
-        pre, settings = self.optimizer.preconditioners[0], self.config.hsc
-        per_refresh = (self.image.numel() if settings.estimator == "exact"
-                       else settings.block_size * settings.samples)
-        return pre.counters["refreshes"] * per_refresh
+        return self.optimizer.preconditioners[0].counters["hvps"] if self.config.optimizer == "hsc" else 0
 
     def _loss(self) -> torch.Tensor:
         self.evaluations += 1

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "../../csrc/cuda/accumulate_probes_kernel.cuh"
-#include "../../csrc/cuda/corrected_kernel.cuh"
+#include "../../csrc/cuda/correct_kernel.cuh"
 #include "../../csrc/cuda/solve_kernel.cuh"
 
 namespace {
@@ -58,6 +58,7 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
   std::vector<T> damping = read_array<T>(dir + "/damping.bin", N);
   std::vector<T> damping_out(N), G, P, factor;
   std::vector<int32_t> status(N);
+  std::vector<uint8_t> keep;  // correct_'s keep_failed flags, one byte per block
   Params<T> p;
   p.H = H.data();
   p.damping_in = damping.data();
@@ -72,7 +73,10 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
   } else {
     factor = read_array<T>(dir + "/factor.bin", tile_count(N) * packed_size(b) * kTile);
     p.factor = factor.data();
-    p.keep_failed = prm["keep_failed"] != 0;
+    if (prm["keep_failed"] != 0) {
+      keep = read_array<uint8_t>(dir + "/keep_failed.bin", N);
+      p.keep_failed = reinterpret_cast<const bool*>(keep.data());
+    }
   }
   p.N = N;
   p.b = b;
@@ -92,7 +96,7 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
                     : m.rows == 16 ? warp_kernel<T, 16> : warp_kernel<T, 32>;
       emulation::launch(kernel, m.blocks, m.threads(), m.shared_bytes(), p, m.teams_per_block);
     } else {
-      emulation::launch(corrected_kernel<T>, m.blocks, m.threads(), m.shared_bytes(), p,
+      emulation::launch(team_kernel<T>, m.blocks, m.threads(), m.shared_bytes(), p,
                         m.team_size, m.teams_per_block, m.bytes_per_team, m.in_shared);
     }
   }
@@ -119,7 +123,7 @@ int run_accumulate(const std::string& dir, std::map<std::string, double>& prm) {
   std::vector<uint8_t> mask = read_array<uint8_t>(dir + "/mask.bin", N * b);
   std::vector<uint8_t> accepted(N, 2);
   static_assert(sizeof(bool) == 1, "bool arrays are read as bytes");
-  emulation::launch(hsc::cuda::accumulate_probes_kernel<T>, N, hsc::cuda::kThreads, 0, state.data(),
+  emulation::launch(hsc::cuda::accumulate_probes_kernel<T>, N, hsc::cuda::kFoldThreads, 0, state.data(),
                     static_cast<const T*>(hvps.data()), static_cast<const T*>(signs.data()),
                     reinterpret_cast<const bool*>(mask.data()), reinterpret_cast<bool*>(accepted.data()),
                     S, N, b, static_cast<T>(prm["ema"]), prm["first"] != 0);

@@ -1,19 +1,19 @@
-// The kernel of hsc::correct, hsc::correct_ and hsc::precondition on CUDA (launched from
-// precondition_cuda.cu), and its thread mapping.
+// The kernels of hsc::correct, hsc::correct_ and hsc::precondition on CUDA (launched from
+// correct_cuda.cu), and their thread mapping.
 //
 // Thread mapping:
 //   b <= 32       warp_kernel: a warp per matrix, four matrices per thread block; lane i holds
 //                 row i of each matrix in registers (padded to B = 4, 8, 16 or 32 rows), values
 //                 of other rows come by shuffles; no shared memory, no block-wide barrier;
-//   32 < b        corrected_kernel: a thread block (64, 128 or 256 threads) per matrix, held in
+//   32 < b        team_kernel: a thread block (64, 128 or 256 threads) per matrix, held in
 //                 shared memory with rows padded to b + 1 entries (no bank conflicts along
 //                 columns), left-looking with the rows of each column shared out;
-//   any b whose workspace does not fit in shared memory: corrected_kernel with the workspace in a
+//   any b whose workspace does not fit in shared memory: team_kernel with the workspace in a
 //                 global scratch tensor (3 b (b+1) + 3 b entries per block), documented fallback.
-// The whole pipeline of SPEC §2 runs in one launch: read H once, factorise with the damping
+// The whole pipeline of docs/contract.md §2 runs in one launch: read H once, factorise with the damping
 // retries, form the correction, solve, write P (or the factor). The scalar rules (pivot test,
-// damping sequence, tau, fallback, status, the factor's layout) come from block_math.h, shared
-// with the CPU kernels.
+// damping sequence, tau, fallback, status, the factor's layout) come from block_rules.h and
+// factor_layout.h, shared with the CPU kernels.
 //
 // This header needs nothing from torch or the CUDA runtime, so that tests/cuda_emulation can
 // compile it for the host and run it with one host thread per CUDA thread (no GPU needed).
@@ -22,7 +22,8 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "../block_math.h"
+#include "../block_rules.h"
+#include "../factor_layout.h"
 
 // The kernel's dynamic shared memory (the emulation defines its own).
 #ifndef HSC_DYNAMIC_SHARED
@@ -38,7 +39,7 @@ struct Params : CorrectionArgs<T> {
   T* scratch = nullptr;
 };
 
-// The damping search of SPEC §2 for one block, shared by both kernels: tries d_0 = damping,
+// The damping search of docs/contract.md §2 for one block, shared by both kernels: tries d_0 = damping,
 // d_{i+1} = max(2 d_i, tau), at most max_tries values, until factorise(d) (which must answer the
 // same on every thread of the team) succeeds. Returns whether one did; `used` gets the last value
 // tried and `raised` whether it was past d_0.
@@ -219,7 +220,7 @@ __host__ __device__ size_t scalar_bytes(int team_size) {
 }
 
 template <class T>
-__global__ void corrected_kernel(Params<T> p, int team_size, int teams_per_block,
+__global__ void team_kernel(Params<T> p, int team_size, int teams_per_block,
                                  size_t bytes_per_team, bool workspace_in_shared) {
   HSC_DYNAMIC_SHARED(smem);
   const int slot = threadIdx.x / team_size;
@@ -328,7 +329,8 @@ __global__ void corrected_kernel(Params<T> p, int team_size, int teams_per_block
     }
     const T fallback = fallback_step<T>(T(1), p.mu2);
     const int64_t entries = packed_size(b);
-    if (ok || !p.keep_failed) {  // correct_ with keep_failed leaves a failed block's factor as it was
+    // correct_: a failed block with keep_failed[n] leaves its factor as it was
+    if (ok || p.keep_failed == nullptr || !p.keep_failed[n]) {
       for (int e = team.rank; e < b * b; e += team.size) {  // the lower triangle, packed and tiled
         const int i = e / b, j = e % b;
         if (j <= i)
@@ -458,7 +460,7 @@ __device__ T warp_cholesky_solve(const T (&l)[B], T x, int lane) {
   return x;
 }
 
-// The whole pipeline of SPEC §2 for b <= B <= 32: one warp per matrix, warps_per_block matrices
+// The whole pipeline of docs/contract.md §2 for b <= B <= 32: one warp per matrix, warps_per_block matrices
 // per thread block. Whole warps leave together; nothing else is synchronised across warps.
 template <class T, int B>
 __global__ void warp_kernel(Params<T> p, int warps_per_block) {
@@ -549,7 +551,8 @@ __global__ void warp_kernel(Params<T> p, int warps_per_block) {
     }
     const T fallback = fallback_step<T>(T(1), p.mu2);
     const int64_t entries = packed_size(b);
-    if (real && (ok || !p.keep_failed)) {  // keep_failed leaves a failed block's factor as it was
+    // correct_: a failed block with keep_failed[n] leaves its factor as it was
+    if (real && (ok || p.keep_failed == nullptr || !p.keep_failed[n])) {
 #pragma unroll
       for (int j = 0; j < B; ++j)
         if (j <= lane)
@@ -561,7 +564,7 @@ __global__ void warp_kernel(Params<T> p, int warps_per_block) {
 
 // How a launch covers N blocks of size b: see the top of this file.
 struct Mapping {
-  bool warp;               // a warp per matrix, in registers (warp_kernel; else corrected_kernel)
+  bool warp;               // a warp per matrix, in registers (warp_kernel; else team_kernel)
   int rows;                // warp_kernel's register rows B >= b (4, 8, 16 or 32)
   int team_size;           // threads per matrix
   int teams_per_block;     // matrices per thread block

@@ -1,16 +1,16 @@
 // CUDA implementation of hsc::correct, hsc::correct_ and hsc::precondition (mirrors
-// cpu/precondition_cpu.cpp): the launch; the kernel and its thread mapping are in
-// corrected_kernel.cuh.
+// cpu/correct_cpu.cpp): the launch; the kernels and their thread mapping are in
+// correct_kernel.cuh.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../block_math.h"
+#include "../block_rules.h"
 #include "../checks.h"
-#include "../correction_call.h"
-#include "corrected_kernel.cuh"
+#include "../correct_call.h"
+#include "correct_kernel.cuh"
 
 namespace hsc::cuda {
 namespace {
@@ -24,7 +24,7 @@ void launch_kernel(const Params<T>& p, const Mapping& m) {
                   : m.rows == 16 ? warp_kernel<T, 16> : warp_kernel<T, 32>;
     kernel<<<grid, m.threads(), 0, stream>>>(p, m.teams_per_block);
   } else {
-    auto kernel = corrected_kernel<T>;
+    auto kernel = team_kernel<T>;
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(m.shared_bytes())));
     kernel<<<grid, m.threads(), m.shared_bytes(), stream>>>(p, m.team_size, m.teams_per_block,
@@ -33,7 +33,7 @@ void launch_kernel(const Params<T>& p, const Mapping& m) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Chooses the thread mapping for b (corrected_kernel.cuh) and launches.
+// Chooses the thread mapping for b (correct_kernel.cuh) and launches.
 template <class T>
 void launch(Params<T> p, const at::TensorOptions& options, at::Tensor& scratch) {
   if (p.N == 0) return;
@@ -69,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> correct_cuda(const at::Tensor& H,
 std::tuple<at::Tensor, at::Tensor> correct_in_place_cuda(at::Tensor& factor, const at::Tensor& H,
                                                          const at::Tensor& damping, double scale,
                                                          c10::string_view mode, int64_t max_tries,
-                                                         bool keep_failed) {
+                                                         const c10::optional<at::Tensor>& keep_failed) {
   const CorrectionCall call =
       CorrectionCall::correct_into(factor, H, damping, scale, mode, max_tries, keep_failed);
   run(call);

@@ -1,8 +1,9 @@
-// CPU implementation of hsc::correct, hsc::solve and hsc::precondition.
+// CPU implementation of hsc::correct, hsc::correct_ and the fused hsc::precondition (mirrored by
+// cuda/correct_cuda.cu).
 //
 // Blocks are processed in lane groups of W (the SIMD width: 16 float32 or 8 float64 blocks with
 // AVX-512): a group is transposed into a workspace where entry (i, j) of all W blocks sits in one
-// vector, and block_math.h runs the whole pipeline on it with vector instructions and no
+// vector, and lane_pipeline.h runs the whole pipeline on it with vector instructions and no
 // data-dependent branches. Groups are spread over threads with at::parallel_for.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -11,9 +12,11 @@
 #include <memory>
 #include <vector>
 
-#include "../block_math.h"
+#include "../block_rules.h"
 #include "../checks.h"
-#include "../correction_call.h"
+#include "../correct_call.h"
+#include "../factor_layout.h"
+#include "lane_pipeline.h"
 #include "lanes.h"
 
 namespace hsc::cpu {
@@ -47,7 +50,7 @@ struct Group {
     dense = p + 4 * size + 3 * b;
   }
 
-  // The lanes `write` of a's lower triangle into the factor (tiled, see block_math.h) of blocks
+  // The lanes `write` of a's lower triangle into the factor (tiled, see factor_layout.h) of blocks
   // [n0, n0 + count); the other blocks keep theirs. In the tiled layout entry (i, j) of the
   // group's W blocks is one vector in memory: no transposes, and a full group streams out
   // (fenced in run_blocks).
@@ -69,7 +72,7 @@ struct Group {
 
   // Loads blocks [n0, n0 + count) of H into ws.s as S = (H + H^T)/2. Lanes >= count and lanes
   // with a non-finite entry hold the identity. Returns the lanes holding a finite block; `tau`
-  // gets 1e-6 max|S_ij| per lane (SPEC §2).
+  // gets 1e-6 max|S_ij| per lane (docs/contract.md §2).
   mask load(const T* H, int64_t n0, int count, V& tau) {
     const int bb = b * b;
     const T* h = H + n0 * bb;
@@ -117,7 +120,7 @@ struct Group {
   }
 };
 
-// Runs SPEC §2 on one lane group and writes its outputs. Returns nothing: every per-block outcome
+// Runs docs/contract.md §2 on one lane group and writes its outputs. Returns nothing: every per-block outcome
 // goes to `status`.
 template <class T>
 void run_group(Group<T>& grp, const CorrectionArgs<T>& pr, int64_t n0, int count) {
@@ -142,7 +145,7 @@ void run_group(Group<T>& grp, const CorrectionArgs<T>& pr, int64_t n0, int count
   }
   grp.set_identity_where_not(ok, ws.f, T(1));  // keeps the lanes that failed benign
 
-  const T fallback = fallback_step<T>(T(1), pr.mu2);  // the factor of SPEC §3: M = (1 + mu^2) I
+  const T fallback = fallback_step<T>(T(1), pr.mu2);  // the factor of docs/contract.md §3: M = (1 + mu^2) I
   for (int l = 0; l < count; ++l) {
     const int64_t n = n0 + l;
     pr.damping_out[n] = damping[l];
@@ -169,7 +172,7 @@ void run_group(Group<T>& grp, const CorrectionArgs<T>& pr, int64_t n0, int count
       }
     }
   } else {
-    // The factor is M^{-1} itself, packed and tiled (see block_math.h): solve is then one product
+    // The factor is M^{-1} itself, packed and tiled (see factor_layout.h): solve is then one product
     // a step.
     invert_lower(ws.f, ws.m);
     if (pr.mode == Mode::kCholesky) {
@@ -181,7 +184,11 @@ void run_group(Group<T>& grp, const CorrectionArgs<T>& pr, int64_t n0, int count
         for (int j = 0; j <= i; ++j) ws.a(i, j) = ws.m(i, j);
     }
     grp.set_identity_where_not(ok, ws.a, fallback);
-    grp.write_factor(ws.a, pr.keep_failed ? ok : Ops::all_lanes(), pr.factor, n0, count);
+    mask write = Ops::all_lanes();  // correct_: a failed block that keeps its factor is not written
+    if (pr.keep_failed != nullptr)
+      for (int l = 0; l < count; ++l)
+        if (pr.keep_failed[n0 + l]) write[l] = ok[l];
+    grp.write_factor(ws.a, write, pr.factor, n0, count);
   }
 }
 
@@ -227,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> correct_cpu(const at::Tensor& H,
 std::tuple<at::Tensor, at::Tensor> correct_in_place_cpu(at::Tensor& factor, const at::Tensor& H,
                                                         const at::Tensor& damping, double scale,
                                                         c10::string_view mode, int64_t max_tries,
-                                                        bool keep_failed) {
+                                                        const c10::optional<at::Tensor>& keep_failed) {
   const CorrectionCall call =
       CorrectionCall::correct_into(factor, H, damping, scale, mode, max_tries, keep_failed);
   run(call);

@@ -8,8 +8,9 @@
 #include <string>
 #include <tuple>
 
-#include "block_math.h"
+#include "block_rules.h"
 #include "checks.h"
+#include "factor_layout.h"
 
 namespace hsc {
 
@@ -20,7 +21,7 @@ struct CorrectionCall {
   at::ScalarType H_dtype, G_dtype, dtype;  // inputs' dtypes and the compute dtype
   at::Tensor H, G, damping;                // contiguous, in the compute dtype (G: fused path only)
   at::Tensor factor, P, damping_out, status;
-  bool keep_failed = false;
+  at::Tensor keep_failed;  // correct_: [N] bool, contiguous, or undefined
 
   // hsc::correct(H, damping, scale, mode, max_tries)
   static CorrectionCall correct(const at::Tensor& H, const at::Tensor& damping, double scale,
@@ -34,10 +35,11 @@ struct CorrectionCall {
 
   // hsc::correct_(factor, H, damping, scale, mode, max_tries, keep_failed): the factor is written
   // in place, so a caller that refreshes repeatedly reuses one buffer instead of faulting in fresh
-  // pages for every refresh.
+  // pages for every refresh; block k keeps its factor when it fails where keep_failed[k].
   static CorrectionCall correct_into(const at::Tensor& factor, const at::Tensor& H,
                                      const at::Tensor& damping, double scale,
-                                     c10::string_view mode, int64_t max_tries, bool keep_failed) {
+                                     c10::string_view mode, int64_t max_tries,
+                                     const c10::optional<at::Tensor>& keep_failed) {
     check_correction_args(H, damping, scale, max_tries);
     CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries);
     check_factor(factor, H.size(0), H.size(1));
@@ -47,7 +49,16 @@ struct CorrectionCall {
                       " but H is on ", H.device(), "; both must be on the same device");
     TORCH_CHECK_VALUE(factor.is_contiguous(), "hsc: factor must be contiguous (it is written in place)");
     c.factor = factor;
-    c.keep_failed = keep_failed;
+    if (keep_failed.has_value()) {
+      const at::Tensor& keep = *keep_failed;
+      TORCH_CHECK_VALUE(keep.dim() == 1 && keep.size(0) == H.size(0),
+                        "hsc: keep_failed must have shape [N] = [", H.size(0), "], got ", keep.sizes());
+      TORCH_CHECK_TYPE(keep.scalar_type() == at::kBool, "hsc: keep_failed must be a bool tensor, got ",
+                       keep.scalar_type());
+      TORCH_CHECK_VALUE(keep.device() == H.device(), "hsc: keep_failed is on ", keep.device(),
+                        " but H is on ", H.device(), "; both must be on the same device");
+      c.keep_failed = keep.contiguous();
+    }
     c.zero_unused_lanes();
     return c;
   }
@@ -79,7 +90,7 @@ struct CorrectionCall {
       a.r = G.dim() == 3 ? G.size(2) : 1;
     } else {
       a.factor = factor.data_ptr<T>();
-      a.keep_failed = keep_failed;
+      a.keep_failed = keep_failed.defined() ? keep_failed.data_ptr<bool>() : nullptr;
     }
     a.N = H.size(0);
     a.b = static_cast<int>(H.size(1));

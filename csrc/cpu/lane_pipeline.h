@@ -1,138 +1,15 @@
-// Per-block arithmetic of the corrected preconditioner (SPEC §2-3), shared by every backend.
-//
-// Each function works on one "lane value" type V. On the CPU, V is a SIMD vector holding the same
-// entry of W different blocks (lane l = block l of a group), so one call factorises W blocks at
-// once with no branches that depend on the data; V may also be a plain float/double (ScalarLaneOps),
-// one block at a time. The CUDA kernels (cuda/precondition_cuda.cu) spread one block over a warp
-// or a thread block, so they run their own loops of the same factorisations; what they take from
-// here are the scalar rules every backend must agree on: the symmetrised entry, tau, the damping
-// sequence, the pivot tests, the fallback, the status codes and the factor's layout.
+// The corrected preconditioner's factorisations on CPU lane groups (docs/contract.md §2): every
+// function works on lane values V (cpu/lanes.h: one SIMD vector holds the same entry of W blocks),
+// so one call factorises W blocks at once with no branches that depend on the data.
 //
 // Lanes never mix: a bad block cannot change another block's result. Writes are masked with
 // `active`, so lanes that have finished keep their values while the others retry.
 #pragma once
 
-#include <cmath>
-#include <cstdint>
-#include <limits>
+#include "../block_rules.h"
+#include "lanes.h"
 
-#if defined(__CUDACC__)
-#define HSC_HD __host__ __device__ __forceinline__
-#else
-#define HSC_HD inline __attribute__((always_inline))
-#endif
-
-namespace hsc {
-
-// Per-block status codes, SPEC §3.
-enum Status : int32_t {
-  kFactorised = 0,       // factorised with the requested damping
-  kDampingRaised = 1,    // factorised after raising the damping
-  kNonFinite = 2,        // H_k has a NaN or Inf: fallback M = (1 + mu^2) I
-  kNotFactorised = 3,    // no Cholesky success within max_tries: same fallback
-};
-
-enum class Mode : int { kCholesky = 0, kSingularSafe = 1 };
-
-// Operations on a lane value. Specialised here for scalars (one block per thread) and in
-// cpu/lanes.h for SIMD vectors (one block per lane).
-template <class V>
-struct LaneOps;
-
-template <class T>
-struct ScalarLaneOps {
-  using value = T;
-  using scalar = T;
-  using mask = bool;
-  HSC_HD static T splat(T x) { return x; }
-  // A pivot counts only when it is above `floor` and finite: NaN and Inf fail (!(d > 0) catches NaN).
-  HSC_HD static mask usable_pivot(T d, T floor) {
-    return d > floor && d <= std::numeric_limits<T>::max();
-  }
-  HSC_HD static mask finite(T x) { return x - x == T(0); }
-  HSC_HD static T select(mask m, T a, T b) { return m ? a : b; }
-  HSC_HD static T sqrt(T x) { return ::sqrt(x); }
-  HSC_HD static T abs(T x) { return ::fabs(x); }
-  HSC_HD static T max(T a, T b) { return a > b ? a : b; }
-  HSC_HD static T min(T a, T b) { return a < b ? a : b; }
-  HSC_HD static mask less(T a, T b) { return a < b; }
-  HSC_HD static mask all_lanes() { return true; }
-  HSC_HD static mask no_lanes() { return false; }
-  HSC_HD static mask and_(mask a, mask b) { return a && b; }
-  HSC_HD static mask or_(mask a, mask b) { return a || b; }
-  HSC_HD static mask andnot(mask a, mask b) { return a && !b; }  // a and not b
-  HSC_HD static bool any(mask m) { return m; }
-};
-template <>
-struct LaneOps<float> : ScalarLaneOps<float> {};
-template <>
-struct LaneOps<double> : ScalarLaneOps<double> {};
-
-// ---- Scalar rules of SPEC §2-3, used by every thread mapping ---------------------------------
-
-// S_ij = (H_ij + H_ji)/2, halved first so that entries near the overflow threshold stay finite.
-template <class V>
-HSC_HD V symmetric_entry(V h_ij, V h_ji) {
-  const V half = LaneOps<V>::splat(0.5);
-  return half * h_ij + half * h_ji;
-}
-
-// tau = 1e-6 max_ij |S_ij|, or the smallest normal number where that is 0.
-template <class V, class Ops = LaneOps<V>>
-HSC_HD V damping_floor(V max_abs) {
-  using T = typename Ops::scalar;
-  const V tau = Ops::splat(T(1e-6)) * max_abs;
-  return Ops::select(Ops::usable_pivot(tau, Ops::splat(0)), tau,
-                     Ops::splat(std::numeric_limits<T>::min()));
-}
-
-// The damping sequence: d_{i+1} = max(2 d_i, tau).
-template <class V, class Ops = LaneOps<V>>
-HSC_HD V next_damping(V d, V tau) {
-  return Ops::max(d + d, tau);
-}
-
-// The step of a block that could not be factorised (status 2 or 3): M = (1 + mu^2) I.
-template <class V>
-HSC_HD V fallback_step(V g, V mu2) {
-  return g / (LaneOps<V>::splat(1) + mu2);
-}
-
-HSC_HD int32_t status_code(bool finite, bool factorised, bool raised) {
-  return !finite ? kNonFinite : !factorised ? kNotFactorised : raised ? kDampingRaised : kFactorised;
-}
-
-// The factor `correct` returns: M^{-1} of every block, its lower triangle packed row by row
-// (entry (i, j), j <= i, is entry packed_index(i, j) of packed_size(b)), in tiles of kTile blocks
-// with the blocks innermost: entry e of block k at tiled_offset(k, e, packed_size(b)), a tensor of
-// shape [tile_count(N), packed_size(b), kTile]. M^{-1} is symmetric, so half of it says
-// everything; and the factor is read once every step, so its layout is the one a SIMD lane group
-// (W | kTile blocks) or a GPU warp loads as whole vectors. Lanes past the last block are 0.
-constexpr int kTile = 16;
-HSC_HD int64_t packed_size(int64_t b) { return b * (b + 1) / 2; }
-HSC_HD int packed_index(int i, int j) { return i * (i + 1) / 2 + j; }
-HSC_HD int64_t tile_count(int64_t N) { return (N + kTile - 1) / kTile; }
-HSC_HD int64_t tiled_offset(int64_t k, int64_t e, int64_t entries) {
-  return ((k / kTile) * entries + e) * kTile + k % kTile;
-}
-
-// A b-by-b row-major matrix of lane values with row stride ld >= b (the GPU kernels pad rows
-// in shared memory to avoid bank conflicts; the CPU uses ld = b).
-template <class V>
-struct Block {
-  V* p;
-  int b;
-  int ld;
-  HSC_HD V& operator()(int i, int j) const { return p[i * ld + j]; }
-  HSC_HD V* row(int i) const { return p + i * ld; }
-};
-
-// A length-b vector of lane values.
-template <class V>
-struct Column {
-  V* p;
-  HSC_HD V& operator[](int i) const { return p[i]; }
-};
+namespace hsc::cpu {
 
 // In-place lower Cholesky factorisation of the lower triangle of `a` (the upper triangle is not
 // read). Writes only lanes in `active`; returns the active lanes whose every pivot was usable
@@ -386,7 +263,7 @@ HSC_HD void symmetric_multiply(Block<V> a, Column<V> x, Column<V> y) {
   }
 }
 
-// ---- The pipeline of SPEC §2 for one lane group ----------------------------------------------
+// ---- The pipeline of docs/contract.md §2 for one lane group ----------------------------------
 
 template <class V>
 struct Workspace {
@@ -395,14 +272,6 @@ struct Workspace {
   Block<V> m;  // scratch: L^{-1}
   Block<V> f;  // the final lower factor: L_M (cholesky) or L_C (singular_safe)
 };
-
-// Smallest pivot accepted in M's factorisation. M's eigenvalues are lambda + mu^2/lambda >= 2 mu, so
-// every pivot is >= 2 mu in exact arithmetic; one below mu means rounding has destroyed M (A too
-// ill-conditioned for the dtype at this damping), and the damping is raised instead.
-template <class V>
-HSC_HD V correction_min_pivot(V mu) {
-  return mu;
-}
 
 // Mode cholesky: for every lane in `todo`, the first damping d of the sequence d_0 = delta,
 // d_{i+1} = max(2 d_i, tau) for which both factorisations succeed: L L^T = A = S + d I, then
@@ -488,12 +357,6 @@ HSC_HD typename Ops::mask factorise_corrected(const Workspace<V>& ws, V& damping
   return done;
 }
 
-// Smallest pivot accepted in the factorisation of C = A^2 + mu^2 I, whose eigenvalues are >= mu^2.
-template <class V>
-HSC_HD V shifted_square_min_pivot(V mu2) {
-  return LaneOps<V>::splat(0.5) * mu2;
-}
-
 // Mode singular_safe: with A in ws.s, factorise C = A^2 + mu^2 I into ws.f.
 template <class V, class Ops = LaneOps<V>>
 HSC_HD typename Ops::mask factorise_shifted_square(const Workspace<V>& ws, V mu2,
@@ -502,24 +365,4 @@ HSC_HD typename Ops::mask factorise_shifted_square(const Workspace<V>& ws, V mu2
   return cholesky_lower<V, Ops>(ws.f, active, shifted_square_min_pivot(mu2));
 }
 
-// Raw pointers and sizes the kernels of every backend take (filled by correction_call.h).
-template <class T>
-struct CorrectionArgs {
-  const T* H;
-  const T* damping_in;
-  T* damping_out;
-  int32_t* status;
-  const T* G = nullptr;  // fused path: P = M^{-1} G (P != nullptr)
-  T* P = nullptr;
-  int64_t r = 0;
-  T* factor = nullptr;   // correct: M^{-1}, packed (factor != nullptr)
-  bool keep_failed = false;  // correct_: blocks of status 2 or 3 leave their factor as it was
-  int64_t N;
-  int b;
-  T mu2;
-  T mu;
-  Mode mode;
-  int max_tries;
-};
-
-}  // namespace hsc
+}  // namespace hsc::cpu
