@@ -25,10 +25,21 @@ enum Status : int32_t {
   kFactorised = 0,       // factorised with the requested damping
   kDampingRaised = 1,    // factorised after raising the damping
   kNonFinite = 2,        // H_k has a NaN or Inf: fallback M = (1 + mu^2) I
-  kFailed = 3,           // no factorisation within max_tries: same fallback
+  kFailed = 3,           // no factorisation within max_tries (spectral modes: the eigensolver did not
+                         // converge within its sweep limit): same fallback
 };
 
-enum class Mode : int { kCholesky = 0, kSingularSafe = 1 };
+// How M^-1 is formed (docs/contract.md §2): the two Cholesky routes, and the spectral modes, which
+// apply a multiplier f(lambda) to the eigenpairs of S (no damping).
+enum class Mode : int {
+  kCholesky = 0,
+  kSingularSafe = 1,
+  kSpectral = 2,        // f = lambda / (lambda^2 + mu^2)
+  kSaddleFree = 3,      // f = |lambda| / (lambda^2 + mu^2)
+  kSaddleFreeRoot = 4,  // f = 1 / sqrt(lambda^2 + mu^2)
+};
+
+HSC_HD bool is_spectral(Mode mode) { return mode >= Mode::kSpectral; }
 
 // Operations on a lane value. Specialised here for scalars (one block per thread) and in
 // cpu/lanes.h for SIMD vectors (one block per lane).
@@ -92,6 +103,22 @@ HSC_HD V fallback_step(V g, V mu2) {
   return g / (LaneOps<V>::splat(1) + mu2);
 }
 
+// The multiplier of a spectral mode at eigenvalue lambda (docs/contract.md §2), without overflow or
+// 0/0: h = sqrt(lambda^2 + mu^2) as max * sqrt(1 + (min/max)^2), and |lambda| / h <= 1 taken as 1
+// where both are infinite.
+template <class V, class Ops = LaneOps<V>>
+HSC_HD V spectral_multiplier(Mode mode, V lambda, V mu) {
+  const V one = Ops::splat(1), a = Ops::abs(lambda);
+  const V big = Ops::max(a, mu), small = Ops::min(a, mu);
+  const V r = small / big;
+  const V h = big * Ops::sqrt(one + r * r);
+  const V inv_h = one / h;
+  if (mode == Mode::kSaddleFreeRoot) return inv_h;
+  const V ratio = Ops::select(Ops::less(a, h), a / h, one);  // |lambda| / h
+  const V f = ratio * inv_h;
+  return mode == Mode::kSaddleFree ? f : Ops::select(Ops::less(lambda, Ops::splat(0)), -f, f);
+}
+
 HSC_HD int32_t status_code(bool finite, bool factorised, bool raised) {
   return !finite ? kNonFinite : !factorised ? kFailed : raised ? kDampingRaised : kFactorised;
 }
@@ -148,6 +175,7 @@ struct CorrectionArgs {
   T mu;
   Mode mode;
   int max_tries;
+  int max_sweeps = 0;    // spectral modes: the eigensolver's sweep limit
 };
 
 }  // namespace hsc

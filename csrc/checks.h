@@ -14,7 +14,17 @@ namespace hsc {
 inline Mode parse_mode(const std::string& mode) {
   if (mode == "cholesky") return Mode::kCholesky;
   if (mode == "singular_safe") return Mode::kSingularSafe;
-  TORCH_CHECK_VALUE(false, "hsc: mode must be 'cholesky' or 'singular_safe', got '", mode, "'");
+  if (mode == "spectral") return Mode::kSpectral;
+  if (mode == "saddle_free") return Mode::kSaddleFree;
+  if (mode == "saddle_free_root") return Mode::kSaddleFreeRoot;
+  TORCH_CHECK_VALUE(false, "hsc: mode must be one of 'cholesky', 'singular_safe', 'spectral', "
+                    "'saddle_free', 'saddle_free_root', got '", mode, "'");
+}
+
+// The eigensolver's sweep limit.
+inline void check_max_sweeps(int64_t max_sweeps) {
+  TORCH_CHECK_VALUE(max_sweeps >= 1 && max_sweeps <= 1000, "hsc: max_sweeps must be in [1, 1000], got ",
+                    max_sweeps);
 }
 
 inline void check_floating(const at::Tensor& t, const char* name) {
@@ -59,7 +69,7 @@ inline void check_gradient(const at::Tensor& G, int64_t N, int64_t b, const at::
 }
 
 inline void check_correction_args(const at::Tensor& H, const at::Tensor& damping, double scale,
-                                  int64_t max_tries) {
+                                  int64_t max_tries, int64_t max_sweeps) {
   check_blocks(H);
   TORCH_CHECK_VALUE(damping.dim() == 1 && damping.size(0) == H.size(0),
                     "hsc: damping must be a float or a tensor of shape [N] = [", H.size(0),
@@ -70,6 +80,7 @@ inline void check_correction_args(const at::Tensor& H, const at::Tensor& damping
   TORCH_CHECK_VALUE(scale > 0 && std::isfinite(scale),
                     "hsc: scale (mu) must be a finite number > 0, got ", scale);
   TORCH_CHECK_VALUE(max_tries >= 1, "hsc: max_tries must be >= 1, got ", max_tries);
+  check_max_sweeps(max_sweeps);
 }
 
 // The running estimate `state`, updated in place by accumulate_probes and fold_estimate_.
@@ -129,6 +140,62 @@ inline void check_fold_args(const at::Tensor& state, const at::Tensor& estimate,
                     state.device(), ", got ", estimate.device());
   check_mask(mask, state);
   check_ema(ema);
+}
+
+// hsc::eigh(H, max_sweeps)
+inline void check_eigh_args(const at::Tensor& H, int64_t max_sweeps) {
+  check_blocks(H);
+  check_max_sweeps(max_sweeps);
+}
+
+// hsc::correct_from_eigh_(factor, eigenvalues, eigenvectors, status, scale, mode, keep_failed):
+// the outputs of hsc::eigh, a factor in their dtype, a spectral mode.
+inline void check_from_eigh_args(const at::Tensor& factor, const at::Tensor& eigenvalues,
+                                 const at::Tensor& eigenvectors, const at::Tensor& status,
+                                 double scale, Mode mode, const c10::optional<at::Tensor>& keep_failed) {
+  TORCH_CHECK_VALUE(is_spectral(mode), "hsc: correct_from_eigh_ takes a spectral mode ('spectral', "
+                    "'saddle_free' or 'saddle_free_root')");
+  TORCH_CHECK_VALUE(eigenvectors.dim() == 3 && eigenvectors.size(1) == eigenvectors.size(2) &&
+                    eigenvectors.size(1) >= 1,
+                    "hsc: eigenvectors must have shape [N, b, b] (the eigenvectors of hsc.ops.eigh), got ",
+                    eigenvectors.sizes());
+  const int64_t N = eigenvectors.size(0), b = eigenvectors.size(1);
+  TORCH_CHECK_VALUE(eigenvalues.dim() == 2 && eigenvalues.size(0) == N && eigenvalues.size(1) == b,
+                    "hsc: eigenvalues must have shape [N, b] = [", N, ", ", b, "], got ",
+                    eigenvalues.sizes());
+  TORCH_CHECK_VALUE(status.dim() == 1 && status.size(0) == N, "hsc: status must have shape [N] = [",
+                    N, "], got ", status.sizes());
+  TORCH_CHECK_TYPE(status.scalar_type() == at::kInt, "hsc: status must be int32, got ",
+                   status.scalar_type());
+  TORCH_CHECK_TYPE(eigenvalues.scalar_type() == at::kFloat || eigenvalues.scalar_type() == at::kDouble,
+                   "hsc: eigenvalues must be float32 or float64, got ", eigenvalues.scalar_type());
+  TORCH_CHECK_TYPE(eigenvectors.scalar_type() == eigenvalues.scalar_type(),
+                   "hsc: eigenvectors must have eigenvalues' dtype ", eigenvalues.scalar_type(),
+                   ", got ", eigenvectors.scalar_type());
+  check_factor(factor, N, b);
+  TORCH_CHECK_TYPE(factor.scalar_type() == eigenvalues.scalar_type(), "hsc: factor must have dtype ",
+                   eigenvalues.scalar_type(), " (the eigenvalues'), got ", factor.scalar_type());
+  TORCH_CHECK_VALUE(factor.is_contiguous(), "hsc: factor must be contiguous (it is written in place)");
+  TORCH_CHECK_VALUE(scale > 0 && std::isfinite(scale),
+                    "hsc: scale (mu) must be a finite number > 0, got ", scale);
+  for (const at::Tensor* t : {&eigenvalues, &eigenvectors, &status})
+    TORCH_CHECK_VALUE(t->device() == factor.device(), "hsc: eigenvalues, eigenvectors and status "
+                      "must be on factor's device ", factor.device(), ", got ", t->device());
+  if (keep_failed.has_value()) {
+    const at::Tensor& keep = *keep_failed;
+    TORCH_CHECK_VALUE(keep.dim() == 1 && keep.size(0) == N, "hsc: keep_failed must have shape [N] = [",
+                      N, "], got ", keep.sizes());
+    TORCH_CHECK_TYPE(keep.scalar_type() == at::kBool, "hsc: keep_failed must be a bool tensor, got ",
+                     keep.scalar_type());
+    TORCH_CHECK_VALUE(keep.device() == factor.device(), "hsc: keep_failed is on ", keep.device(),
+                      " but factor is on ", factor.device(), "; both must be on the same device");
+  }
+}
+
+// The lanes of the factor's last tile past the last block hold 0 (kernels write real blocks only).
+inline void zero_unused_lanes(at::Tensor& factor, int64_t N) {
+  const int64_t used = N % kTile;
+  if (used != 0) factor.select(0, tile_count(N) - 1).narrow(1, used, kTile - used).zero_();
 }
 
 // hsc::solve(factor, G): N and b from G, then the factor's shape against them.

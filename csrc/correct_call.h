@@ -18,30 +18,31 @@ struct CorrectionCall {
   Mode mode;
   double scale;
   int64_t max_tries;
+  int64_t max_sweeps;
   at::ScalarType H_dtype, G_dtype, dtype;  // inputs' dtypes and the compute dtype
   at::Tensor H, G, damping;                // contiguous, in the compute dtype (G: fused path only)
   at::Tensor factor, P, damping_out, status;
   at::Tensor keep_failed;  // correct_: [N] bool, contiguous, or undefined
 
-  // hsc::correct(H, damping, scale, mode, max_tries)
+  // hsc::correct(H, damping, scale, mode, max_tries, max_sweeps)
   static CorrectionCall correct(const at::Tensor& H, const at::Tensor& damping, double scale,
-                                c10::string_view mode, int64_t max_tries) {
-    check_correction_args(H, damping, scale, max_tries);
-    CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries);
+                                c10::string_view mode, int64_t max_tries, int64_t max_sweeps) {
+    check_correction_args(H, damping, scale, max_tries, max_sweeps);
+    CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries, max_sweeps);
     c.factor = at::empty({tile_count(H.size(0)), packed_size(H.size(1)), kTile}, c.H.options());
-    c.zero_unused_lanes();
+    zero_unused_lanes(c.factor, H.size(0));
     return c;
   }
 
-  // hsc::correct_(factor, H, damping, scale, mode, max_tries, keep_failed): the factor is written
+  // hsc::correct_(factor, H, damping, scale, mode, max_tries, keep_failed, max_sweeps): the factor is written
   // in place, so a caller that refreshes repeatedly reuses one buffer instead of faulting in fresh
   // pages for every refresh; block k keeps its factor when it fails where keep_failed[k].
   static CorrectionCall correct_into(const at::Tensor& factor, const at::Tensor& H,
                                      const at::Tensor& damping, double scale,
                                      c10::string_view mode, int64_t max_tries,
-                                     const c10::optional<at::Tensor>& keep_failed) {
-    check_correction_args(H, damping, scale, max_tries);
-    CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries);
+                                     const c10::optional<at::Tensor>& keep_failed, int64_t max_sweeps) {
+    check_correction_args(H, damping, scale, max_tries, max_sweeps);
+    CorrectionCall c = common(H, H.scalar_type(), damping, scale, mode, max_tries, max_sweeps);
     check_factor(factor, H.size(0), H.size(1));
     TORCH_CHECK_TYPE(factor.scalar_type() == c.dtype, "hsc: factor must have dtype ", c.dtype,
                      " (H's compute dtype), got ", factor.scalar_type());
@@ -59,18 +60,18 @@ struct CorrectionCall {
                         " but H is on ", H.device(), "; both must be on the same device");
       c.keep_failed = keep.contiguous();
     }
-    c.zero_unused_lanes();
+    zero_unused_lanes(c.factor, H.size(0));
     return c;
   }
 
-  // hsc::precondition(H, G, damping, scale, mode, max_tries)
+  // hsc::precondition(H, G, damping, scale, mode, max_tries, max_sweeps)
   static CorrectionCall precondition(const at::Tensor& H, const at::Tensor& G,
                                      const at::Tensor& damping, double scale,
-                                     c10::string_view mode, int64_t max_tries) {
-    check_correction_args(H, damping, scale, max_tries);
+                                     c10::string_view mode, int64_t max_tries, int64_t max_sweeps) {
+    check_correction_args(H, damping, scale, max_tries, max_sweeps);
     check_gradient(G, H.size(0), H.size(1), H, "H");
     CorrectionCall c = common(H, at::promote_types(H.scalar_type(), G.scalar_type()), damping,
-                              scale, mode, max_tries);
+                              scale, mode, max_tries, max_sweeps);
     c.G_dtype = G.scalar_type();
     c.G = G.to(c.dtype).contiguous();
     c.P = at::empty(c.G.sizes(), c.G.options());
@@ -99,6 +100,7 @@ struct CorrectionCall {
     a.mode = mode;
     // Past a few thousand doublings every dtype's damping has overflowed, which ends the retries.
     a.max_tries = static_cast<int>(std::min<int64_t>(max_tries, 1 << 16));
+    a.max_sweeps = static_cast<int>(max_sweeps);
     return a;
   }
 
@@ -114,19 +116,15 @@ struct CorrectionCall {
   }
 
  private:
-  // The lanes of the last tile past the last block hold 0 (kernels write real blocks only).
-  void zero_unused_lanes() {
-    const int64_t N = H.size(0), used = N % kTile;
-    if (used != 0) factor.select(0, tile_count(N) - 1).narrow(1, used, kTile - used).zero_();
-  }
 
   static CorrectionCall common(const at::Tensor& H, at::ScalarType promoted,
                                const at::Tensor& damping, double scale, c10::string_view mode,
-                               int64_t max_tries) {
+                               int64_t max_tries, int64_t max_sweeps) {
     CorrectionCall c;
     c.mode = parse_mode(std::string(mode));
     c.scale = scale;
     c.max_tries = max_tries;
+    c.max_sweeps = max_sweeps;
     c.H_dtype = c.G_dtype = H.scalar_type();
     c.dtype = compute_dtype(promoted);
     c.H = H.to(c.dtype).contiguous();

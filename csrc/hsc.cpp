@@ -29,14 +29,17 @@ at::Tensor solve(const at::Tensor& factor, const at::Tensor& G) {
 }
 
 TORCH_LIBRARY(hsc, m) {
-  m.def("correct(Tensor H, Tensor damping, float scale, str mode, int max_tries)"
+  m.def("correct(Tensor H, Tensor damping, float scale, str mode, int max_tries, int max_sweeps)"
         " -> (Tensor factor, Tensor damping, Tensor status)");
   // Not `mode`: torch's functionalization of mutating ops (torch.compile) takes a `mode` of its own.
   m.def("correct_(Tensor(a!) factor, Tensor H, Tensor damping, float scale, str correction_mode,"
-        " int max_tries, Tensor? keep_failed) -> (Tensor damping, Tensor status)");
+        " int max_tries, Tensor? keep_failed, int max_sweeps) -> (Tensor damping, Tensor status)");
   m.def("solve(Tensor factor, Tensor G) -> Tensor");
-  m.def("precondition(Tensor H, Tensor G, Tensor damping, float scale, str mode, int max_tries)"
-        " -> (Tensor P, Tensor damping, Tensor status)");
+  m.def("precondition(Tensor H, Tensor G, Tensor damping, float scale, str mode, int max_tries,"
+        " int max_sweeps) -> (Tensor P, Tensor damping, Tensor status)");
+  m.def("eigh(Tensor H, int max_sweeps) -> (Tensor eigenvalues, Tensor eigenvectors, Tensor status)");
+  m.def("correct_from_eigh_(Tensor(a!) factor, Tensor eigenvalues, Tensor eigenvectors, Tensor status,"
+        " float scale, str correction_mode, Tensor? keep_failed) -> ()");
   m.def("accumulate_probes(Tensor(a!) state, Tensor hvps, Tensor signs, Tensor mask, float ema,"
         " bool first) -> Tensor");
   m.def("fold_estimate_(Tensor(a!) state, Tensor estimate, Tensor mask, float ema, bool first)"

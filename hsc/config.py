@@ -14,7 +14,8 @@ from typing import Callable, Iterable, Mapping, Optional, Tuple
 
 from . import ops
 
-ESTIMATORS = ("probe", "exact")
+ESTIMATORS = ("probe", "coloured", "exact")
+SCALE_RULES = ("absolute", "relative")
 
 
 def _optional_int(text: str) -> Optional[int]:
@@ -47,16 +48,24 @@ class PreconditionerConfig:
     """Options of a :class:`~hsc.preconditioner.Preconditioner` (docs/contract.md §2, §4)."""
 
     block_size: int = option(32, "b, parameter entries per block", int)
-    estimator: str = option("probe", "curvature estimator: probe (b HVPs a sign draw) or exact "
+    estimator: str = option("probe", "curvature estimator: probe (b HVPs a sign draw), coloured (b C "
+                            "HVPs a draw: blocks that couple strongly never share a probe) or exact "
                             "(one HVP per parameter; small models)", str, ESTIMATORS)
-    samples: int = option(1, "sign draws averaged per refresh (probe)", int)
+    samples: int = option(1, "sign draws averaged per refresh (probe, coloured)", int)
+    colour_radius: int = option(1, "coloured: blocks of image tiles within this many tiles of each "
+                                "other get different colours ((r + 1)^2 colours per block of a tile)", int)
     ema: float = option(0.9, "weight of the previous estimate at each refresh, in [0, 1)", float)
     update_every: int = option(10, "refresh the estimate and the factors once every this many steps", int)
     damping: float = option(1e-4, "delta, the damping the search starts from (cholesky) or adds "
                             "(singular_safe)", float)
-    scale: float = option(1.0, "mu, the scale of the correction M = A + mu^2 A^-1", float)
+    scale: float = option(1.0, "mu, the scale of the correction M = A + mu^2 A^-1 (scale_rule "
+                          "absolute), or rho in mu = rho median|lambda| (relative)", float)
+    scale_rule: str = option("absolute", "absolute: mu = scale; relative (spectral modes): mu = scale "
+                             "times the median |eigenvalue| over the preconditioner's blocks, at each "
+                             "refresh", str, SCALE_RULES)
     mode: str = option("cholesky", "how M^-1 is formed (docs/contract.md §2)", str, ops.MODES)
     max_tries: int = option(32, "dampings tried per block (cholesky)", int)
+    max_sweeps: int = option(ops.MAX_SWEEPS, "the eigensolver's sweep limit (spectral modes)", int)
     chunk_size: Optional[int] = option(None, "probe vectors per batched HVP (memory bound); none: "
                                        "chosen by device", _optional_int)
     patch: Optional[Tuple[int, int]] = option(None, "cut image-like tensors into spatial patches "
@@ -74,12 +83,18 @@ class PreconditionerConfig:
         need(is_int(self.block_size) and self.block_size >= 1, "block_size", "an int >= 1")
         need(self.estimator in ESTIMATORS, "estimator", f"one of {ESTIMATORS}")
         need(is_int(self.samples) and self.samples >= 1, "samples", "an int >= 1")
+        need(is_int(self.colour_radius) and self.colour_radius >= 0, "colour_radius", "an int >= 0")
         need(0 <= self.ema < 1, "ema", "in [0, 1)")
         need(is_int(self.update_every) and self.update_every >= 1, "update_every", "an int >= 1")
         need(self.damping >= 0 and self.damping != float("inf"), "damping", "a finite float >= 0")
         need(0 < self.scale < float("inf"), "scale", "a finite float > 0")
         need(self.mode in ops.MODES, "mode", f"one of {ops.MODES}")
+        need(self.scale_rule in SCALE_RULES, "scale_rule", f"one of {SCALE_RULES}")
+        need(self.scale_rule == "absolute" or self.mode in ops.SPECTRAL_MODES, "scale_rule",
+             f"'absolute' in mode {self.mode!r} (the relative scale needs the eigenvalues of a "
+             f"spectral mode: {ops.SPECTRAL_MODES})")
         need(is_int(self.max_tries) and self.max_tries >= 1, "max_tries", "an int >= 1")
+        need(is_int(self.max_sweeps) and 1 <= self.max_sweeps <= 1000, "max_sweeps", "an int in [1, 1000]")
         need(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1),
              "chunk_size", "None or an int >= 1")
         return self

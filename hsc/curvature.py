@@ -117,10 +117,16 @@ def draw_signs(generator: torch.Generator, samples: int, num_blocks: int, dtype:
 
 
 def probe_hvps(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
-               signs: torch.Tensor, *, chunk_size: Optional[int] = None) -> torch.Tensor:
+               signs: torch.Tensor, *, chunk_size: Optional[int] = None,
+               colours: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sign-coded block probing: for each draw s of signs (``signs[s]``, one +-1 per block, see
     :func:`draw_signs`) and each j < b, the HVP of the probe whose block m is s_m e_j. Returns
     ``[samples, b, N, b]`` (draw, probe j, block, row), ready for ``ops.accumulate_probes``.
+
+    ``colours`` (``[N]`` ints 0..C-1, e.g. ``BlockLayout.block_colours``): the coloured
+    estimator. Each colour c has probes of its own, s_m e_j on the blocks m of colour c only, and a
+    block's rows come from its colour's HVPs: blocks of one colour alias into each other's estimate,
+    blocks of different colours never do. b C HVPs a draw instead of b.
 
     Probes are built as blocks and scattered to the parameters' shapes, and the HVPs gathered
     back into blocks, through the layout (views and one concatenation for plain layouts)."""
@@ -129,14 +135,21 @@ def probe_hvps(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Seque
     dtype, device = grads[0].dtype, grads[0].device
     hvps = torch.empty(samples, b, N, b, dtype=dtype, device=device)
     chunk = min(b, chunk_size or default_chunk_size(n, device))
+    groups = [None] if colours is None else [colours == c for c in range(int(colours.max()) + 1 if N else 0)]
     for s in range(samples):
-        for j0 in range(0, b, chunk):
-            B = min(b, j0 + chunk) - j0
-            probe = torch.zeros(B, N, b, dtype=dtype, device=device)
-            rows = torch.arange(B, device=device)
-            probe[rows, :, j0 + rows] = signs[s]  # probe r: sign s_m at slot j0 + r of every block m
-            tangents = layout.scatter_rows(probe)
-            hv = hvp_rows(grads, params, tangents)
-            hvps[s, j0:j0 + B] = layout.gather_rows(
-                [h if h is not None else t.new_zeros(t.shape) for h, t in zip(hv, tangents)])
+        for members in groups:
+            sign = signs[s] if members is None else torch.where(members, signs[s], 0)
+            for j0 in range(0, b, chunk):
+                B = min(b, j0 + chunk) - j0
+                probe = torch.zeros(B, N, b, dtype=dtype, device=device)
+                rows = torch.arange(B, device=device)
+                probe[rows, :, j0 + rows] = sign  # probe r: sign s_m at slot j0 + r of every block m
+                tangents = layout.scatter_rows(probe)
+                hv = hvp_rows(grads, params, tangents)
+                rows_of_blocks = layout.gather_rows(
+                    [h if h is not None else t.new_zeros(t.shape) for h, t in zip(hv, tangents)])
+                if members is None:
+                    hvps[s, j0:j0 + B] = rows_of_blocks
+                else:
+                    hvps[s, j0:j0 + B, members] = rows_of_blocks[:, members]
     return hvps

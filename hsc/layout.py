@@ -157,15 +157,21 @@ class BlockLayout:
         pieces: List[torch.Tensor] = []
         self.tensor_blocks = []
         padded_blocks: List[int] = []  # blocks that end in padding, for identity_padding
+        # Per block: (tile y, tile x, block within the tile) for blocks of spatial tiles, else
+        # (-1, -1, -1): where blocks sit in an image, for block_colours.
+        places: List[Tuple[int, int, int]] = []
         first_block = 0
         for shape, offset in zip(self.shapes, self.offsets):
             lengths = _segment_lengths(shape, patch)
             block_counts = [_blocks_of(n, block_size) for n in lengths]
+            tiled = patch is not None and len(shape) >= 3
+            tiles_x = _blocks_of(shape[-1], patch[1]) if tiled else 1
             cursor = first_block
-            for n, count in zip(lengths, block_counts):
+            for t, (n, count) in enumerate(zip(lengths, block_counts)):
                 cursor += count
                 if n % block_size:
                     padded_blocks.append(cursor - 1)
+                places += [(t // tiles_x, t % tiles_x, w) if tiled else (-1, -1, -1) for w in range(count)]
             if lengths:
                 pieces.append(self._tensor_slots(shape, offset, lengths, block_counts))
             self.tensor_blocks.append((first_block, cursor))
@@ -184,6 +190,7 @@ class BlockLayout:
                            torch.arange(self.index.numel(), dtype=torch.int64, device=self.device))
         self._inverse = inverse[: self.numel]
         self._padded_blocks = torch.tensor(padded_blocks, dtype=torch.int64, device=self.device)
+        self._places = torch.tensor(places, dtype=torch.int64).reshape(-1, 3)
         # A tensor cut into one segment (no tiles, or one tile covering it: order lead, y, x) is
         # in flat order. If all are, gather is one concatenation and scatter takes views,
         # instead of an indexed copy each way.
@@ -232,6 +239,24 @@ class BlockLayout:
         slots.index_put_((destination.reshape(-1),),
                          torch.arange(offset, offset + numel, dtype=torch.int64, device=device))
         return slots
+
+    def block_colours(self, radius: int) -> torch.Tensor:
+        """``[N]`` int64 colours such that blocks likely to couple strongly differ in colour (the
+        coloured probe estimator, docs/contract.md §4): blocks of spatial tiles whose tile
+        coordinates differ by at most ``radius`` in both directions, and blocks of one tile, never
+        share a colour ((radius + 1)^2 x blocks-per-tile colours, by tile position modulo
+        radius + 1); other blocks take the colours in turn (block index modulo the colour count),
+        so neighbours in memory differ. Colours are 0..C-1, C = ``max + 1``."""
+        if not (isinstance(radius, int) and radius >= 0):
+            raise ValueError(f"hsc: radius must be an int >= 0, got {radius!r}")
+        period = radius + 1
+        ty, tx, within = self._places.unbind(1)
+        per_tile = int(within.max()) + 1 if self.num_blocks else 1
+        count = period * period * per_tile
+        tiled = ty >= 0
+        colours = ((ty % period) * period + tx % period) * per_tile + within
+        plain = torch.arange(self.num_blocks, dtype=torch.int64) % count
+        return torch.where(tiled, colours, plain).to(self.device)
 
     # ---- moving data between parameter tensors and blocks -------------------------------------
 

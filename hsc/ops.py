@@ -23,7 +23,12 @@ import torch
 
 from . import _C  # noqa: F401  (loads the library that registers torch.ops.hsc)
 
-MODES = ("cholesky", "singular_safe")
+MODES = ("cholesky", "singular_safe", "spectral", "saddle_free", "saddle_free_root")
+# The modes that take the eigenpairs of S (docs/contract.md §2): no damping, a multiplier f(lambda).
+SPECTRAL_MODES = ("spectral", "saddle_free", "saddle_free_root")
+# The eigensolver's default sweep limit (spectral modes and eigh): cyclic Jacobi converges
+# quadratically, in 4 to 10 sweeps on the blocks measured (docs/ops.md).
+MAX_SWEEPS = 30
 Damping = Union[float, torch.Tensor]
 
 
@@ -37,7 +42,8 @@ class Status(enum.IntEnum):
     FACTORISED = 0       # factorised with the requested damping
     DAMPING_RAISED = 1   # factorised after raising the damping (mode cholesky)
     NON_FINITE = 2       # H_k has a NaN or Inf (on CUDA also: a bad damping entry): fallback
-    FAILED = 3           # not factorised within max_tries (or pivots too small): fallback
+    FAILED = 3           # not factorised within max_tries (or pivots too small), or the
+                         # eigensolver did not converge within max_sweeps (spectral modes): fallback
 
 
 class Correction(NamedTuple):
@@ -130,6 +136,7 @@ def correct(
     scale: float = 1.0,
     mode: str = "cholesky",
     max_tries: int = 32,
+    max_sweeps: int = MAX_SWEEPS,
 ) -> Correction:
     """Factor the corrected preconditioner M = A + mu^2 A^{-1} of every block of ``H``.
 
@@ -140,15 +147,18 @@ def correct(
             host), and a block whose damping is negative, infinite or NaN gets status 2 and the
             fallback.
         scale: mu > 0.
-        mode: ``"cholesky"`` (raise delta until A is positive definite) or ``"singular_safe"``
-            (M^{-1} = A (A^2 + mu^2 I)^{-1}, defined for any symmetric A).
+        mode: ``"cholesky"`` (raise delta until A is positive definite), ``"singular_safe"``
+            (M^{-1} = A (A^2 + mu^2 I)^{-1}, defined for any symmetric A), or a spectral mode
+            (``"spectral"``, ``"saddle_free"``, ``"saddle_free_root"``: M^{-1} = V f(Lambda) V^T
+            from the eigenpairs of S, no damping; docs/contract.md §2).
         max_tries: how many dampings of the sequence to try in mode ``cholesky``.
+        max_sweeps: the eigensolver's sweep limit in the spectral modes (status 3 past it).
     Returns:
         A :class:`Correction`; pass it to :func:`solve`.
     """
     _check_tensor(H, "H")
     return Correction(*torch.ops.hsc.correct.default(
-        H, _damping_tensor(damping, H), float(scale), mode, int(max_tries)))
+        H, _damping_tensor(damping, H), float(scale), mode, int(max_tries), int(max_sweeps)))
 
 
 def correct_(
@@ -160,6 +170,7 @@ def correct_(
     mode: str = "cholesky",
     max_tries: int = 32,
     keep_failed: Union[bool, torch.Tensor] = False,
+    max_sweeps: int = MAX_SWEEPS,
 ) -> Correction:
     """:func:`correct` writing the factor into ``factor`` in place.
 
@@ -182,7 +193,7 @@ def correct_(
     _check_tensor(H, "H")
     damping_used, status = torch.ops.hsc.correct_.default(
         factor, H, _damping_tensor(damping, H), float(scale), mode, int(max_tries),
-        _keep_failed_tensor(keep_failed, H))
+        _keep_failed_tensor(keep_failed, H), int(max_sweeps))
     return Correction(factor, damping_used, status)
 
 
@@ -209,6 +220,7 @@ def precondition(
     scale: float = 1.0,
     mode: str = "cholesky",
     max_tries: int = 32,
+    max_sweeps: int = MAX_SWEEPS,
 ):
     """Fused one-shot path: P = M^{-1} G per block without materialising a factor.
 
@@ -218,7 +230,79 @@ def precondition(
     _check_tensor(H, "H")
     _check_tensor(G, "G")
     return tuple(torch.ops.hsc.precondition.default(
-        H, G, _damping_tensor(damping, H), float(scale), mode, int(max_tries)))
+        H, G, _damping_tensor(damping, H), float(scale), mode, int(max_tries), int(max_sweeps)))
+
+
+class Eigh(NamedTuple):
+    """The result of :func:`eigh`.
+
+    eigenvalues:  ``[N, b]``, ascending per block.
+    eigenvectors: ``[N, b, b]``; column j of block k is the eigenvector of ``eigenvalues[k, j]``.
+    status:       ``[N]`` int32, :class:`Status`: 0 converged; 2 a NaN or Inf in H (eigenvalues and
+                  eigenvectors NaN); 3 not converged within max_sweeps (the last iterate:
+                  eigenvectors orthogonal to rounding, eigenvalues the diagonal it reached).
+    Both in H's compute dtype (float32 for float16/bfloat16).
+    """
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    status: torch.Tensor
+
+
+def eigh(H: torch.Tensor, *, max_sweeps: int = MAX_SWEEPS) -> Eigh:
+    """The eigen-decomposition of S = (H + H^T)/2 for every block of ``H`` (``[N, b, b]``, any real
+    matrices), by cyclic Jacobi, many blocks at once (docs/ops.md: its accuracy and cost).
+
+    Args:
+        H: ``[N, b, b]`` blocks.
+        max_sweeps: sweeps of Jacobi before a block is reported as not converged (status 3).
+    Returns:
+        An :class:`Eigh`.
+    """
+    _check_tensor(H, "H")
+    return Eigh(*torch.ops.hsc.eigh.default(H, int(max_sweeps)))
+
+
+def correct_from_eigh_(
+    factor: torch.Tensor,
+    eigen: Eigh,
+    *,
+    scale: float = 1.0,
+    mode: str = "saddle_free_root",
+    keep_failed: Union[bool, torch.Tensor] = False,
+) -> Correction:
+    """The factor of a spectral mode from an eigen-decomposition, written into ``factor`` in place:
+    M^{-1} = V f(Lambda) V^T per block (docs/contract.md §2), the fallback ``I / (1 + mu^2)`` where
+    ``eigen.status`` is 2 or 3. With :func:`eigh` first, mu can be chosen from the eigenvalues
+    (the preconditioner's relative scale) before the factor is formed.
+
+    Args:
+        factor: shaped as :class:`Correction`'s (:func:`factor_shape`), contiguous, in the
+            eigenvalues' dtype, on their device. Lanes past the last block are set to 0.
+        eigen: the :class:`Eigh` of the blocks.
+        scale: mu > 0.
+        mode: ``"spectral"``, ``"saddle_free"`` or ``"saddle_free_root"``.
+        keep_failed: as in :func:`correct_`.
+    Returns:
+        ``Correction(factor, damping, status)``: damping 0 (no damping in the spectral modes),
+        status ``eigen.status``.
+    """
+    _check_tensor(factor, "factor")
+    if not isinstance(eigen, Eigh):
+        raise TypeError(f"hsc: eigen must be the Eigh returned by hsc.ops.eigh, got {type(eigen).__name__}")
+    keep = _keep_failed_tensor(keep_failed, eigen.eigenvalues)
+    torch.ops.hsc.correct_from_eigh_.default(factor, eigen.eigenvalues, eigen.eigenvectors, eigen.status,
+                                             float(scale), mode, keep)
+    return Correction(factor, eigen.eigenvalues.new_zeros(eigen.status.shape), eigen.status)
+
+
+def correct_from_eigh(eigen: Eigh, *, scale: float = 1.0, mode: str = "saddle_free_root") -> Correction:
+    """:func:`correct_from_eigh_` into a new factor."""
+    if not isinstance(eigen, Eigh):
+        raise TypeError(f"hsc: eigen must be the Eigh returned by hsc.ops.eigh, got {type(eigen).__name__}")
+    N, b = eigen.eigenvectors.shape[0], eigen.eigenvectors.shape[-1]
+    factor = eigen.eigenvalues.new_empty(factor_shape(N, b))
+    return correct_from_eigh_(factor, eigen, scale=scale, mode=mode)
 
 
 def accumulate_probes(
@@ -292,7 +376,7 @@ def _same_device(**tensors: torch.Tensor) -> None:
 
 
 @torch.library.register_fake("hsc::correct")
-def _correct_fake(H, damping, scale, mode, max_tries):
+def _correct_fake(H, damping, scale, mode, max_tries, max_sweeps):
     _same_device(H=H, damping=damping)
     N, b = H.shape[0], H.shape[1]
     factor = H.new_empty(factor_shape(N, b), dtype=_compute_dtype(H.dtype))
@@ -300,7 +384,7 @@ def _correct_fake(H, damping, scale, mode, max_tries):
 
 
 @torch.library.register_fake("hsc::correct_")
-def _correct_in_place_fake(factor, H, damping, scale, correction_mode, max_tries, keep_failed):
+def _correct_in_place_fake(factor, H, damping, scale, correction_mode, max_tries, keep_failed, max_sweeps):
     _same_device(factor=factor, H=H, damping=damping,
                  **({} if keep_failed is None else {"keep_failed": keep_failed}))
     N = H.shape[0]
@@ -314,10 +398,24 @@ def _solve_fake(factor, G):
 
 
 @torch.library.register_fake("hsc::precondition")
-def _precondition_fake(H, G, damping, scale, mode, max_tries):
+def _precondition_fake(H, G, damping, scale, mode, max_tries, max_sweeps):
     _same_device(H=H, G=G, damping=damping)
     N = H.shape[0]
     return G.new_empty(G.shape), H.new_empty((N,)), H.new_empty((N,), dtype=torch.int32)
+
+
+@torch.library.register_fake("hsc::eigh")
+def _eigh_fake(H, max_sweeps):
+    N, b = H.shape[0], H.shape[1]
+    dtype = _compute_dtype(H.dtype)
+    return H.new_empty((N, b), dtype=dtype), H.new_empty((N, b, b), dtype=dtype), \
+        H.new_empty((N,), dtype=torch.int32)
+
+
+@torch.library.register_fake("hsc::correct_from_eigh_")
+def _correct_from_eigh_fake(factor, eigenvalues, eigenvectors, status, scale, correction_mode, keep_failed):
+    _same_device(factor=factor, eigenvalues=eigenvalues, eigenvectors=eigenvectors, status=status,
+                 **({} if keep_failed is None else {"keep_failed": keep_failed}))
 
 
 @torch.library.register_fake("hsc::accumulate_probes")

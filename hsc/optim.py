@@ -6,7 +6,9 @@ the compiled ops own the matrix functions.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -14,6 +16,50 @@ import torch
 from .distributed import RankGroup
 from .config import CONFIG_FIELDS, PreconditionerConfig
 from .preconditioner import Preconditioner, all_finite
+
+
+STEP_RULES = ("trust", "armijo")
+
+
+@dataclass
+class StepControl:
+    """How :class:`HSC` controls its step length on a deterministic loss (docs/contract.md §5).
+
+    Each step moves by ``-lr * alpha * u`` (u: the momentum update along M^-1 g) with a trust
+    factor alpha in (0, 1]; the step's predicted decrease is lr alpha g^T u.
+
+    - ``trust``: no extra evaluation. The next step's loss judges the last step: a loss that is not
+      finite or above the loss before the step by more than ``undo_above`` |loss| UNDOES the step
+      (parameters and momentum restored, momentum cleared, alpha shrunk, the loss evaluated again
+      at the restored point); otherwise the ratio of actual to predicted decrease shrinks alpha
+      (below ``low``) or grows it back towards 1 (above ``high``), as a Levenberg-Marquardt
+      parameter moves.
+    - ``armijo``: backtracking on the closure within the step: trial points at alpha, alpha
+      shrink, ... until the loss falls by at least ``armijo`` times the predicted decrease; after
+      ``max_backtracks`` failures the step is not taken (counted as undone). alpha starts each step
+      at min(1, grow x the last accepted alpha).
+    An update u that is not a descent direction (g^T u <= 0: momentum pointing uphill, or a signed
+    spectral mode on negative curvature) is replaced by M^-1 g with the momentum cleared, and by g
+    itself where that is not descent either.
+    """
+
+    rule: str = "trust"
+    undo_above: float = 0.0
+    shrink: float = 0.5
+    grow: float = 2.0
+    low: float = 0.1
+    high: float = 0.5
+    armijo: float = 1e-4
+    max_backtracks: int = 12
+
+    def validate(self) -> "StepControl":
+        if self.rule not in STEP_RULES:
+            raise ValueError(f"hsc: step_control.rule must be one of {STEP_RULES}, got {self.rule!r}")
+        if not (0 < self.shrink < 1 and self.grow >= 1 and 0 <= self.low <= self.high and self.undo_above >= 0
+                and 0 < self.armijo < 1 and self.max_backtracks >= 1):
+            raise ValueError(f"hsc: step_control needs 0 < shrink < 1, grow >= 1, 0 <= low <= high, "
+                             f"undo_above >= 0, 0 < armijo < 1, max_backtracks >= 1; got {self}")
+        return self
 
 
 class HSC(torch.optim.Optimizer):
@@ -25,6 +71,8 @@ class HSC(torch.optim.Optimizer):
         momentum: heavy-ball momentum on the preconditioned gradient.
         weight_decay: decoupled weight decay (p <- p (1 - lr wd)).
         process_group: a ``torch.distributed`` group for data-parallel training, or ``None``.
+        step_control: a :class:`StepControl` (needs ``step(closure)`` on a deterministic loss, one
+            process), or None: every step at the full lr.
         **preconditioner_options: fields of :class:`PreconditionerConfig` (block_size, estimator,
             samples, ema, update_every, damping, scale, mode, max_tries, chunk_size, patch, seed).
 
@@ -46,7 +94,7 @@ class HSC(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 *, process_group=None, **preconditioner_options):
+                 *, process_group=None, step_control: Optional[StepControl] = None, **preconditioner_options):
         if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
             raise ValueError(f"hsc: lr must be a finite number > 0, got {lr!r}")
         if not 0 <= momentum < 1:
@@ -67,7 +115,18 @@ class HSC(torch.optim.Optimizer):
             for group in self.param_groups
         ]
         self.counters = {"steps": 0, "skipped_non_finite_loss": 0, "skipped_non_finite_gradient": 0,
-                         "skipped_non_finite_update": 0}
+                         "skipped_non_finite_update": 0, "undone_steps": 0, "backtracks": 0,
+                         "non_descent_updates": 0}
+        if step_control is not None:
+            if not isinstance(step_control, StepControl):
+                raise TypeError(f"hsc: step_control must be a StepControl or None, got {type(step_control).__name__}")
+            if self.ranks.distributed:
+                raise ValueError("hsc: step_control is for one process (its loss must be deterministic)")
+        self.step_control = None if step_control is None else dataclasses.replace(step_control).validate()
+        # trust factor alpha; the state before the last step (trust rule): parameters, momentum
+        # buffers, the loss there and the step's predicted decrease
+        self.alpha = 1.0
+        self._before: Optional[dict] = None
 
     def _skip(self, reason: str) -> None:
         self.counters[f"skipped_non_finite_{reason}"] += 1
@@ -98,6 +157,10 @@ class HSC(torch.optim.Optimizer):
         as Sophia and K-FAC use)."""
         if curvature_closure is not None and closure is None:
             raise ValueError("hsc: curvature_closure needs a closure (the step's loss)")
+        if self.step_control is not None:
+            if closure is None:
+                raise ValueError("hsc: step_control needs step(closure)")
+            return self._controlled_step(closure, curvature_closure)
         if closure is None:
             loss, directions = None, self._directions_from_grad()
         else:
@@ -105,6 +168,104 @@ class HSC(torch.optim.Optimizer):
         if directions is not None:
             self._apply(directions)
         return loss
+
+    # ---- step control -----------------------------------------------------------------------
+
+    def _snapshot(self) -> dict:
+        return {"params": [p.detach().clone() for g in self.param_groups for p in g["params"]],
+                "buffers": {p: st["momentum_buffer"].clone() for p, st in self.state.items()
+                            if "momentum_buffer" in st}}
+
+    def _restore(self, snapshot: dict, keep_momentum: bool) -> None:
+        for p, x in zip((p for g in self.param_groups for p in g["params"]), snapshot["params"]):
+            p.copy_(x)
+        for p, st in self.state.items():
+            st.pop("momentum_buffer", None)
+            if keep_momentum and p in snapshot["buffers"]:
+                st["momentum_buffer"] = snapshot["buffers"][p]
+
+    def _controlled_step(self, closure, curvature_closure):
+        ctl = self.step_control
+        loss, directions = self._directions_from_closure(closure, curvature_closure)
+        before, self._before = self._before, None
+        if ctl.rule == "trust" and before is not None:
+            value = float(loss) if loss is not None else math.nan
+            if not math.isfinite(value) or value > before["loss"] + ctl.undo_above * abs(before["loss"]):
+                self._restore(before, keep_momentum=False)
+                self.alpha *= ctl.shrink
+                self.counters["undone_steps"] += 1
+                loss, directions = self._directions_from_closure(closure, None)
+            else:
+                predicted = before["predicted"]
+                ratio = (before["loss"] - value) / predicted if predicted > 0 else 1.0
+                if ratio < ctl.low:
+                    self.alpha *= ctl.shrink
+                elif ratio > ctl.high:
+                    self.alpha = min(1.0, self.alpha * ctl.grow)
+        if directions is None:
+            return loss
+        value = float(loss)
+        start = self._snapshot()
+        update, slope = self._descent_update(directions)
+        if ctl.rule == "trust":
+            if self._move(update, self.alpha):
+                self._before = {**start, "loss": value, "predicted": self._lr_slope(slope) * self.alpha}
+            return loss
+        alpha = min(1.0, self.alpha * ctl.grow)
+        for _ in range(ctl.max_backtracks):
+            if self._move(update, alpha):
+                with torch.no_grad():
+                    trial = float(self._scalar(closure(), "closure"))
+                if math.isfinite(trial) and trial <= value - ctl.armijo * alpha * self._lr_slope(slope):
+                    self.alpha = alpha
+                    return loss
+                self._restore(start, keep_momentum=True)
+                self.counters["steps"] -= 1  # the trial point was not kept
+            self.counters["backtracks"] += 1
+            alpha *= ctl.shrink
+        self._restore(start, keep_momentum=False)
+        self.alpha = alpha
+        self.counters["undone_steps"] += 1
+        return loss
+
+    def _lr_slope(self, slope: list) -> float:
+        """Predicted decrease of the step at alpha = 1: sum over groups of lr g^T u."""
+        return sum(g["lr"] * s for g, s in zip(self.param_groups, slope))
+
+    def _descent_update(self, directions):
+        """The update u of each parameter (momentum applied, not yet stored) and g^T u per group,
+        u replaced as the StepControl docstring says where it is not a descent direction."""
+        updates, slopes = [], []
+        cleared = False
+        for group, ds in zip(self.param_groups, directions):
+            momentum = group["momentum"]
+            us, slope = [], 0.0
+            for p, d in zip(group["params"], ds):
+                if not p.requires_grad:
+                    us.append(None)
+                    continue
+                buf = self.state[p].get("momentum_buffer") if momentum > 0 else None
+                u = d if buf is None else buf * momentum + d
+                us.append(u)
+                slope += float((p.grad * u).sum())
+            if not slope > 0:  # momentum uphill: the plain preconditioned direction, then g
+                cleared = True
+                for p in group["params"]:
+                    self.state[p].pop("momentum_buffer", None)
+                us = [None if not p.requires_grad else d for p, d in zip(group["params"], ds)]
+                slope = sum(float((p.grad * d).sum()) for p, d in zip(group["params"], ds) if p.requires_grad)
+                if not slope > 0:
+                    us = [None if not p.requires_grad else p.grad.clone() for p in group["params"]]
+                    slope = sum(float((p.grad * p.grad).sum()) for p in group["params"] if p.requires_grad)
+            updates.append(us)
+            slopes.append(slope)
+        self.counters["non_descent_updates"] += int(cleared)
+        return updates, slopes
+
+    def _move(self, updates, alpha: float) -> bool:
+        """Applies the updates at alpha x lr (momentum buffers = the updates); False (nothing
+        written, counted) where a value would not be finite."""
+        return self._apply(updates, lr_factor=alpha, momentum_done=True)
 
     # ---- the pieces of a step ---------------------------------------------------------------
 
@@ -181,20 +342,21 @@ class HSC(torch.optim.Optimizer):
             return None
         return [pc.solve(gs) for pc, gs in zip(self.preconditioners, grads)]
 
-    def _apply(self, directions) -> None:
-        """Momentum and decoupled weight decay on the directions. The new momentum buffers and
-        parameters are formed aside and written only when every value is finite: finite inputs can
-        still overflow."""
+    def _apply(self, directions, lr_factor: float = 1.0, momentum_done: bool = False) -> bool:
+        """Momentum and decoupled weight decay on the directions (``momentum_done``: the
+        directions already hold the momentum update); returns whether the step was taken. The new
+        momentum buffers and parameters are formed aside and written only when every value is
+        finite: finite inputs can still overflow."""
         updates = []
         for group, ds in zip(self.param_groups, directions):
-            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            lr, momentum, wd = group["lr"] * lr_factor, group["momentum"], group["weight_decay"]
             for p, d in zip(group["params"], ds):
                 if not p.requires_grad:
                     continue
                 buf = self.state[p].get("momentum_buffer") if momentum > 0 else None
                 new_buf = None
                 if momentum > 0:
-                    new_buf = d.clone() if buf is None else buf * momentum + d
+                    new_buf = d.clone() if momentum_done or buf is None else buf * momentum + d
                     d = new_buf
                 new_p = torch.add(p * (1 - lr * wd) if wd > 0 else p, d, alpha=-lr)
                 updates.append((p, new_p, new_buf))
@@ -202,12 +364,13 @@ class HSC(torch.optim.Optimizer):
         # parameters covers both.
         if not all_finite([new_p for _, new_p, _ in updates]):
             self._skip("update")
-            return
+            return False
         for p, new_p, new_buf in updates:
             p.copy_(new_p)
             if new_buf is not None:
                 self.state[p]["momentum_buffer"] = new_buf
         self.counters["steps"] += 1
+        return True
 
     def stats(self) -> dict:
         """The optimizer's counters and each group's preconditioner statistics."""
@@ -217,6 +380,10 @@ class HSC(torch.optim.Optimizer):
         state = super().state_dict()
         state["preconditioners"] = [pc.state_dict() for pc in self.preconditioners]
         state["counters"] = dict(self.counters)
+        state["step_control"] = {"alpha": self.alpha, "before": None if self._before is None else {
+            "params": [x.clone() for x in self._before["params"]],
+            "buffers": [self._before["buffers"].get(p) for g in self.param_groups for p in g["params"]],
+            "loss": self._before["loss"], "predicted": self._before["predicted"]}}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -226,7 +393,15 @@ class HSC(torch.optim.Optimizer):
         if len(preconditioners) != len(self.preconditioners):
             raise ValueError(f"hsc: state_dict has {len(preconditioners)} parameter groups, "
                              f"this optimizer {len(self.preconditioners)}")
+        control = state_dict.pop("step_control", None) or {"alpha": 1.0, "before": None}
         super().load_state_dict(state_dict)
         for pc, s in zip(self.preconditioners, preconditioners):
             pc.load_state_dict(s)
-        self.counters = dict(counters)
+        self.counters = {**dict.fromkeys(self.counters, 0), **counters}
+        self.alpha = control["alpha"]
+        before = control["before"]
+        params = [p for g in self.param_groups for p in g["params"]]
+        self._before = None if before is None else {
+            "params": [x.clone() for x in before["params"]],
+            "buffers": {p: b.clone() for p, b in zip(params, before["buffers"]) if b is not None},
+            "loss": before["loss"], "predicted": before["predicted"]}

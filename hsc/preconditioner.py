@@ -18,8 +18,51 @@ from .curvature import draw_signs, exact_blocks, probe_hvps
 from .distributed import BlockShards, RankGroup
 from .layout import BlockLayout
 
+# Spectrum summaries kept (one per refresh in a spectral mode; the oldest go first).
+SPECTRA_KEPT = 10_000
+
 # Counters of blocks: each rank counts its own; checkpoints hold the sum over the ranks.
 BLOCK_COUNTERS = ("kept_previous_factor", "non_finite_estimate_blocks", "non_finite_gradient_blocks")
+
+
+def real_eigenvalues(eigenvalues: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The eigenvalues of the real slots, flattened: ``eigenvalues`` is ``[N, b]`` (NaN rows for
+    blocks without a decomposition), ``mask`` the layout's ``[N, b]`` real slots. A padding slot is
+    an identity row and column of its block (docs/contract.md §1), so it contributes exactly one
+    eigenvalue 1.0 to its block's spectrum: as many 1.0 as there are padding slots in the blocks
+    kept are dropped (which copies of 1.0 go does not matter, they are equal)."""
+    kept = torch.isfinite(eigenvalues).all(1)
+    values = eigenvalues[kept].flatten()
+    padding = int((~mask[kept]).sum())
+    if padding:
+        ones = (values == 1).nonzero().flatten()[:padding]
+        keep = torch.ones_like(values, dtype=torch.bool)
+        keep[ones] = False
+        values = values[keep]
+    return values
+
+
+def relative_statistic(values: torch.Tensor) -> float:
+    """The statistic of the relative scale: the median |lambda| (the lower median), floored at
+    eps max|lambda| so that mu stays positive where over half the eigenvalues vanish; 1 where every
+    eigenvalue is 0 or there are none."""
+    if values.numel() == 0:
+        return 1.0
+    a = values.abs()
+    top = float(a.max())
+    if top == 0:
+        return 1.0
+    return max(float(a.median()), torch.finfo(values.dtype).eps * top)
+
+
+def spectrum_summary(values: torch.Tensor, scale: float) -> dict:
+    """min / median / max eigenvalue, the fractions negative and below mu in magnitude, and mu."""
+    if values.numel() == 0:
+        return {"eigenvalues": 0, "scale": scale}
+    v = values.double()
+    return {"eigenvalues": v.numel(), "min": float(v.min()), "median": float(v.median()),
+            "max": float(v.max()), "fraction_negative": float((v < 0).double().mean()),
+            "fraction_below_scale": float((v.abs() < scale).double().mean()), "scale": scale}
 
 
 def all_finite(tensors) -> bool:
@@ -86,6 +129,10 @@ class Preconditioner:
             raise ValueError("hsc: give process_group or ranks, not both")
         self.ranks = ranks if ranks is not None else RankGroup(process_group)
         self.shards = BlockShards(self.layout, self.ranks)
+        # The coloured estimator's block colours (None: plain probes, one colour).
+        self.colours = (self.layout.block_colours(self.config.colour_radius)
+                        if self.config.estimator == "coloured" else None)
+        self.colour_count = 1 if self.colours is None or not self.colours.numel() else int(self.colours.max()) + 1
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.calls = 0
         # Estimate and factors of the owned blocks only (all blocks without a process group).
@@ -96,6 +143,11 @@ class Preconditioner:
                          "non_finite_estimate_blocks": 0, "non_finite_gradient_blocks": 0}
         self.timings = {"hvp": 0.0, "assembly": 0.0, "communication": 0.0, "factorisation": 0.0,
                         "apply": 0.0}
+        self.scale = self.config.scale  # mu of the last refresh
+        # Spectral modes: the real eigenvalues of every block at the last refresh, and a summary
+        # per refresh (spectrum_summary).
+        self.eigenvalues: Optional[torch.Tensor] = None
+        self.spectra: list = []
 
     # ---- schedule --------------------------------------------------------------------------
 
@@ -153,7 +205,7 @@ class Preconditioner:
         first = self.estimate is None
         # Drawn before anything can fail, so every rank's generator stays in step.
         signs = draw_signs(self.generator, cfg.samples, layout.num_blocks, self.params[0].dtype,
-                           layout.device) if cfg.estimator == "probe" else None
+                           layout.device) if cfg.estimator != "exact" else None
         blocks, finite, t1 = None, None, t0
         if error is None:
             try:
@@ -162,8 +214,9 @@ class Preconditioner:
                     self.counters["hvps"] += layout.numel
                     t1 = time.perf_counter()
                 else:
-                    hvps = probe_hvps(layout, grads, self.params, signs, chunk_size=cfg.chunk_size).detach()
-                    self.counters["hvps"] += cfg.samples * cfg.block_size
+                    hvps = probe_hvps(layout, grads, self.params, signs, chunk_size=cfg.chunk_size,
+                                      colours=self.colours).detach()
+                    self.counters["hvps"] += cfg.samples * cfg.block_size * self.colour_count
                     t1 = time.perf_counter()
                     shape = (layout.num_blocks, cfg.block_size, cfg.block_size)
                     if ranks.distributed:  # this rank's estimate of every block, averaged below
@@ -210,16 +263,37 @@ class Preconditioner:
 
     def _factorise(self) -> None:
         cfg = self.config
-        options = dict(damping=cfg.damping, scale=cfg.scale, mode=cfg.mode, max_tries=cfg.max_tries)
-        if self.correction is None:
-            new = ops.correct(self.estimate, **options)
-        else:  # refactorise into the same buffer; a failed block that had a factor keeps it
-            new = ops.correct_(self.correction.factor, self.estimate, keep_failed=self.has_factor,
-                               **options)
+        if cfg.mode in ops.SPECTRAL_MODES:
+            new = self._factorise_spectral()
+        else:
+            options = dict(damping=cfg.damping, scale=cfg.scale, mode=cfg.mode, max_tries=cfg.max_tries)
+            self.scale = cfg.scale
+            if self.correction is None:
+                new = ops.correct(self.estimate, **options)
+            else:  # refactorise into the same buffer; a failed block that had a factor keeps it
+                new = ops.correct_(self.correction.factor, self.estimate, keep_failed=self.has_factor,
+                                   **options)
         failed = new.status >= ops.Status.NON_FINITE
         self.counters["kept_previous_factor"] += int((failed & self.has_factor).sum())
         self.has_factor |= ~failed
         self.correction = new
+
+    def _factorise_spectral(self) -> ops.Correction:
+        """The spectral modes: the eigenpairs of every owned block, then mu (the relative rule:
+        from every rank's eigenvalues, so that all ranks use one mu), then the factor."""
+        cfg = self.config
+        eigen = ops.eigh(self.estimate, max_sweeps=cfg.max_sweeps)
+        values = real_eigenvalues(self.shards.all_gather(
+            eigen.eigenvalues.masked_fill((eigen.status != ops.Status.FACTORISED)[:, None], float("nan")),
+            phase="refresh"), self.layout.mask)
+        self.scale = cfg.scale * relative_statistic(values) if cfg.scale_rule == "relative" else cfg.scale
+        self.eigenvalues = values
+        self.spectra.append(spectrum_summary(values, self.scale))
+        del self.spectra[:-SPECTRA_KEPT]
+        if self.correction is None:
+            return ops.correct_from_eigh(eigen, scale=self.scale, mode=cfg.mode)
+        return ops.correct_from_eigh_(self.correction.factor, eigen, scale=self.scale, mode=cfg.mode,
+                                      keep_failed=self.has_factor)
 
     # ---- apply -----------------------------------------------------------------------------
 
@@ -270,11 +344,17 @@ class Preconditioner:
     # ---- reporting and checkpoints ---------------------------------------------------------
 
     def stats(self) -> dict:
-        """Blocks by status, damping used (min / median / max), refresh time split, counters.
+        """Blocks by status, damping used (min / median / max), refresh time split, counters (HVPs
+        included), mu of the last refresh; in a spectral mode also ``spectrum``, the summary of
+        every block's eigenvalues at the last refresh (min / median / max, fraction negative,
+        fraction below mu in magnitude), and ``spectra``, one such summary per refresh (the last
+        10,000).
 
         With a process group: this rank's blocks (``owned``), and the collectives' payload bytes."""
         out = {"blocks": self.layout.num_blocks, "block_size": self.config.block_size,
-               "calls": self.calls, **self.counters, "seconds": dict(self.timings)}
+               "calls": self.calls, **self.counters, "seconds": dict(self.timings), "scale": self.scale}
+        if self.spectra:
+            out.update(spectrum=dict(self.spectra[-1]), spectra=[dict(x) for x in self.spectra])
         if self.ranks.distributed:
             out.update(rank=self.ranks.rank, world_size=self.ranks.world_size,
                        owned=(self.shards.start, self.shards.end), sent_bytes=dict(self.ranks.sent_bytes))
@@ -318,6 +398,8 @@ class Preconditioner:
             "generator": self.generator.get_state(),
             "counters": counters,
             "timings": dict(self.timings),
+            "scale": self.scale,
+            "spectra": [dict(x) for x in self.spectra],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -341,3 +423,5 @@ class Preconditioner:
         if self.ranks.rank != 0:  # the totals live on rank 0, so that saving sums them once
             self.counters.update(dict.fromkeys(BLOCK_COUNTERS, 0))
         self.timings = {**dict.fromkeys(self.timings, 0.0), **state["timings"]}
+        self.scale = state.get("scale", self.config.scale)
+        self.spectra = [dict(x) for x in state.get("spectra", [])]

@@ -11,7 +11,7 @@ from typing import Union
 
 import torch
 
-from .ops import Correction, pack, unpack
+from .ops import SPECTRAL_MODES, Correction, Eigh, pack, unpack
 
 Damping = Union[float, torch.Tensor]
 
@@ -47,7 +47,7 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
                dtype: torch.dtype):
     """Shared by correct and precondition: returns (S_or_A, chol, damping, status, ok)."""
     if mode not in ("cholesky", "singular_safe"):
-        raise ValueError(f"mode must be 'cholesky' or 'singular_safe', got {mode!r}")
+        raise ValueError(f"mode must be 'cholesky' or 'singular_safe' here, got {mode!r}")
     N, b = H.shape[0], H.shape[1]
     finite = torch.isfinite(H).flatten(1).all(dim=1) if N else torch.zeros(0, dtype=torch.bool)
     S = torch.where(finite[:, None, None], symmetrise(H, dtype), _eye(N, b, dtype))
@@ -60,7 +60,7 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
 
     if mode == "cholesky":
         # delta_k: the first damping of the sequence for which both factorisations succeed, M's
-        # with every pivot above mu (its eigenvalues are >= 2 mu; see csrc/block_math.h).
+        # with every pivot above mu (its eigenvalues are >= 2 mu; see csrc/block_rules.h).
         t = tau(S, compute_dtype(H.dtype))
         LM = _eye(N, b, dtype)
         todo = finite.clone()
@@ -95,6 +95,42 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
     return A, LC, used, status, ok
 
 
+def spectral_multiplier(mode: str, lam: torch.Tensor, scale: float) -> torch.Tensor:
+    """f(lambda) of a spectral mode (docs/contract.md §2): lambda / (lambda^2 + mu^2) (spectral),
+    |lambda| / (lambda^2 + mu^2) (saddle_free), 1 / sqrt(lambda^2 + mu^2) (saddle_free_root)."""
+    h2 = lam ** 2 + float(scale) ** 2
+    if mode == "spectral":
+        return lam / h2
+    if mode == "saddle_free":
+        return lam.abs() / h2
+    if mode == "saddle_free_root":
+        return h2.rsqrt()
+    raise ValueError(f"mode must be one of {SPECTRAL_MODES}, got {mode!r}")
+
+
+def eigh(H: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> Eigh:
+    """Reference of hsc.ops.eigh: torch.linalg.eigh of S = (H + H^T)/2 (ascending); status 2 and
+    NaN eigenpairs for blocks with a NaN or Inf, 0 for the others."""
+    N, b = H.shape[0], H.shape[1]
+    finite = torch.isfinite(H).flatten(1).all(dim=1) if N else torch.zeros(0, dtype=torch.bool)
+    S = torch.where(finite[:, None, None], symmetrise(H, dtype), _eye(N, b, dtype))
+    lam, V = torch.linalg.eigh(S) if N else (S.new_zeros(0, b), S.new_zeros(0, b, b))
+    lam = torch.where(finite[:, None], lam, float("nan"))
+    V = torch.where(finite[:, None, None], V, float("nan"))
+    return Eigh(lam, V, torch.where(finite, 0, 2).to(torch.int32))
+
+
+def corrected_inverse_from_eigh(eigen: Eigh, *, scale: float = 1.0, mode: str = "saddle_free_root",
+                                dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """M^{-1} = V f(Lambda) V^T per block as ``[N, b, b]`` from an eigen-decomposition, the fallback
+    I / (1 + mu^2) where its status is 2 or 3: hsc.ops.correct_from_eigh before packing."""
+    lam, V = eigen.eigenvalues.to(dtype), eigen.eigenvectors.to(dtype)
+    N, b = V.shape[0], V.shape[-1]
+    ok = eigen.status <= 1
+    Minv = (V * spectral_multiplier(mode, lam, scale)[..., None, :]) @ V.mT
+    return torch.where(ok[:, None, None], Minv, _fallback(N, b, scale, dtype))
+
+
 def _fallback(N: int, b: int, scale: float, dtype: torch.dtype) -> torch.Tensor:
     return _eye(N, b, dtype) / (1.0 + float(scale) ** 2)
 
@@ -104,6 +140,10 @@ def corrected_inverse(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float 
     """M^{-1} of every block as ``[N, b, b]`` (the fallback where status >= 2), the damping used
     and the status: hsc.ops.correct before its factor is packed."""
     N, b = H.shape[0], H.shape[1]
+    if mode in SPECTRAL_MODES:  # no damping: the eigenpairs of S
+        eigen = eigh(H, dtype=dtype)
+        Minv = corrected_inverse_from_eigh(eigen, scale=scale, mode=mode, dtype=dtype)
+        return Minv, torch.zeros(N, dtype=dtype), eigen.status
     A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries, dtype)
     if mode == "cholesky":
         Minv = torch.cholesky_inverse(chol)
@@ -134,6 +174,10 @@ def precondition(H: torch.Tensor, G: torch.Tensor, *, damping: Damping = 1e-4, s
     """Reference of hsc.ops.precondition: (P, damping, status), P = M^{-1} G per block."""
     Gd = G.to(dtype)
     Gm = Gd.unsqueeze(-1) if G.dim() == 2 else Gd
+    if mode in SPECTRAL_MODES:
+        Minv, used, status = corrected_inverse(H, scale=scale, mode=mode, dtype=dtype)
+        P = Minv @ Gm
+        return (P.squeeze(-1) if G.dim() == 2 else P), used, status
     A, chol, used, status, ok = _factorise(H, damping, scale, mode, max_tries, dtype)
     if mode == "cholesky":
         P = torch.cholesky_solve(Gm, chol)
@@ -142,3 +186,11 @@ def precondition(H: torch.Tensor, G: torch.Tensor, *, damping: Damping = 1e-4, s
         P = Q @ ((lam / (lam ** 2 + float(scale) ** 2))[..., :, None] * (Q.mT @ Gm))
     P = torch.where(ok[:, None, None], P, Gm / (1.0 + float(scale) ** 2))
     return (P.squeeze(-1) if G.dim() == 2 else P), used, status
+
+
+def correct_from_eigh(eigen: Eigh, *, scale: float = 1.0, mode: str = "saddle_free_root",
+                      dtype: torch.dtype = torch.float64) -> Correction:
+    """Reference of hsc.ops.correct_from_eigh: the factor of a spectral mode from an
+    eigen-decomposition, damping 0, the decomposition's status."""
+    Minv = corrected_inverse_from_eigh(eigen, scale=scale, mode=mode, dtype=dtype)
+    return Correction(pack(Minv), torch.zeros(eigen.status.shape[0], dtype=dtype), eigen.status)

@@ -62,24 +62,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const CorrectionCall& call) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> correct_cuda(const at::Tensor& H,
                                                            const at::Tensor& damping, double scale,
                                                            c10::string_view mode,
-                                                           int64_t max_tries) {
-  return run(CorrectionCall::correct(H, damping, scale, mode, max_tries));
+                                                           int64_t max_tries, int64_t max_sweeps) {
+  return run(CorrectionCall::correct(H, damping, scale, mode, max_tries, max_sweeps));
 }
 
 std::tuple<at::Tensor, at::Tensor> correct_in_place_cuda(at::Tensor& factor, const at::Tensor& H,
                                                          const at::Tensor& damping, double scale,
                                                          c10::string_view mode, int64_t max_tries,
-                                                         const c10::optional<at::Tensor>& keep_failed) {
+                                                         const c10::optional<at::Tensor>& keep_failed,
+    int64_t max_sweeps) {
   const CorrectionCall call =
-      CorrectionCall::correct_into(factor, H, damping, scale, mode, max_tries, keep_failed);
+      CorrectionCall::correct_into(factor, H, damping, scale, mode, max_tries, keep_failed,
+                                   max_sweeps);
   run(call);
   return call.in_place_result();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> precondition_cuda(
     const at::Tensor& H, const at::Tensor& G, const at::Tensor& damping, double scale,
-    c10::string_view mode, int64_t max_tries) {
-  return run(CorrectionCall::precondition(H, G, damping, scale, mode, max_tries));
+    c10::string_view mode, int64_t max_tries, int64_t max_sweeps) {
+  return run(CorrectionCall::precondition(H, G, damping, scale, mode, max_tries, max_sweeps));
 }
 
 }  // namespace

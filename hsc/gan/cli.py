@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="snapshot period: seconds (seconds budget) or steps (steps budget)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--checkpoint", action="store_true", help="save each run's final checkpoint")
+    parser.add_argument("--spectrum", action="store_true",
+                        help="write spectrum-hsc.png: histograms of each player's block eigenvalues at "
+                             "the last refresh (spectral modes; the first seed's run)")
     g = parser.add_argument_group("hsc method: the step around each player's preconditioner")
     g.add_argument("--hsc-players", choices=PLAYERS, default=d.players,
                    help=f"which players are preconditioned (default: {d.players})")
@@ -160,7 +163,17 @@ def main(args: argparse.Namespace) -> int:
     for method, runs in runs_by_method.items():
         plot_samples(runs, dataset, out / f"samples-{method}.png", f"{args.data}: {method}")
     plot_curves(runs_by_method, dataset, out / "metrics-vs-time.png")
-    print(f"wrote {out}/metrics.json, samples-*.png, metrics-vs-time.png")
+    written = "metrics.json, samples-*.png, metrics-vs-time.png"
+    if args.spectrum:
+        from ..spectrum_plot import plot_spectra
+
+        spectra = next((r.spectra for r in runs_by_method.get("hsc", []) if r.spectra), None)
+        if spectra is None:
+            print("no spectrum to draw: --spectrum needs an hsc run in a spectral mode (--hsc-mode)")
+        else:
+            plot_spectra(spectra, out / "spectrum-hsc.png", f"{args.data}: block eigenvalues at the last refresh")
+            written += ", spectrum-hsc.png"
+    print(f"wrote {out}/{written}")
     return 0
 
 

@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -235,6 +235,8 @@ class RunResult:
     history: List[Snapshot]
     samples: torch.Tensor
     stats: dict
+    # Spectral modes: per preconditioned player, its blocks' eigenvalues at the last refresh and mu.
+    spectra: Dict[str, Tuple[torch.Tensor, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"method": self.config.method, "seed": self.config.seed, "steps": self.steps,
@@ -363,7 +365,8 @@ class Trainer:
         if self.history[-1].step != self.step_count:
             self.snapshot()
         return RunResult(self.config, self.step_count, self.train_seconds, self.history[-1].metrics,
-                         list(self.history), self.generate(self.config.eval_samples), self.stats())
+                         list(self.history), self.generate(self.config.eval_samples), self.stats(),
+                         self.spectra())
 
     def stats(self) -> dict:
         out: dict = {"steps_per_second": self.step_count / max(self.train_seconds, 1e-9)}
@@ -371,9 +374,14 @@ class Trainer:
             out[f"{name}_skipped"] = player.skipped
             if player.preconditioner is not None:
                 s = player.preconditioner.stats()
-                out[f"{name}_preconditioner"] = {k: s[k] for k in ("blocks", "refreshes", "seconds", "status")
-                                                 if k in s}
+                out[f"{name}_preconditioner"] = {k: s[k] for k in ("blocks", "refreshes", "hvps", "seconds",
+                                                                   "status", "scale", "spectrum") if k in s}
         return out
+
+    def spectra(self) -> Dict[str, Tuple[torch.Tensor, float]]:
+        """Each preconditioned player's block eigenvalues at the last refresh, and mu (spectral modes)."""
+        return {name: (p.preconditioner.eigenvalues, p.preconditioner.scale) for name, p in self.players.items()
+                if p.preconditioner is not None and p.preconditioner.eigenvalues is not None}
 
     # ---- checkpoints -----------------------------------------------------------------------
 

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", choices=INITS, default=r.init, help="start from the content image or noise")
     parser.add_argument("--seed", type=int, default=r.seed, help="noise start and hsc's probe signs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--spectrum", action="store_true",
+                        help="write <out>-spectrum.png: a histogram of hsc's pixel-block eigenvalues at the "
+                             "last refresh (spectral modes)")
     f = parser.add_argument_group("objective")
     f.add_argument("--features", choices=EXTRACTORS, default="random",
                    help="random multi-scale network (offline) or VGG19 with --weights")
@@ -124,6 +127,7 @@ def output_paths(out: Path, names: List[str]) -> Dict[str, Path]:
     paths["loss"] = Path(f"{stem}-loss.png")
     paths["side_by_side"] = Path(f"{stem}-side-by-side.png")
     paths["metrics"] = out.parent / "metrics.json"
+    paths["spectrum"] = Path(f"{stem}-spectrum.png")
     return paths
 
 
@@ -164,6 +168,15 @@ def main(args: argparse.Namespace) -> int:
     if len(names) > 1:
         plot_side_by_side(content, style, results, paths["side_by_side"], [title])
         written.append(paths["side_by_side"])
+    if args.spectrum:
+        spectra = results["hsc"].spectra if "hsc" in results else {}
+        if spectra:
+            from ..spectrum_plot import plot_spectra
+
+            plot_spectra(spectra, paths["spectrum"], f"{title}: hsc's block eigenvalues at the last refresh")
+            written.append(paths["spectrum"])
+        else:
+            print("no spectrum to draw: --spectrum needs an hsc run in a spectral mode (--hsc-mode)")
     report = {"content": args.content, "style": args.style, "size": args.size, "features": args.features,
               "feature_seed": args.feature_seed, "weights": dataclasses.asdict(weights),
               "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),

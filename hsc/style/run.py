@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -137,6 +137,8 @@ class RunResult:
     steps: int
     seconds: float
     stats: dict
+    # hsc in a spectral mode: the pixel blocks' eigenvalues at the last refresh, and mu.
+    spectra: Dict[str, Tuple[torch.Tensor, float]] = field(default_factory=dict)
 
     @property
     def evaluations(self) -> int:
@@ -221,6 +223,12 @@ class _Stepper:
             return None  # converged: torch's LBFGS found no descent direction
         return float(self._cached_closure())  # the accepted point: cached, evaluated if ever missing
 
+    def spectra(self) -> Dict[str, Tuple[torch.Tensor, float]]:
+        if self.config.optimizer != "hsc":
+            return {}
+        pre = self.optimizer.preconditioners[0]
+        return {"pixels": (pre.eigenvalues, pre.scale)} if pre.eigenvalues is not None else {}
+
     def stats(self) -> dict:
         if self.config.optimizer == "hsc":
             return self.optimizer.stats()
@@ -258,4 +266,5 @@ def run(objective: StyleObjective, config: RunConfig,
         final = image.detach().clamp(0, 1)
         terms = {k: float(v) for k, v in objective.terms(final).items()}
         final_loss = float(objective(final))
-    return RunResult(config, final, final_loss, terms, history, steps, seconds, stepper.stats())
+    return RunResult(config, final, final_loss, terms, history, steps, seconds, stepper.stats(),
+                     stepper.spectra())
