@@ -2,17 +2,22 @@
 
     python -m pytest bench/bench_ops.py
 
-writes bench/results/cpu_ops.json and cpu_ops.md and prints the table.
+writes bench/results/cpu_ops.json and cpu_ops.md and prints the table. A quick check of the script
+on small sizes, writing elsewhere:
+
+    HSC_BENCH_OPS_MIB=1 HSC_BENCH_OPS_BLOCK_SIZES=8,16 HSC_BENCH_RESULTS=/tmp/r python -m pytest bench/bench_ops.py
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from hsc import ops
 
-BLOCK_BYTES = 16 << 20  # about 16 MB of blocks per case
-BLOCK_SIZES = [8, 16, 32, 64, 128]
+BLOCK_BYTES = int(os.environ.get("HSC_BENCH_OPS_MIB", 16)) << 20  # about 16 MiB of blocks per case
+BLOCK_SIZES = [int(b) for b in os.environ.get("HSC_BENCH_OPS_BLOCK_SIZES", "8,16,32,64,128").split(",")]
 DTYPES = [torch.float32, torch.float64]
 DAMPING, SCALE = 1e-4, 1.0
 

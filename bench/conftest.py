@@ -6,12 +6,11 @@ import os
 import platform
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+from bench_report import RESULTS  # noqa: F401  (HSC_BENCH_RESULTS moves it; bench_distributed writes there)
 
 
 def machine() -> dict:
@@ -33,8 +32,16 @@ def machine() -> dict:
         "hsc": hsc.__version__,
         "hsc_simd": _C.simd,
         "python": platform.python_version(),
-        "command": "python -m pytest " + " ".join(sys.argv[1:]) if "pytest" in sys.argv[0] else " ".join(sys.argv),
+        "command": command(),
     }
+
+
+def command() -> str:
+    """The command line, with the HSC_BENCH_* size settings that changed what was measured."""
+    run = "python -m pytest " + " ".join(sys.argv[1:]) if "pytest" in sys.argv[0] else " ".join(sys.argv)
+    sizes = [f"{k}={v}" for k, v in sorted(os.environ.items())
+             if k.startswith("HSC_BENCH_") and k != "HSC_BENCH_RESULTS"]
+    return " ".join(sizes + [run])
 
 
 class Collector:

@@ -107,3 +107,18 @@ def inject_nonfinite(H: torch.Tensor, bad: torch.Tensor, gen: torch.Generator) -
             torch.randint(0, 3, (1,), generator=gen).tolist()
         H[k, i, j] = values[v]
     return H
+
+
+class FakeClock:
+    """Stands in for the ``time`` module of a module under test (monkeypatch its ``time``): its
+    perf_counter reads a clock that moves only when the test advances it, so that budget logic is
+    checked without depending on how fast the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

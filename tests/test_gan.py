@@ -4,10 +4,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 
 import pytest
 import torch
 
+from conftest import FakeClock
 from hsc.__main__ import main as hsc_main
 from hsc.gan.data import make_dataset
 from hsc.gan.metrics import digits_classifier, digits_metrics, kl_to_uniform, mixture_metrics
@@ -148,11 +150,50 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 
 def test_cli_seconds_budget_counts_training_time_only(tmp_path):
+    """The run stops at the first step at or past the budget: every snapshot before the last is
+    below it, the last is taken at that step; snapshots come every --eval-every seconds of
+    training. No upper bound in seconds: how far the last step overshoots is the machine's speed."""
     out = tmp_path / "run"
     assert hsc_main(["gan", "--optim", "adam", "--seconds", "0.5", "--seeds", "0", "--batch-size", "32",
                      "--eval-every", "0.1", "--out", str(out)]) == 0
     run = json.loads((out / "metrics.json").read_text())["runs"][0]
-    assert 0.5 <= run["seconds"] < 1.0 and len(run["history"]) >= 3
+    history = run["history"]
+    assert run["seconds"] >= 0.5 and run["steps"] >= 1
+    assert history[0]["step"] == 0 and history[0]["seconds"] == 0.0
+    assert history[-1]["step"] == run["steps"] and history[-1]["seconds"] == run["seconds"]
+    assert all(snap["seconds"] < 0.5 for snap in history[:-1])
+    steps = [snap["step"] for snap in history]
+    assert steps == sorted(set(steps))
+    assert all(b["seconds"] - a["seconds"] >= 0.1 for a, b in zip(history[:-2], history[1:-1]))
+
+
+def test_seconds_budget_on_a_fake_clock(tmp_path, monkeypatch):
+    """The budget logic on a clock that moves 1/8 s per training step and 1000 s per metric
+    snapshot (binary fractions: the sums are exact): training time counts the steps only, so a
+    0.5 s budget with a snapshot every 0.25 s stops after exactly 4 steps, at 0.5 s, with
+    snapshots at steps 0, 2 and 4."""
+    train_module = sys.modules[Trainer.__module__]
+    clock = FakeClock()
+    monkeypatch.setattr(train_module, "time", clock)
+    train_step, evaluate = Trainer.train_step, train_module.evaluate
+
+    def timed_step(self):
+        train_step(self)
+        clock.advance(0.125)
+
+    def slow_evaluate(*args, **kwargs):
+        clock.advance(1000.0)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
+    out = tmp_path / "run"
+    assert hsc_main(["gan", "--optim", "adam", "--seconds", "0.5", "--seeds", "0", "--batch-size", "32",
+                     "--eval-every", "0.25", "--out", str(out)]) == 0
+    run = json.loads((out / "metrics.json").read_text())["runs"][0]
+    assert run["steps"] == 4 and run["seconds"] == 0.5
+    assert [(snap["step"], snap["seconds"]) for snap in run["history"]] == [(0, 0.0), (2, 0.25),
+                                                                          (4, 0.5)]
 
 
 def test_info_still_works(capsys):

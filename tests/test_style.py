@@ -3,6 +3,7 @@ each optimizer, named errors, the VGG19 loader and the ``hsc style`` CLI."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from conftest import FakeClock
 from hsc.__main__ import main as hsc_main
 from hsc.curvature import batched_hvp, exact_blocks
 from hsc.layout import BlockLayout
@@ -250,8 +252,32 @@ def test_budgets_stop_the_run():
     objective = tiny_objective()
     by_evaluations = run(objective, RunConfig(optimizer="lbfgs", evaluations=7))
     assert 7 <= by_evaluations.evaluations and by_evaluations.history[-2].evaluations < 7
+    # Stops at the first step at or past the budget; no upper bound in seconds (that is how fast
+    # the machine is).
     by_seconds = run(objective, RunConfig(optimizer="adam", seconds=0.2))
-    assert 0.2 <= by_seconds.seconds < 1.0 and by_seconds.history[-2].seconds < 0.2
+    assert 0.2 <= by_seconds.seconds == by_seconds.history[-1].seconds
+    assert all(record.seconds < 0.2 for record in by_seconds.history[:-1])
+
+
+def test_seconds_budget_on_a_fake_clock(monkeypatch):
+    """The seconds budget on a clock that moves 1/16 s per optimizer step and 100 s per progress
+    report (binary fractions: the sums are exact): only the steps count, so 0.25 s stops after
+    exactly 4 steps."""
+    run_module = sys.modules[run.__module__]
+    clock = FakeClock()
+    monkeypatch.setattr(run_module, "time", clock)
+    step = run_module._Stepper.step
+
+    def timed_step(self):
+        loss = step(self)
+        clock.advance(0.0625)
+        return loss
+
+    monkeypatch.setattr(run_module._Stepper, "step", timed_step)
+    result = run(tiny_objective(), RunConfig(optimizer="adam", seconds=0.25),
+                 progress=lambda record: clock.advance(100.0))
+    assert result.steps == 4 and result.seconds == 0.25
+    assert [r.seconds for r in result.history] == [0.0625, 0.125, 0.1875, 0.25]
 
 
 # ---- images and named errors ----------------------------------------------------------------
