@@ -123,6 +123,16 @@ HSC_HD int32_t status_code(bool finite, bool factorised, bool raised) {
   return !finite ? kNonFinite : !factorised ? kFailed : raised ? kDampingRaised : kFactorised;
 }
 
+// Smallest pivot accepted in the factorisation of A = S + d I: b eps max_j A_jj. A pivot at or
+// below it means A is singular to working precision (Cholesky's backward error is about
+// b eps ||A||): A^-1, and M = A + mu^2 A^-1 with it, would be rounding noise that a test on M's
+// pivots cannot see (a pivot bounds an eigenvalue from above only), so the damping is raised.
+template <class V, class Ops = LaneOps<V>>
+HSC_HD V damped_min_pivot(V diagonal_max, int b) {
+  using T = typename Ops::scalar;
+  return Ops::splat(T(b) * std::numeric_limits<T>::epsilon()) * diagonal_max;
+}
+
 // Smallest pivot accepted in M's factorisation. M's eigenvalues are lambda + mu^2/lambda >= 2 mu, so
 // every pivot is >= 2 mu in exact arithmetic; one below mu means rounding has destroyed M (A too
 // ill-conditioned for the dtype at this damping), and the damping is raised instead.

@@ -59,9 +59,12 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
     mu2 = float(scale) ** 2
 
     if mode == "cholesky":
-        # delta_k: the first damping of the sequence for which both factorisations succeed, M's
-        # with every pivot above mu (its eigenvalues are >= 2 mu; see csrc/block_rules.h).
+        # delta_k: the first damping of the sequence for which both factorisations succeed, A's
+        # with every pivot above b eps max_j A_jj (A nonsingular to the op's working precision)
+        # and M's with every pivot above mu (its eigenvalues are >= 2 mu); csrc/block_rules.h.
         t = tau(S, compute_dtype(H.dtype))
+        eps = torch.finfo(compute_dtype(H.dtype)).eps
+        diagonal_max = S.diagonal(dim1=-2, dim2=-1).amax(-1) if b else S.new_zeros(N)
         LM = _eye(N, b, dtype)
         todo = finite.clone()
         d = d0.clone()
@@ -72,10 +75,11 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
             used[idx] = d[idx]
             A = S[idx] + d[idx, None, None] * eye
             L, info = torch.linalg.cholesky_ex(A)
-            factorised = info == 0
+            floor = b * eps * (diagonal_max[idx] + d[idx])
+            factorised = (info == 0) & _pivots_above(L, floor)
             M = A[factorised] + mu2 * torch.cholesky_inverse(L[factorised])
             Lt, info = torch.linalg.cholesky_ex(M)
-            ok = (info == 0) & (Lt.diagonal(dim1=-2, dim2=-1) ** 2 > float(scale)).all(-1)
+            ok = (info == 0) & _pivots_above(Lt, torch.full((M.shape[0],), float(scale), dtype=dtype))
             good = idx[factorised][ok]
             LM[good] = Lt[ok]
             status[good] = 0 if attempt == 0 else 1
@@ -89,7 +93,7 @@ def _factorise(H: torch.Tensor, damping: Damping, scale: float, mode: str, max_t
     C = A @ A + mu2 * eye
     LC, info = torch.linalg.cholesky_ex(C)
     # C's eigenvalues are >= mu^2: a pivot below mu^2 / 2 means rounding has destroyed C.
-    pivots_ok = (LC.diagonal(dim1=-2, dim2=-1) ** 2 > 0.5 * mu2).all(-1)
+    pivots_ok = _pivots_above(LC, torch.full((N,), 0.5 * mu2, dtype=dtype))
     status[finite & (info == 0) & pivots_ok] = 0
     ok = status == 0
     return A, LC, used, status, ok
@@ -129,6 +133,13 @@ def corrected_inverse_from_eigh(eigen: Eigh, *, scale: float = 1.0, mode: str = 
     ok = eigen.status <= 1
     Minv = (V * spectral_multiplier(mode, lam, scale)[..., None, :]) @ V.mT
     return torch.where(ok[:, None, None], Minv, _fallback(N, b, scale, dtype))
+
+
+def _pivots_above(L: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """``[N]``: whether every pivot (the squared diagonal of the Cholesky factor) of each block is
+    finite and above its floor, as the compiled ops test them."""
+    pivots = L.diagonal(dim1=-2, dim2=-1) ** 2
+    return (torch.isfinite(pivots) & (pivots > floor[:, None])).all(-1)
 
 
 def _fallback(N: int, b: int, scale: float, dtype: torch.dtype) -> torch.Tensor:

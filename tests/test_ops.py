@@ -906,7 +906,7 @@ BAD_INPUTS = {
     "scale NaN": (_precondition(scale=float("nan")), ValueError, r"scale \(mu\) must be"),
     "scale Inf": (_correct(scale=float("inf")), ValueError, r"scale \(mu\) must be"),
     "unknown mode": (_precondition(mode="lu"), ValueError,
-                     r"mode must be 'cholesky' or 'singular_safe', got 'lu'"),
+                     r"mode must be one of 'cholesky', 'singular_safe', 'spectral', 'saddle_free', 'saddle_free_root', got 'lu'"),
     "max_tries 0": (_correct(max_tries=0), ValueError, r"max_tries must be >= 1, got 0"),
     "max_tries negative": (_precondition(max_tries=-3), ValueError, r"max_tries must be >= 1"),
 }
@@ -952,15 +952,15 @@ def test_opcheck(device, mode, dtype):
     H[2, 1, 3] = float("nan")
     damping = torch.full((7,), 1e-4, dtype=dtype, device=device)
     factor = ops.correct(H, mode=mode).factor
-    torch.library.opcheck(torch.ops.hsc.correct.default, (H, damping, 1.0, mode, 32))
+    torch.library.opcheck(torch.ops.hsc.correct.default, (H, damping, 1.0, mode, 32, ops.MAX_SWEEPS))
     for keep_failed in (None, torch.ones(7, dtype=torch.bool, device=device),
                         torch.arange(7, device=device) % 2 == 0):
         torch.library.opcheck(torch.ops.hsc.correct_.default,
-                              (factor.clone(), H, damping, 1.0, mode, 32, keep_failed))
+                              (factor.clone(), H, damping, 1.0, mode, 32, keep_failed, ops.MAX_SWEEPS))
     for G in (torch.randn(7, 5, dtype=dtype, generator=gen),
               torch.randn(7, 5, 3, dtype=dtype, generator=gen)):
         G = G.to(device)
-        torch.library.opcheck(torch.ops.hsc.precondition.default, (H, G, damping, 0.5, mode, 4))
+        torch.library.opcheck(torch.ops.hsc.precondition.default, (H, G, damping, 0.5, mode, 4, ops.MAX_SWEEPS))
         torch.library.opcheck(torch.ops.hsc.solve.default, (factor, G))
 
 
@@ -968,7 +968,7 @@ def test_opcheck(device, mode, dtype):
 def test_opcheck_transposed_gradient(op):
     H = spd_blocks(4, 5, generator(17)).float()
     G = torch.randn(4, 3, 5).mT  # [4, 5, 3], column-major blocks
-    args = ((H, G, torch.zeros(4), 1.0, "cholesky", 32) if op == "precondition"
+    args = ((H, G, torch.zeros(4), 1.0, "cholesky", 32, ops.MAX_SWEEPS) if op == "precondition"
             else (ops.correct(H).factor, G))
     result = torch.library.opcheck(getattr(torch.ops.hsc, op).default, args,
                                    raise_exception=False)
@@ -1093,21 +1093,20 @@ def test_step_norm_beyond_working_precision(mode, H, scale, status):
         assert_step_within_model(P, H, G, d, scale=scale, mode=mode)
 
 
-# Known issue, found by the step-norm property at damping 0 (mode cholesky, float64, a rank-one
-# PSD block: lambda = 3e-19 and 1.4, exactly). At d_0 = 0 A is singular to working precision;
-# its Cholesky factorisation succeeds by rounding, mu^2 A^{-1} is rounding noise of size 1e17,
-# and M's pivots still clear the floor mu, because a Cholesky pivot bounds M's smallest
-# eigenvalue from above, not from below. The op returns status 0 and a step 32 times
-# ||g|| / (2 mu), where the float64 reference raises the damping to d_1 = tau and gets 0.48 times.
-@pytest.mark.xfail(strict=True, reason="mode cholesky returns a step destroyed by rounding at a "
-                                       "damping where A is singular to working precision")
+# Found by the step-norm property at damping 0 (mode cholesky, float64, a rank-one PSD block:
+# lambda = 3e-19 and 1.4, exactly). At d_0 = 0 A is singular to working precision; its Cholesky
+# factorisation succeeds by rounding, mu^2 A^{-1} is rounding noise of size 1e17, and M's pivots
+# would still clear their floor mu, because a Cholesky pivot bounds M's smallest eigenvalue from
+# above, not from below: the step was 32 times ||g|| / (2 mu). A's pivots must now clear
+# b eps max_j A_jj (docs/contract.md §2), so d_0 is refused and the damping raised to d_1 = tau.
 def test_step_norm_on_singular_block_at_zero_damping():
     H = torch.tensor([[[1.4066517213553256, 0.11681660059304846],
                        [0.11681660059304846, 0.0097011349482924]]], dtype=torch.float64)
     G = torch.tensor([[0.9118069133219611, -1.288926801272551]], dtype=torch.float64)
     scale = 2.0
     P, d, s = ops.precondition(H, G, damping=0.0, scale=scale)
-    assert s.item() <= ops.Status.DAMPING_RAISED
+    assert s.item() == ops.Status.DAMPING_RAISED
+    assert d.item() == ref.tau(ref.symmetrise(H), torch.float64).item()
     allowance = step_allowance(H, d, scale, "cholesky")
     assert block_norm(P).item() <= block_norm(G).item() / (2 * scale) * (1 + allowance.item())
 

@@ -274,8 +274,9 @@ struct Workspace {
 };
 
 // Mode cholesky: for every lane in `todo`, the first damping d of the sequence d_0 = delta,
-// d_{i+1} = max(2 d_i, tau) for which both factorisations succeed: L L^T = A = S + d I, then
-// L_M L_M^T = M = A + mu^2 A^{-1} with every pivot of M at least correction_min_pivot(mu).
+// d_{i+1} = max(2 d_i, tau) for which both factorisations succeed: L L^T = A = S + d I with every
+// pivot above damped_min_pivot, then L_M L_M^T = M = A + mu^2 A^{-1} with every pivot of M above
+// correction_min_pivot(mu) (block_rules.h).
 // On return ws.f holds L_M for the returned lanes; `damping` holds the value used (the last value
 // tried for lanes that failed max_tries times, status 3), `raised` the lanes that needed more
 // than d_0.
@@ -287,9 +288,9 @@ struct Workspace {
 // goes back to stage 1 at its next damping. Every lane tries the same values in the same order as
 // a one-lane loop would, so the result does not depend on which blocks share a group.
 // Stage 1 also passes over, without factorising, the dampings d at which a diagonal entry of
-// A = S + d I is <= 0: pivot j of a Cholesky factorisation is A_jj minus a sum of squares, so it
-// is <= A_jj in floating point too, and such a factorisation fails for certain. Those values
-// count as tried, exactly as if the factorisation had been run.
+// A = S + d I is at or below A's pivot floor: pivot j of a Cholesky factorisation is A_jj minus a
+// sum of squares, so it is <= A_jj in floating point too, and such a factorisation fails for
+// certain. Those values count as tried, exactly as if the factorisation had been run.
 template <class V, class Ops = LaneOps<V>>
 HSC_HD typename Ops::mask factorise_corrected(const Workspace<V>& ws, V& damping, V tau, V mu2,
                                               V mu, int max_tries, typename Ops::mask todo,
@@ -301,8 +302,11 @@ HSC_HD typename Ops::mask factorise_corrected(const Workspace<V>& ws, V& damping
   mask done = Ops::no_lanes();
   raised = Ops::no_lanes();
   V d = damping, tried = zero;
-  V diagonal_min = ws.s(0, 0);
-  for (int i = 1; i < b; ++i) diagonal_min = Ops::min(diagonal_min, ws.s(i, i));
+  V diagonal_min = ws.s(0, 0), diagonal_max = ws.s(0, 0);
+  for (int i = 1; i < b; ++i) {
+    diagonal_min = Ops::min(diagonal_min, ws.s(i, i));
+    diagonal_max = Ops::max(diagonal_max, ws.s(i, i));
+  }
   mask searching = todo;
   // After a failed try: the next damping, and whether the lane may go on.
   auto advance = [&](mask failed) {
@@ -316,7 +320,8 @@ HSC_HD typename Ops::mask factorise_corrected(const Workspace<V>& ws, V& damping
     mask parked = Ops::no_lanes();
     while (Ops::any(searching)) {
       for (;;) {  // dampings that leave a diagonal entry <= 0 (the same rounding as A's below)
-        const mask hopeless = Ops::andnot(searching, Ops::usable_pivot(diagonal_min + d, zero));
+        const mask hopeless = Ops::andnot(
+            searching, Ops::usable_pivot(diagonal_min + d, damped_min_pivot<V, Ops>(diagonal_max + d, b)));
         if (!Ops::any(hopeless)) break;
         damping = Ops::select(hopeless, d, damping);
         tried = tried + Ops::select(hopeless, one, zero);
@@ -329,7 +334,8 @@ HSC_HD typename Ops::mask factorise_corrected(const Workspace<V>& ws, V& damping
       }
       damping = Ops::select(searching, d, damping);
       tried = tried + Ops::select(searching, one, zero);
-      const mask factorised = cholesky_lower<V, Ops>(ws.a, searching, zero);
+      const mask factorised =
+          cholesky_lower<V, Ops>(ws.a, searching, damped_min_pivot<V, Ops>(diagonal_max + d, b));
       if (Ops::any(factorised))
         for (int i = 0; i < b; ++i)
           for (int j = 0; j <= i; ++j) ws.f(i, j) = Ops::select(factorised, ws.a(i, j), ws.f(i, j));

@@ -262,6 +262,9 @@ __global__ void team_kernel(Params<T> p, int team_size, int teams_per_block,
   T used = damping;
   bool ok = false, raised = false;
   if (finite && p.mode == Mode::kCholesky) {
+    T diagonal = -std::numeric_limits<T>::infinity();
+    for (int i = team.rank; i < b; i += team.size) diagonal = LaneOps<T>::max(diagonal, s(i, i));
+    const T diagonal_max = team_max(team, sc, diagonal);  // S's largest diagonal entry
     ok = search_damping(damping, damping_floor<T>(max_abs), p.max_tries, [&](T d) {
       for (int e = team.rank; e < b * b; e += team.size) {
         const int i = e / b, j = e % b;
@@ -269,7 +272,7 @@ __global__ void team_kernel(Params<T> p, int team_size, int teams_per_block,
         else if (j == i) a(i, i) = s(i, i) + d;
       }
       team.sync();
-      if (!team_cholesky(team, sc, a, T(0))) return false;
+      if (!team_cholesky(team, sc, a, damped_min_pivot<T>(diagonal_max + d, b))) return false;
       team_invert_lower(team, a, m);        // m = L^{-1}
       team_lower_gram(team, m, a, false);   // a = A^{-1}
       for (int e = team.rank; e < b * b; e += team.size) {  // a = S + d I + mu^2 A^{-1}
@@ -364,14 +367,16 @@ __device__ __forceinline__ T warp_max(T v) {
 }
 
 // In-place lower Cholesky factorisation, row `lane` of the matrix in a[] (its lower part is
-// read): false, for the whole warp, at the first pivot that is not usable (finite, > min_pivot).
-// On success lane i holds L(i, 0..i) in a[0..i].
+// read): false, for the whole warp, at the first pivot that is not usable (finite, > min_pivot;
+// the identity padding's pivots, rows >= b, only > 0). On success lane i holds L(i, 0..i) in
+// a[0..i].
 template <class T, int B>
-__device__ bool warp_cholesky(T (&a)[B], int lane, T min_pivot) {
+__device__ bool warp_cholesky(T (&a)[B], int lane, int b, T min_pivot) {
 #pragma unroll
   for (int k = 0; k < B; ++k) {
     const T pivot = from_lane(a[k], k);
-    if (!LaneOps<T>::usable_pivot(pivot, min_pivot)) return false;  // the same for every lane
+    // the same for every lane
+    if (!LaneOps<T>::usable_pivot(pivot, k < b ? min_pivot : T(0))) return false;
     const T r = LaneOps<T>::sqrt(pivot);
     const T lik = a[k] / r;  // L(lane, k) for lanes below k
     if (lane == k) a[k] = r;
@@ -499,15 +504,20 @@ __global__ void warp_kernel(Params<T> p, int warps_per_block) {
   T used = damping;
   bool ok = false, raised = false;
   if (finite && p.mode == Mode::kCholesky) {
+    T diagonal = -std::numeric_limits<T>::infinity();  // S's largest diagonal entry, over the warp
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+      if (real && j == lane) diagonal = s[j];
+    const T diagonal_max = warp_max(diagonal);
     ok = search_damping(damping, damping_floor<T>(max_abs), p.max_tries, [&](T d) {
 #pragma unroll
       for (int j = 0; j < B; ++j) a[j] = s[j] + (real && j == lane ? d : T(0));
-      if (!warp_cholesky<T, B>(a, lane, T(0))) return false;
+      if (!warp_cholesky<T, B>(a, lane, b, damped_min_pivot<T>(diagonal_max + d, b))) return false;
       warp_invert_lower<T, B>(a, w, lane);  // w = L^{-1}
       warp_lower_gram<T, B>(w, m, lane);    // m = A^{-1}
 #pragma unroll
       for (int j = 0; j < B; ++j) m[j] = (s[j] + (real && j == lane ? d : T(0))) + p.mu2 * m[j];
-      return warp_cholesky<T, B>(m, lane, correction_min_pivot(p.mu));  // m = L_M
+      return warp_cholesky<T, B>(m, lane, b, correction_min_pivot(p.mu));  // m = L_M
     }, used, raised);
   } else if (finite) {
 #pragma unroll
@@ -516,7 +526,7 @@ __global__ void warp_kernel(Params<T> p, int warps_per_block) {
 #pragma unroll
     for (int j = 0; j < B; ++j)
       if (j == lane) m[j] += p.mu2;  // C = A^2 + mu^2 I
-    ok = warp_cholesky<T, B>(m, lane, shifted_square_min_pivot(p.mu2));  // m = L_C
+    ok = warp_cholesky<T, B>(m, lane, b, shifted_square_min_pivot(p.mu2));  // m = L_C
   }
 
   if (lane == 0) {
