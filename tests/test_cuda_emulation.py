@@ -1,14 +1,16 @@
-"""The CUDA kernel of correct / correct_ / precondition, run on the host without a GPU.
+"""The CUDA kernels (csrc/cuda/*_kernel.cuh), run on the host without a GPU.
 
-tests/cuda_emulation compiles csrc/cuda/corrected_kernel.cuh with the host compiler and runs it
-with one thread per CUDA thread (emulate.h), under AddressSanitizer and UndefinedBehaviorSanitizer.
+tests/cuda_emulation compiles the kernels of csrc/cuda/*_kernel.cuh with the host compiler and runs
+them with one thread per CUDA thread (emulate.h), under AddressSanitizer and
+UndefinedBehaviorSanitizer.
 This checks what the CPU kernels cannot vouch for: the kernels' thread mappings (b <= 32: a
 warp per matrix in registers, with shuffles, whole warps leaving early; larger b: a thread block
 per matrix in shared memory, or in the global scratch), their indexing into shared memory and into
 the packed, tiled factor, and that every thread reaches the same barriers and shuffles (a
 mismatch deadlocks, caught by the timeout). Results are compared with the CPU op on the same
-inputs. What only hardware shows (speed, bank conflicts, the weaker memory model) is for
-tests/test_cuda.py on a GPU machine.
+inputs, block by block (test_cuda.py's error model). Outputs start as sentinels (NaN, status -7),
+not zeros, so that an entry a kernel does not write shows. What only hardware shows (speed, bank
+conflicts, the weaker memory model, streams) is for tests/test_cuda.py on a GPU machine.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 
 from conftest import generator, indefinite_blocks, spd_blocks
 from hsc import ops
+from test_cuda import assert_blocks_close, assert_fold_close, fold_case
 
 HERE = pathlib.Path(__file__).parent / "cuda_emulation"
 COMPILER = shutil.which("g++") or shutil.which("c++")
@@ -43,7 +46,10 @@ def emulator(tmp_path_factory) -> pathlib.Path:
 def emulate(exe, tmp_path, H, *, G=None, factor=None, damping=1e-4, scale=1.0, mode="cholesky",
             max_tries=32, keep_failed=False, max_shared=MAX_SHARED):
     """The kernel's (out, damping, status): out is P (G given) or the factor (updated from
-    ``factor``, or from zeros)."""
+    ``factor``, or from NaN: the op's fresh factor holds anything but in the lanes past the last
+    block, which the harness sets to 0 as the op's host side does). ``damping``: a float or one
+    value per block, passed to the kernel unchecked as on CUDA; ``keep_failed``: False, True or a
+    [N] bool mask."""
     N, b = H.shape[0], H.shape[1]
     dtype = H.dtype
     r = 0 if G is None else (G.shape[2] if G.dim() == 3 else 1)
@@ -52,11 +58,13 @@ def emulate(exe, tmp_path, H, *, G=None, factor=None, damping=1e-4, scale=1.0, m
                   keep_failed=int(keep_failed is not False), max_shared=max_shared)
     (tmp_path / "params.txt").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
     H.contiguous().numpy().tofile(tmp_path / "H.bin")
-    torch.full((N,), float(damping), dtype=dtype).numpy().tofile(tmp_path / "damping.bin")
+    if not isinstance(damping, torch.Tensor):
+        damping = torch.full((N,), float(damping), dtype=dtype)  # as hsc.ops makes it
+    damping.to(dtype).contiguous().numpy().tofile(tmp_path / "damping.bin")
     if G is not None:
         G.contiguous().numpy().tofile(tmp_path / "G.bin")
     else:
-        start = torch.zeros(ops.factor_shape(N, b), dtype=dtype) if factor is None else factor
+        start = torch.full(ops.factor_shape(N, b), float("nan"), dtype=dtype) if factor is None else factor
         start.contiguous().numpy().tofile(tmp_path / "factor.bin")
         if keep_failed is not False:
             keep = torch.ones(N, dtype=torch.bool) if keep_failed is True else keep_failed
@@ -86,42 +94,100 @@ def relative_error(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+MODES = ("cholesky", "singular_safe")
 
-# b: the register warp kernel with 4, 4, 16 and 32 rows (1, 3, 16, 32; N = 9 leaves whole warps idle
-# in the last thread block), thread-block teams of 64 and 128 threads (33, 64, 100).
-CASES = [(1, torch.float32), (3, torch.float64), (16, torch.float32), (32, torch.float64),
-         (33, torch.float32), (64, torch.float64), (100, torch.float32)]
+# (b, dtype, N): the register warp kernel with 4 (b = 1, 3), 8 (b = 6, 8), 16 and 32 rows, thread-block
+# teams of 64 and 128 threads (33, 64, 100). N = 9 leaves whole warps idle in the last thread
+# block; N = 37 spans three 16-block tiles of the factor (the last one partly used), for each
+# kernel (the emulation runs a host thread per CUDA thread: the large b stay at N = 9).
+CASES = [(1, torch.float32, 9), (3, torch.float64, 37), (6, torch.float32, 37), (8, torch.float64, 9),
+         (16, torch.float32, 9), (32, torch.float64, 9), (33, torch.float32, 37), (64, torch.float64, 9),
+         (100, torch.float32, 9)]
 
 
-@pytest.mark.parametrize("mode", ["cholesky", "singular_safe"])
-@pytest.mark.parametrize("b,dtype", CASES, ids=[f"b{b}-{str(d)[6:]}" for b, d in CASES])
-def test_emulated_kernel_matches_cpu(emulator, tmp_path, b, dtype, mode):
-    N = 9
+def assert_matches_cpu(H, G, got, expected, *, scale, mode):
+    """The emulated kernel's (out, damping, status) against the CPU op's: the same decisions for
+    every block (the blocks are chosen away from any boundary), and every block's P (G given) or
+    M^-1 (out is a factor) within test_cuda.py's per-block bound, the whole within TOL."""
+    (out, d, s), (out_cpu, d_cpu, s_cpu) = got, expected
+    N = H.shape[0]
+    assert torch.equal(s, s_cpu) and torch.equal(d, d_cpu)
+    if G is None:
+        out, out_cpu = ops.unpack(out, N), ops.unpack(out_cpu, N)
+    assert torch.isfinite(out).all()
+    checked = assert_blocks_close(H, G, d_cpu, s_cpu, scale, mode, out, out_cpu,
+                                  torch.ones(N, dtype=torch.bool))
+    assert relative_error(out, out_cpu) < TOL[H.dtype]
+    return checked
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("b,dtype,N", CASES, ids=[f"b{b}-{str(d)[6:]}-N{N}" for b, d, N in CASES])
+def test_emulated_kernel_matches_cpu(emulator, tmp_path, b, dtype, N, mode):
     H = blocks(N, b, dtype, seed=b)
     G = torch.randn(N, b, 2, dtype=dtype, generator=generator(b + 1))
     P, d, s = emulate(emulator, tmp_path, H, G=G, scale=0.7, mode=mode)
-    P_cpu, d_cpu, s_cpu = ops.precondition(H, G, scale=0.7, mode=mode)
-    assert torch.equal(s, s_cpu) and torch.equal(d, d_cpu)
+    expected = ops.precondition(H, G, scale=0.7, mode=mode)
+    checked = assert_matches_cpu(H, G, (P, d, s), expected, scale=0.7, mode=mode)
     assert s[1] == 2 and s[N - 2] == 2
-    assert relative_error(P, P_cpu) < TOL[dtype]
+    spd = torch.arange(N) < N - N // 2
+    spd[1] = False
+    assert checked[spd].all()  # the well-conditioned blocks are compared in every case
     F, d2, s2 = emulate(emulator, tmp_path, H, scale=0.7, mode=mode)
     c = ops.correct(H, scale=0.7, mode=mode)
-    assert torch.equal(s2, c.status) and torch.equal(d2, c.damping)
-    assert relative_error(ops.unpack(F, N), ops.unpack(c.factor, N)) < TOL[dtype]
-    assert (F[-1, :, N % 16:] == 0).all()  # lanes past the last block are not written
+    checked = assert_matches_cpu(H, None, (F, d2, s2), tuple(c), scale=0.7, mode=mode)
+    assert checked[spd].all()
+    if N % ops.TILE:
+        assert (F[-1, :, N % ops.TILE:] == 0).all()  # lanes past the last block are not written
 
 
 @pytest.mark.parametrize("b", [40, 70])
 def test_emulated_global_scratch_fallback(emulator, tmp_path, b):
     """Workspaces that do not fit in shared memory go to the global scratch (forced here with a
-    small shared-memory limit): same results."""
+    small shared-memory limit): same results, in both paths."""
     N, dtype = 6, torch.float64
     H = blocks(N, b, dtype, seed=3 * b)
     G = torch.randn(N, b, dtype=dtype, generator=generator(b))
     P, d, s = emulate(emulator, tmp_path, H, G=G, max_shared=4096)
-    P_cpu, d_cpu, s_cpu = ops.precondition(H, G)
-    assert torch.equal(s, s_cpu) and torch.equal(d, d_cpu)
-    assert relative_error(P, P_cpu) < TOL[dtype]
+    assert_matches_cpu(H, G, (P, d, s), ops.precondition(H, G), scale=1.0, mode="cholesky")
+    F, d, s = emulate(emulator, tmp_path, H, max_shared=4096)
+    assert_matches_cpu(H, None, (F, d, s), tuple(ops.correct(H)), scale=1.0, mode="cholesky")
+
+
+BAD_DAMPINGS = (-1.0, float("nan"), float("inf"), float("-inf"), -1e-30)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("b,dtype", [(5, torch.float32), (33, torch.float64)], ids=["warp", "team"])
+def test_emulated_bad_damping_entry(emulator, tmp_path, b, dtype, mode):
+    """The rule only the CUDA kernels have (the CPU op refuses such a tensor): a block whose damping
+    is negative, NaN or infinite gets status 2 and the fallback and reports its damping as given
+    (docs/contract.md §3), in both paths; every other block is what the CPU gives it with its own
+    damping."""
+    N, scale = 12, 0.7
+    H = blocks(N, b, dtype, seed=5 * b)  # non-finite H in blocks 1 and 10
+    G = torch.randn(N, b, 2, dtype=dtype, generator=generator(b + 2))
+    damping = torch.full((N,), 1e-3, dtype=dtype)
+    bad = torch.tensor([0, 3, 6, 8, 11])  # SPD and indefinite blocks
+    damping[bad] = torch.tensor(BAD_DAMPINGS, dtype=dtype)
+    good = torch.ones(N, dtype=torch.bool)
+    good[bad] = False
+    clean = torch.where(good, damping, 1e-3)
+    kw = dict(scale=scale, mode=mode)
+    P_cpu, d_cpu, s_cpu = ops.precondition(H, G, damping=clean, **kw)
+    c = ops.correct(H, damping=clean, **kw)
+    for G_, (out, d, s), (out_cpu, _, _) in (
+            (G, emulate(emulator, tmp_path, H, G=G, damping=damping, **kw), (P_cpu, d_cpu, s_cpu)),
+            (None, emulate(emulator, tmp_path, H, damping=damping, **kw), tuple(c))):
+        assert (s[bad] == 2).all()
+        torch.testing.assert_close(d[bad], damping[bad], rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(s[good], s_cpu[good]) and torch.equal(d[good], d_cpu[good])
+        if G_ is None:
+            out, out_cpu = ops.unpack(out, N), ops.unpack(out_cpu, N)
+        # The bad blocks against the fallback, the others against the CPU.
+        checked = assert_blocks_close(H, G_, d_cpu, torch.where(good, s_cpu, 2), scale, mode, out, out_cpu,
+                                      torch.ones(N, dtype=torch.bool))
+        assert checked[good & (s_cpu != 2)].all()
 
 
 def test_emulated_keep_failed(emulator, tmp_path):
@@ -131,7 +197,6 @@ def test_emulated_keep_failed(emulator, tmp_path):
     H = torch.cat([spd_blocks(4, b, gen), -spd_blocks(3, b, gen)]).to(dtype)
     H[0, 1, 1] = float("nan")
     previous = torch.randn(ops.factor_shape(N, b), dtype=dtype, generator=gen)
-    previous[:, :, N:] = 0
     F, d, s = emulate(emulator, tmp_path, H, factor=previous.clone(), damping=0.0, max_tries=1,
                       keep_failed=True)
     expected = ops.correct(H, damping=0.0, max_tries=1)
@@ -140,6 +205,40 @@ def test_emulated_keep_failed(emulator, tmp_path):
     assert failed[0] and failed[4:].all() and not failed[1:4].any()
     assert torch.equal(ops.unpack(F, N)[failed], ops.unpack(previous, N)[failed])
     assert relative_error(ops.unpack(F, N)[~failed], ops.unpack(expected.factor, N)[~failed]) < 1e-4
+    assert (F[-1, :, N:] == 0).all()  # set by the host, left alone by the kernel
+
+
+@pytest.mark.parametrize("b", [5, 33])  # warp kernel (8 rows), team kernel
+def test_emulated_keep_failed_mask(emulator, tmp_path, b):
+    """correct_ with a per-block keep_failed mask over three tiles of the factor: a failed block
+    (status 2 or 3) keeps the factor it held where its flag is set and gets the fallback where not;
+    the other blocks are refactorised whatever their flag; exactly as the CPU op."""
+    N, dtype = 37, torch.float32
+    gen = generator(13 + b)
+    H = spd_blocks(N, b, gen)
+    H[1::3] *= -1  # negative definite: status 3 at damping 0 with one try
+    H = H.to(dtype)
+    H[0, 1, 1] = float("nan")
+    H[9, b - 1, 0] = float("inf")
+    keep = torch.arange(N) % 2 == 0
+    previous = torch.randn(ops.factor_shape(N, b), dtype=dtype, generator=gen)
+    previous[-1, :, N % ops.TILE:] = float("nan")  # the host sets these lanes to 0
+    F, d, s = emulate(emulator, tmp_path, H, factor=previous.clone(), damping=0.0, max_tries=1,
+                      keep_failed=keep)
+    F_cpu = previous.clone()
+    d_cpu, s_cpu = ops.correct_(F_cpu, H, damping=0.0, max_tries=1, keep_failed=keep)[1:]
+    assert torch.equal(s, s_cpu) and torch.equal(d, d_cpu)
+    failed = s >= 2
+    assert (failed & keep).any() and (failed & ~keep).any() and (~failed & keep).any()
+    blocks_F, blocks_prev = ops.unpack(F, N), ops.unpack(previous, N)
+    assert torch.equal(blocks_F[failed & keep], blocks_prev[failed & keep])
+    assert torch.equal(blocks_F[failed], ops.unpack(F_cpu, N)[failed])  # kept, or the fallback
+    fallback = torch.eye(b, dtype=dtype) / (1 + torch.tensor(1.0, dtype=dtype))
+    assert torch.equal(blocks_F[failed & ~keep], fallback.expand(int((failed & ~keep).sum()), b, b))
+    checked = assert_blocks_close(H, None, d_cpu, s_cpu, 1.0, "cholesky", blocks_F, ops.unpack(F_cpu, N),
+                                  ~(failed & keep))
+    assert checked[~failed].all()
+    assert (F[-1, :, N % ops.TILE:] == 0).all()
 
 
 def emulate_accumulate(exe, tmp_path, state, hvps, signs, mask, *, ema, first):
@@ -178,6 +277,40 @@ def test_emulated_accumulate_probes_matches_cpu(emulator, tmp_path, dtype, first
     new, accepted = emulate_accumulate(emulator, tmp_path, state, hvps, signs, mask, ema=0.8, first=first)
     assert torch.equal(accepted.bool(), accepted_cpu) and not accepted_cpu[4]
     torch.testing.assert_close(new, cpu, rtol=4 * torch.finfo(dtype).eps, atol=4 * torch.finfo(dtype).eps)
+
+
+def emulate_fold(exe, tmp_path, state, estimate, mask, *, ema, first):
+    """The fold_estimate_ kernel: (new state, accepted as bytes, 2 where not written)."""
+    N, b = state.shape[0], state.shape[1]
+    params = dict(kernel=3, N=N, b=b, itemsize=state.dtype.itemsize, ema=ema, first=int(first))
+    (tmp_path / "params.txt").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
+    for name, t in (("state", state), ("estimate", estimate), ("mask", mask.to(torch.uint8))):
+        t.contiguous().numpy().tofile(tmp_path / f"{name}.bin")
+    done = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    np_dtype = np.float64 if state.dtype == torch.float64 else np.float32
+    new = torch.from_numpy(np.fromfile(tmp_path / "state.bin", dtype=np_dtype)).reshape(state.shape)
+    accepted = torch.from_numpy(np.fromfile(tmp_path / "accepted.bin", dtype=np.uint8))
+    return new, accepted
+
+
+@pytest.mark.parametrize("b", [6, 17])  # 17: b^2 > 256 threads, each thread folds several entries
+@pytest.mark.parametrize("first", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_fold_estimate_matches_cpu(emulator, tmp_path, dtype, first, b):
+    """The fold_estimate_ kernel (one thread block per diagonal block, fold_block.cuh) against the
+    CPU op (docs/contract.md §4), on test_cuda.py's fold_case: a non-finite estimate keeps a finite
+    state, a non-finite state restarts (into a non-finite estimate too), non-finite values in
+    padding slots count for nothing in the estimate, padding slots hold the identity; copies
+    exact, averages within rounding."""
+    N, ema = 11, 0.8
+    state, estimate, mask = fold_case(N, b, dtype, seed=b)
+    cpu = state.clone()
+    accepted_cpu = ops.fold_estimate_(cpu, estimate, mask, ema=ema, first=first)
+    new, accepted = emulate_fold(emulator, tmp_path, state, estimate, mask, ema=ema, first=first)
+    assert torch.equal(accepted, accepted_cpu.to(torch.uint8))
+    assert not accepted_cpu[4] and not accepted_cpu[2] and accepted_cpu[N - 1]
+    assert_fold_close(new, cpu, state, estimate, ema)
 
 
 @pytest.mark.parametrize("b,r", [(1, 1), (5, 3), (16, 1), (33, 2)])

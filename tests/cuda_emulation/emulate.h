@@ -1,7 +1,7 @@
-// Just enough of CUDA's execution model to run csrc/cuda/corrected_kernel.cuh on the host: one
-// std::thread per CUDA thread, barriers for __syncwarp and __syncthreads, a heap buffer for the
-// dynamic shared memory. Slow, and blind to what only hardware shows (bank conflicts, the memory
-// model's weaker orderings), but it runs the kernel's own indexing, team partitioning,
+// Just enough of CUDA's execution model to run the kernels of csrc/cuda/*_kernel.cuh on the
+// host: one std::thread per CUDA thread, barriers for __syncwarp and __syncthreads, a heap buffer
+// for the dynamic shared memory. Slow, and blind to what only hardware shows (bank conflicts, the
+// memory model's weaker orderings), but it runs the kernels' own indexing, team partitioning,
 // synchronisation and early exits, so AddressSanitizer and a deadlock timeout can check them
 // without a GPU.
 #pragma once

@@ -1,15 +1,20 @@
 // Runs the CUDA kernels (csrc/cuda/*_kernel.cuh) on the host under emulate.h, on inputs written
 // by tests/test_cuda_emulation.py:
 //   run_kernel DIR     reads DIR/params.txt; kernel 0 (correct / correct_ / precondition) reads
-//                      the raw arrays H.bin, damping.bin and G.bin (precondition) or factor.bin
-//                      (correct, updated in place) and writes damping_out.bin, status.bin and
-//                      P.bin or factor.bin; kernel 1 (accumulate_probes) reads state.bin,
-//                      hvps.bin, signs.bin and mask.bin and writes state.bin and accepted.bin;
-//                      kernel 2 (solve) reads factor.bin and G.bin and writes P.bin.
+//                      the raw arrays H.bin, damping.bin (one value per block) and G.bin
+//                      (precondition) or factor.bin (correct, updated in place) and writes
+//                      damping_out.bin, status.bin and P.bin or factor.bin; kernel 1
+//                      (accumulate_probes) reads state.bin, hvps.bin, signs.bin and mask.bin and
+//                      writes state.bin and accepted.bin; kernel 2 (solve) reads factor.bin and
+//                      G.bin and writes P.bin; kernel 3 (fold_estimate_) reads state.bin,
+//                      estimate.bin and mask.bin and writes state.bin and accepted.bin.
+// Outputs start as sentinels (kNotWritten, kStatusNotWritten, accepted 2), not zeros, as the op's
+// at::empty buffers hold anything: an entry a kernel forgets to write shows.
 #include "emulate.h"
 
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -17,9 +22,17 @@
 
 #include "../../csrc/cuda/accumulate_probes_kernel.cuh"
 #include "../../csrc/cuda/correct_kernel.cuh"
+#include "../../csrc/cuda/fold_estimate_kernel.cuh"
 #include "../../csrc/cuda/solve_kernel.cuh"
 
 namespace {
+
+// What an output holds before a kernel writes it. -7 is no status, and no damping a test passes in.
+template <class T>
+constexpr T kNotWritten = std::numeric_limits<T>::quiet_NaN();
+constexpr int32_t kStatusNotWritten = -7;
+template <class T>
+constexpr T kDampingNotWritten = T(-7);
 
 std::map<std::string, double> read_params(const std::string& path) {
   std::map<std::string, double> out;
@@ -56,8 +69,8 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
   const bool fused = prm["fused"] != 0;
   std::vector<T> H = read_array<T>(dir + "/H.bin", N * b * b);
   std::vector<T> damping = read_array<T>(dir + "/damping.bin", N);
-  std::vector<T> damping_out(N), G, P, factor;
-  std::vector<int32_t> status(N);
+  std::vector<T> damping_out(N, kDampingNotWritten<T>), G, P, factor;
+  std::vector<int32_t> status(N, kStatusNotWritten);
   std::vector<uint8_t> keep;  // correct_'s keep_failed flags, one byte per block
   Params<T> p;
   p.H = H.data();
@@ -66,12 +79,18 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
   p.status = status.data();
   if (fused) {
     G = read_array<T>(dir + "/G.bin", N * b * r);
-    P.assign(N * b * r, T(0));
+    P.assign(N * b * r, kNotWritten<T>);
     p.G = G.data();
     p.P = P.data();
     p.r = r;
   } else {
     factor = read_array<T>(dir + "/factor.bin", tile_count(N) * packed_size(b) * kTile);
+    // What the host does before the launch (csrc/correct_call.h, zero_unused_lanes): the lanes of
+    // the last tile past the last block are set to 0; the kernels write real blocks only.
+    const int64_t used = N % kTile, entries = packed_size(b);
+    if (used != 0)
+      for (int64_t e = 0; e < entries; ++e)
+        for (int64_t l = used; l < kTile; ++l) factor[((tile_count(N) - 1) * entries + e) * kTile + l] = T(0);
     p.factor = factor.data();
     if (prm["keep_failed"] != 0) {
       keep = read_array<uint8_t>(dir + "/keep_failed.bin", N);
@@ -133,12 +152,29 @@ int run_accumulate(const std::string& dir, std::map<std::string, double>& prm) {
 }
 
 template <class T>
+int run_fold(const std::string& dir, std::map<std::string, double>& prm) {
+  const int64_t N = static_cast<int64_t>(prm["N"]), b = static_cast<int64_t>(prm["b"]);
+  std::vector<T> state = read_array<T>(dir + "/state.bin", N * b * b);
+  std::vector<T> estimate = read_array<T>(dir + "/estimate.bin", N * b * b);
+  std::vector<uint8_t> mask = read_array<uint8_t>(dir + "/mask.bin", N * b);
+  std::vector<uint8_t> accepted(N, 2);
+  if (N > 0)
+    emulation::launch(hsc::cuda::fold_estimate_kernel<T>, N, hsc::cuda::kFoldThreads, 0, state.data(),
+                      static_cast<const T*>(estimate.data()), reinterpret_cast<const bool*>(mask.data()),
+                      reinterpret_cast<bool*>(accepted.data()), b, static_cast<T>(prm["ema"]),
+                      prm["first"] != 0);
+  write_array(dir + "/state.bin", state);
+  write_array(dir + "/accepted.bin", accepted);
+  return 0;
+}
+
+template <class T>
 int run_solve(const std::string& dir, std::map<std::string, double>& prm) {
   const int64_t N = static_cast<int64_t>(prm["N"]), r = static_cast<int64_t>(prm["r"]);
   const int b = static_cast<int>(prm["b"]);
   std::vector<T> factor = read_array<T>(dir + "/factor.bin", hsc::tile_count(N) * hsc::packed_size(b) * hsc::kTile);
   std::vector<T> G = read_array<T>(dir + "/G.bin", N * b * r);
-  std::vector<T> P(N * b * r, T(0));
+  std::vector<T> P(N * b * r, kNotWritten<T>);
   const int64_t threads = N * b * r;
   const int64_t blocks = (threads + hsc::cuda::kSolveThreads - 1) / hsc::cuda::kSolveThreads;
   if (threads > 0)
@@ -158,6 +194,8 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   auto prm = read_params(dir + "/params.txt");
+  if (prm["kernel"] == 3)
+    return prm["itemsize"] == 8 ? run_fold<double>(dir, prm) : run_fold<float>(dir, prm);
   if (prm["kernel"] == 2)
     return prm["itemsize"] == 8 ? run_solve<double>(dir, prm) : run_solve<float>(dir, prm);
   if (prm["kernel"] == 1)
