@@ -21,6 +21,17 @@ inline Mode parse_mode(const std::string& mode) {
                     "'saddle_free', 'saddle_free_root', got '", mode, "'");
 }
 
+// mu: finite, > 0, and 1/mu finite in the compute dtype (the spectral modes' multipliers reach
+// 1/mu; a smaller mu would make a step of a flat direction infinite).
+inline void check_scale(double scale, at::ScalarType compute) {
+  TORCH_CHECK_VALUE(scale > 0 && std::isfinite(scale),
+                    "hsc: scale (mu) must be a finite number > 0, got ", scale);
+  const double largest = compute == at::kDouble ? std::numeric_limits<double>::max()
+                                                : std::numeric_limits<float>::max();
+  TORCH_CHECK_VALUE(1.0 / scale <= largest, "hsc: scale (mu) must be at least 1 / ", largest,
+                    " (1/mu must be finite in ", compute, "), got ", scale);
+}
+
 // The eigensolver's sweep limit.
 inline void check_max_sweeps(int64_t max_sweeps) {
   TORCH_CHECK_VALUE(max_sweeps >= 1 && max_sweeps <= 1000, "hsc: max_sweeps must be in [1, 1000], got ",
@@ -152,9 +163,10 @@ inline void check_eigh_args(const at::Tensor& H, int64_t max_sweeps) {
 // the outputs of hsc::eigh, a factor in their dtype, a spectral mode.
 inline void check_from_eigh_args(const at::Tensor& factor, const at::Tensor& eigenvalues,
                                  const at::Tensor& eigenvectors, const at::Tensor& status,
-                                 double scale, Mode mode, const c10::optional<at::Tensor>& keep_failed) {
+                                 double scale, Mode mode, const std::string& mode_name,
+                                 const c10::optional<at::Tensor>& keep_failed) {
   TORCH_CHECK_VALUE(is_spectral(mode), "hsc: correct_from_eigh_ takes a spectral mode ('spectral', "
-                    "'saddle_free' or 'saddle_free_root')");
+                    "'saddle_free' or 'saddle_free_root'), got '", mode_name, "'");
   TORCH_CHECK_VALUE(eigenvectors.dim() == 3 && eigenvectors.size(1) == eigenvectors.size(2) &&
                     eigenvectors.size(1) >= 1,
                     "hsc: eigenvectors must have shape [N, b, b] (the eigenvectors of hsc.ops.eigh), got ",
@@ -176,8 +188,7 @@ inline void check_from_eigh_args(const at::Tensor& factor, const at::Tensor& eig
   TORCH_CHECK_TYPE(factor.scalar_type() == eigenvalues.scalar_type(), "hsc: factor must have dtype ",
                    eigenvalues.scalar_type(), " (the eigenvalues'), got ", factor.scalar_type());
   TORCH_CHECK_VALUE(factor.is_contiguous(), "hsc: factor must be contiguous (it is written in place)");
-  TORCH_CHECK_VALUE(scale > 0 && std::isfinite(scale),
-                    "hsc: scale (mu) must be a finite number > 0, got ", scale);
+  check_scale(scale, eigenvalues.scalar_type());
   for (const at::Tensor* t : {&eigenvalues, &eigenvectors, &status})
     TORCH_CHECK_VALUE(t->device() == factor.device(), "hsc: eigenvalues, eigenvectors and status "
                       "must be on factor's device ", factor.device(), ", got ", t->device());

@@ -127,6 +127,7 @@ struct CorrectionCall {
     c.max_sweeps = max_sweeps;
     c.H_dtype = c.G_dtype = H.scalar_type();
     c.dtype = compute_dtype(promoted);
+    check_scale(scale, c.dtype);
     c.H = H.to(c.dtype).contiguous();
     c.damping = damping.to(c.dtype).contiguous();
     c.damping_out = at::empty({H.size(0)}, c.H.options());

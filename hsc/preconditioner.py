@@ -286,7 +286,9 @@ class Preconditioner:
         values = real_eigenvalues(self.shards.all_gather(
             eigen.eigenvalues.masked_fill((eigen.status != ops.Status.FACTORISED)[:, None], float("nan")),
             phase="refresh"), self.layout.mask)
-        self.scale = cfg.scale * relative_statistic(values) if cfg.scale_rule == "relative" else cfg.scale
+        # relative: never below the dtype's smallest normal number, so that 1/mu stays finite
+        self.scale = (max(cfg.scale * relative_statistic(values), torch.finfo(values.dtype).tiny)
+                      if cfg.scale_rule == "relative" else cfg.scale)
         self.eigenvalues = values
         self.spectra.append(spectrum_summary(values, self.scale))
         del self.spectra[:-SPECTRA_KEPT]

@@ -58,7 +58,8 @@ void correct_from_eigh_cpu(at::Tensor& factor, const at::Tensor& eigenvalues, co
                            const at::Tensor& status, double scale, c10::string_view mode,
                            const c10::optional<at::Tensor>& keep_failed) {
   const Mode m = parse_mode(std::string(mode));
-  check_from_eigh_args(factor, eigenvalues, eigenvectors, status, scale, m, keep_failed);
+  check_from_eigh_args(factor, eigenvalues, eigenvectors, status, scale, m, std::string(mode),
+                       keep_failed);
   const int64_t N = eigenvectors.size(0), b = eigenvectors.size(1);
   const at::Tensor values = eigenvalues.contiguous(), vectors = eigenvectors.contiguous();
   const at::Tensor st = status.contiguous();

@@ -11,34 +11,16 @@
 #include <cmath>
 
 #include "../block_rules.h"
+#include "../eigen_rules.h"
 #include "lanes.h"
 
 namespace hsc::cpu {
 
-// Scales each lane by an exact power of two so that its largest |entry| is in [1, 2) (zero
-// blocks keep the scale 1): Jacobi's formulas then neither overflow nor underflow, and scaling
-// back multiplies by the inverse power, exactly.
-template <class T>
-inline Vec<T> power_of_two_scale(Vec<T> max_abs) {
-  Vec<T> scale;
-  for (int l = 0; l < kLanes<T>; ++l) {
-    const T m = max_abs[l];
-    scale[l] = m > T(0) && m <= std::numeric_limits<T>::max() ? std::ldexp(T(1), -std::ilogb(m)) : T(1);
-  }
-  return scale;
-}
-
 // Cyclic-by-rows Jacobi on the symmetric matrix whose upper triangle is in `a` (the lower triangle
 // is neither read nor written), accumulating the transposed eigenvectors in `w` (w starts as the
-// identity; row i of w ends as the eigenvector of eigenvalue a(i, i)).
-//
-// Rotation (p, q) with Rutishauser's update (Golub & Van Loan 8.5; Numerical Recipes 11.1):
-// theta = (a_qq - a_pp) / (2 a_pq), t = sign(theta) / (|theta| + sqrt(theta^2 + 1)),
-// c = 1 / sqrt(t^2 + 1), s = t c, tau = s / (1 + c); a_pq becomes 0 and every other entry of rows
-// and columns p, q moves by x' = x - s (y + tau x), y' = y + s (x - tau y).
-// A lane rotates (p, q) only where |a_pq| > threshold = eps ||A||_F / b; it has converged once a
-// whole sweep found nothing above its threshold, so that then ||offdiag(A)||_F <= eps ||A||_F and
-// every diagonal entry is within that of an eigenvalue (Weyl). `frobenius` is ||A||_F per lane,
+// identity; row i of w ends as the eigenvector of eigenvalue a(i, i)). The rotation and the
+// threshold are eigen_rules.h's: a lane rotates (p, q) only where |a_pq| > rotation_threshold,
+// and has converged once a whole sweep found nothing above it. `frobenius` is ||A||_F per lane,
 // which rotations preserve. Returns the converged lanes among `active`; `sweeps` gets the number
 // of sweeps run.
 template <class V, class Ops = LaneOps<V>>
@@ -47,8 +29,8 @@ inline typename Ops::mask jacobi_eigen(Block<V> a, Block<V> w, V frobenius, type
   using T = typename Ops::scalar;
   using mask = typename Ops::mask;
   const int b = a.b;
-  const V zero = Ops::splat(0), one = Ops::splat(1), half = Ops::splat(T(0.5));
-  const V threshold = Ops::select(active, frobenius * Ops::splat(std::numeric_limits<T>::epsilon() / T(b)),
+  const V zero = Ops::splat(0);
+  const V threshold = Ops::select(active, rotation_threshold<V, Ops>(frobenius, b),
                                   Ops::splat(std::numeric_limits<T>::infinity()));
   mask rotated = active;  // lanes that rotated in the last sweep: not converged yet
   sweeps = 0;
@@ -62,49 +44,21 @@ inline typename Ops::mask jacobi_eigen(Block<V> a, Block<V> w, V frobenius, type
         if (!Ops::any(rotate)) continue;
         rotated = Ops::or_(rotated, rotate);
         const V app = a(p, p), aqq = a(q, q);
-        const V safe_apq = Ops::select(rotate, apq, one);
-        const V theta = half * (aqq - app) / safe_apq;
-        const V abs_theta = Ops::abs(theta);
-        V t = one / (abs_theta + Ops::sqrt(theta * theta + one));
-        t = Ops::select(Ops::less(theta, zero), -t, t);
-        t = Ops::select(rotate, t, zero);
-        const V c = one / Ops::sqrt(t * t + one);
-        const V s = t * c;
-        const V tau = s / (one + c);
-        const V shift = t * apq;
+        const Rotation<V, Ops> r = Rotation<V, Ops>::of(app, aqq, apq, rotate);
+        const V shift = r.t * apq;
         a(p, p) = app - shift;
         a(q, q) = aqq + shift;
         a(p, q) = Ops::select(rotate, zero, apq);
         V* __restrict__ col_p = &a(0, p);
         V* __restrict__ col_q = &a(0, q);
-        for (int k = 0; k < p; ++k) {  // entries (k, p), (k, q): columns p and q above row p
-          V& x = col_p[k * a.ld];
-          V& y = col_q[k * a.ld];
-          const V x0 = x, y0 = y;
-          x = x0 - s * (y0 + tau * x0);
-          y = y0 + s * (x0 - tau * y0);
-        }
+        for (int k = 0; k < p; ++k) r.apply(col_p[k * a.ld], col_q[k * a.ld]);  // (k, p), (k, q)
         V* __restrict__ row_p = a.row(p);
-        for (int k = p + 1; k < q; ++k) {  // entries (p, k) and (k, q)
-          V& x = row_p[k];
-          V& y = col_q[k * a.ld];
-          const V x0 = x, y0 = y;
-          x = x0 - s * (y0 + tau * x0);
-          y = y0 + s * (x0 - tau * y0);
-        }
+        for (int k = p + 1; k < q; ++k) r.apply(row_p[k], col_q[k * a.ld]);      // (p, k), (k, q)
         V* __restrict__ row_q = a.row(q);
-        for (int k = q + 1; k < b; ++k) {  // entries (p, k) and (q, k): rows p and q
-          const V x0 = row_p[k], y0 = row_q[k];
-          row_p[k] = x0 - s * (y0 + tau * x0);
-          row_q[k] = y0 + s * (x0 - tau * y0);
-        }
+        for (int k = q + 1; k < b; ++k) r.apply(row_p[k], row_q[k]);             // rows p and q
         V* __restrict__ wp = w.row(p);
         V* __restrict__ wq = w.row(q);
-        for (int k = 0; k < b; ++k) {  // rows p and q of w = V^T
-          const V x0 = wp[k], y0 = wq[k];
-          wp[k] = x0 - s * (y0 + tau * x0);
-          wq[k] = y0 + s * (x0 - tau * y0);
-        }
+        for (int k = 0; k < b; ++k) r.apply(wp[k], wq[k]);                       // rows of w = V^T
       }
     }
   }

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "../block_rules.h"
+#include "../eigen_rules.h"
 #include "../factor_layout.h"
 #include "lane_eigh.h"
 #include "lane_pipeline.h"
@@ -53,11 +54,7 @@ struct Group {
     using T_ = T;
     V scale;
     for (int l = 0; l < W; ++l) {
-      const T_ m = max_abs[l];
-      int e = m > T_(0) && m <= std::numeric_limits<T_>::max() ? -std::ilogb(m) : 0;
-      // Powers of two that are normal numbers, and their inverses too.
-      e = std::min(e, std::numeric_limits<T_>::max_exponent - 2);
-      e = std::max(e, std::numeric_limits<T_>::min_exponent);
+      const int e = scaling_exponent<T_>(max_abs[l]);
       scale[l] = std::ldexp(T_(1), e);
       inverse_scale[l] = std::ldexp(T_(1), -e);
     }
