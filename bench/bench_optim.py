@@ -5,7 +5,9 @@
 Times, per block size b, one refresh (split into HVPs / assembly / factorisation) and one
 ordinary step (gradient, apply = gather + solve + scatter, momentum update), for the compiled ops
 and for a pure-torch path doing the same assembly and factorisation with torch ops; then reports the
-amortised step at update_every in {1, 10, 100} against an Adam step measured in the same run.
+amortised step at update_every in {1, 10, 50, 100} against an Adam step measured in the same run,
+for the Cholesky mode and the spectral mode saddle_free_root (relative mu), whose refresh takes an
+eigen-decomposition instead.
 Writes bench/results/cpu_optim.json and cpu_optim.md.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hsc import ops, reference
 from hsc.optim import HSC
 
 BLOCK_SIZES = [8, 16, 32, 64]
+MODES = {"cholesky": {}, "saddle_free_root": {"scale_rule": "relative"}}
 BATCH = 256
 CURVATURE_ROWS = 64  # the subsampled-curvature variant: HVPs on a quarter of the batch
 
@@ -54,10 +57,11 @@ def torch_assembly(state, hvps, signs, mask, ema, first):
     state.copy_(est if first else ema * state + (1 - ema) * est)
 
 
-def torch_correct(H):
-    """The pure-torch counterpart of ops.correct: the reference's definition, with its damping
-    retries, run in H's dtype; M^{-1} as torch keeps it, [N, b, b] (not packed)."""
-    return reference.corrected_inverse(H, dtype=H.dtype)[0]
+def torch_correct(H, mode="cholesky"):
+    """The pure-torch counterpart of ops.correct: the reference's definition (with its damping
+    retries, or torch.linalg.eigh), run in H's dtype; M^{-1} as torch keeps it, [N, b, b] (not
+    packed)."""
+    return reference.corrected_inverse(H, mode=mode, dtype=H.dtype)[0]
 
 
 def timed(fn, repeats=3):
@@ -84,10 +88,11 @@ def test_adam_step(benchmark, collector):
     collector.add("optim", ("adam",), "step", benchmark.stats.stats.median, params=n, batch=BATCH)
 
 
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("b", BLOCK_SIZES)
-def test_hsc_components(benchmark, collector, b):
+def test_hsc_components(benchmark, collector, b, mode):
     net, loss_fn = make_problem()
-    opt = HSC(net.parameters(), lr=1e-3, block_size=b, update_every=10 ** 9)
+    opt = HSC(net.parameters(), lr=1e-3, block_size=b, update_every=10 ** 9, mode=mode, **MODES[mode])
     pc = opt.preconditioners[0]
     opt.step(loss_fn)  # the first call refreshes: warm-up and a factor to apply
 
@@ -126,10 +131,10 @@ def test_hsc_components(benchmark, collector, b):
     state = pc.estimate.clone()
     torch_split = {
         "assembly": timed(lambda: torch_assembly(state, hvps, signs, pc.layout.mask, 0.9, False)),
-        "factorisation": timed(lambda: torch_correct(state)),
+        "factorisation": timed(lambda: torch_correct(state, mode)),
     }
     G = pc.layout.gather([p.detach().clone() for p in pc.params])
-    factor = torch_correct(state)
+    factor = torch_correct(state, mode)
     torch_split["solve"] = timed(lambda: torch.bmm(factor, G.unsqueeze(-1)))
     compiled_solve = timed(lambda: ops.solve(pc.correction, G))
 
@@ -138,7 +143,8 @@ def test_hsc_components(benchmark, collector, b):
     steps = 10
     benchmark.pedantic(lambda: opt.step(loss_fn), rounds=steps, warmup_rounds=1)
     apply = (pc.timings["apply"] - apply_before) / (steps + 1)
-    collector.add("optim", ("hsc", b), "step", benchmark.stats.stats.median, b=b, refresh=refresh_seconds,
+    collector.add("optim", ("hsc", b, mode), "step", benchmark.stats.stats.median, b=b, mode=mode,
+                  refresh=refresh_seconds,
                   split=split, split_subsampled=split_subsampled,
                   curvature_rows=CURVATURE_ROWS, apply=apply, torch_split=torch_split,
                   compiled_solve=compiled_solve, blocks=pc.layout.num_blocks)

@@ -94,7 +94,7 @@ REPORTERS = {"ops": ops_report}
 
 def optim_report(rows: list[dict], machine: dict) -> str:
     adam = next((r for r in rows if r["key"] == ("adam",)), None)
-    hsc_rows = sorted((r for r in rows if r["key"][0] == "hsc"), key=lambda r: r["b"])
+    hsc_rows = sorted((r for r in rows if r["key"][0] == "hsc"), key=lambda r: (r["mode"] != "cholesky", r["mode"], r["b"]))
     if adam is None or not hsc_rows:
         return ""
     adam_step = adam["seconds"]["step"]
@@ -102,12 +102,13 @@ def optim_report(rows: list[dict], machine: dict) -> str:
     for r in hsc_rows:
         step = r["seconds"]["step"]
         variants = ((adam["batch"], r["split"]), (r["curvature_rows"], r["split_subsampled"]))
-        for (curvature_rows, split), every in itertools.product(variants, (1, 10, 100)):
+        for (curvature_rows, split), every in itertools.product(variants, (1, 10, 50, 100)):
             refresh = sum(split.values())
             amortised = step + refresh / every
             fact_apply = split["factorisation"] / every + r["apply"]
             out.append({
-                "b": r["b"], "blocks": r["blocks"], "curvature_rows": curvature_rows, "update_every": every,
+                "mode": r["mode"], "b": r["b"], "blocks": r["blocks"], "curvature_rows": curvature_rows,
+                "update_every": every,
                 "adam_step_ms": adam_step * 1e3, "hsc_step_ms": step * 1e3,
                 "refresh_ms": refresh * 1e3,
                 "refresh_split_ms": {k: v * 1e3 for k, v in split.items()},
@@ -131,32 +132,106 @@ def optim_report(rows: list[dict], machine: dict) -> str:
         "Curvature rows: the HVPs on the whole batch, or on its first rows (`HSC.step(closure, "
         "curvature_closure=...)`, subsampled curvature); the step's gradient always uses the whole batch.",
         "",
-        "| b | curvature rows | update_every | Adam step ms | HSC step ms | refresh ms (HVP + assembly + factorisation) "
-        "| amortised ms | amortised ÷ Adam step | factorisation + apply, % of amortised |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mode | b | curvature rows | update_every | Adam step ms | HSC step ms | refresh ms (HVP + assembly + "
+        "factorisation) | amortised ms | amortised ÷ Adam step | factorisation + apply, % of amortised |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in out:
         s = o["refresh_split_ms"]
         lines.append(
-            f"| {o['b']} | {o['curvature_rows']} | {o['update_every']} | {o['adam_step_ms']:.1f} | {o['hsc_step_ms']:.1f} | "
+            f"| {o['mode']} | {o['b']} | {o['curvature_rows']} | {o['update_every']} | {o['adam_step_ms']:.1f} | "
+            f"{o['hsc_step_ms']:.1f} | "
             f"{o['refresh_ms']:.0f} ({s['hvp']:.0f} + {s['assembly']:.1f} + {s['factorisation']:.1f}) | "
             f"{o['amortised_step_ms']:.1f} | {o['amortised_over_adam']:.2f}× | "
             f"{o['factorisation_plus_apply_pct']:.1f} % |")
     lines += ["", "Compiled ops against the pure-torch path on the same data (ms per refresh, or per apply "
               "for the solve; each cell holds two times, not a ratio):", "",
-              "| b | assembly ms: compiled vs torch | factorisation ms: compiled vs torch "
+              "| mode | b | assembly ms: compiled vs torch | factorisation ms: compiled vs torch "
               "| solve ms: compiled vs torch bmm |",
-              "|---|---|---|---|"]
+              "|---|---|---|---|---|"]
     for o in out:
         if o["update_every"] != 10 or o["curvature_rows"] != adam["batch"]:
             continue
         s, t = o["refresh_split_ms"], o["torch_path_ms"]
-        lines.append(f"| {o['b']} | {s['assembly']:.1f} vs {t['assembly']:.1f} | "
+        lines.append(f"| {o['mode']} | {o['b']} | {s['assembly']:.1f} vs {t['assembly']:.1f} | "
                      f"{s['factorisation']:.1f} vs {t['factorisation']:.1f} | "
                      f"{o['compiled_solve_ms']:.2f} vs {t['solve']:.2f} |")
+    by_key = {(o["mode"], o["b"], o["curvature_rows"], o["update_every"]): o for o in out}
+    lines += ["", "The spectral mode's refresh (eigen-decomposition) against the Cholesky mode's, amortised at "
+              "update_every = 50 (ratio of amortised step times, same run; target 1.2 or less):", "",
+              "| b | curvature rows | cholesky amortised ms | saddle_free_root amortised ms | ratio |",
+              "|---|---|---|---|---|"]
+    for (mode, b, rows_, every), o in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        other = by_key.get(("cholesky", b, rows_, every))
+        if mode == "cholesky" or every != 50 or other is None:
+            continue
+        lines.append(f"| {b} | {rows_} | {other['amortised_step_ms']:.1f} | {o['amortised_step_ms']:.1f} | "
+                     f"{o['amortised_step_ms'] / other['amortised_step_ms']:.2f} |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "cpu_optim.md").write_text(text)
     return text
 
 
 REPORTERS["optim"] = optim_report
+
+
+def eigh_report(rows: list[dict], machine: dict) -> str:
+    """bench_eigh.py: the eigensolver and the fused spectral correct against torch.linalg.eigh plus
+    forming V f(Lambda) V^T with torch ops."""
+    rows = sorted(rows, key=lambda r: (r["dtype"], r["b"]))
+    out = []
+    for r in rows:
+        s, N, b = r["seconds"], r["N"], r["b"]
+        if not {"torch", "eigh", "spectral_correct", "cholesky_correct"} <= s.keys():
+            continue
+        us = {m: t / N * 1e6 for m, t in s.items()}
+        # Nominal flops of a symmetric eigen-decomposition with vectors (about 9 b^3, Golub & Van
+        # Loan 8.3) plus forming V f V^T (b^3 with symmetry): the same count for every method, so
+        # GFLOP/s compare like with like whatever the algorithm does.
+        flops = 10 * b ** 3
+        gemm = machine.get("gemm_gflops", {}).get(r["dtype"])
+        out.append({
+            "dtype": r["dtype"], "b": b, "N": N, "us_per_block": us,
+            "speedup_torch_over_spectral_correct": s["torch"] / s["spectral_correct"],
+            "speedup_torch_over_eigh": s["torch"] / s["eigh"],
+            "spectral_over_cholesky_correct": s["spectral_correct"] / s["cholesky_correct"],
+            "spectral_correct_gflops": flops * N / s["spectral_correct"] / 1e9,
+            "spectral_correct_pct_of_gemm": (100 * flops * N / s["spectral_correct"] / 1e9 / gemm) if gemm else None,
+        })
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cpu_eigh.json").write_text(json.dumps({"machine": machine, "rows": out}, indent=2) + "\n")
+
+    def f(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    lines = [
+        "# The eigensolver and the spectral modes on the CPU: against torch.linalg.eigh",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} with "
+        f"{machine['torch_threads']} threads, hsc SIMD {machine['hsc_simd']}. Command: `{machine['command']}`.",
+        "Medians of pytest-benchmark rounds on random symmetric (indefinite) blocks, the same blocks for "
+        "every method. Baseline (torch): torch.linalg.eigh of the batch, then M^-1 = V f(Lambda) V^T "
+        "(saddle_free_root, mu = 1) with torch ops. hsc: `ops.eigh` alone, and `ops.correct(mode="
+        "\"saddle_free_root\")` (eigen-decomposition and M^-1, packed), the op that replaces the baseline. "
+        "Speed-ups are baseline time ÷ hsc time (above 1: hsc is faster). GFLOP/s count a nominal 10 b³ "
+        "flops a block (eigen-decomposition with vectors about 9 b³, plus forming M^-1), whatever the "
+        f"algorithm; large GEMM, same run: {', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in machine.get('gemm_gflops', {}).items())}.",
+        "",
+        "| dtype | b | N | torch µs/block | hsc eigh µs/block | hsc spectral correct µs/block | hsc cholesky "
+        "correct µs/block | speed-up: torch ÷ spectral correct | speed-up: torch ÷ eigh | spectral ÷ cholesky "
+        "correct (time) | spectral correct GFLOP/s | % of GEMM |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in out:
+        u = o["us_per_block"]
+        lines.append(
+            f"| {o['dtype']} | {o['b']} | {o['N']} | {u['torch']:.2f} | {u['eigh']:.2f} | {u['spectral_correct']:.2f} | "
+            f"{u['cholesky_correct']:.2f} | {o['speedup_torch_over_spectral_correct']:.1f}× | "
+            f"{o['speedup_torch_over_eigh']:.1f}× | {o['spectral_over_cholesky_correct']:.1f}× | "
+            f"{o['spectral_correct_gflops']:.1f} | {f(o['spectral_correct_pct_of_gemm'], '.0f')} % |")
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "cpu_eigh.md").write_text(text)
+    return text
+
+
+REPORTERS["eigh"] = eigh_report

@@ -4,7 +4,10 @@
 
 Reports per case: µs per block, achieved GB/s (H and G read once, P written once) against a
 device-to-device copy measured in the same run, useful TFLOP/s (4b³/3 flops per block), and the
-ratio to the chain. Needs a GPU.
+ratio to the chain. Then the eigensolver ("eigh_rows"): hsc.ops.eigh and hsc.ops.correct in mode
+saddle_free_root (eigen-decomposition and the packed M^-1) against torch.linalg.eigh of the batch
+(cuSOLVER's batched Jacobi or QR underneath) plus M^-1 = V f(Lambda) V^T formed with torch ops, in
+µs per block, with the sweep-limit status and the agreement of the factors. Needs a GPU.
 """
 from __future__ import annotations
 
@@ -19,6 +22,12 @@ import hsc
 from hsc import ops
 
 CASES = [(N, b) for b in (16, 32, 64, 128) for N in (10 ** 3, 10 ** 5, 10 ** 6) if N < 10 ** 6 or b <= 32]
+# torch.linalg.eigh batches Jacobi (cuSOLVER syevjBatched) only up to b = 32 and loops over the
+# matrices above: the torch route is timed at N = 1000 there (TORCH_EIGH_LIMIT).
+EIGH_CASES = [(N, b) for b in (8, 16, 32) for N in (10 ** 4, 10 ** 5)] + \
+             [(N, b) for b in (64, 128) for N in (10 ** 3, 10 ** 4)]
+TORCH_EIGH_LIMIT = {8: 10 ** 5, 16: 10 ** 5, 32: 10 ** 5, 64: 10 ** 3, 128: 10 ** 3}
+SCALE = 1.0
 
 
 def chain(H, G, damping=1e-4, scale=1.0):
@@ -65,6 +74,60 @@ def spd_blocks(N, b, dtype, seed):
     return H, G
 
 
+def torch_saddle_free_root(H):
+    """torch.linalg.eigh of the batch, then M^-1 = V f(Lambda) V^T, f = 1 / sqrt(lambda^2 + mu^2)."""
+    lam, V = torch.linalg.eigh(H)
+    f = (lam * lam + SCALE ** 2).rsqrt()
+    return (V * f[:, None, :]) @ V.mT
+
+
+def symmetric_blocks(N, b, dtype, seed):
+    """Gaussian symmetric blocks (indefinite, as the curvature blocks of the applications are)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    X = torch.randn(N, b, b, dtype=dtype, device="cuda", generator=g)
+    return 0.5 * (X + X.mT)
+
+
+def eigh_rows():
+    rows = []
+    for dtype in (torch.float32, torch.float64):
+        for N, b in EIGH_CASES:
+            H = symmetric_blocks(N, b, dtype, seed=N + b)
+            c = ops.correct(H, scale=SCALE, mode="saddle_free_root")
+            eigh_ms = cuda_time(lambda: ops.eigh(H))
+            correct_ms = cuda_time(lambda: ops.correct(H, scale=SCALE, mode="saddle_free_root"))
+            timed = N <= TORCH_EIGH_LIMIT[b]
+            rel = torch_eigh_ms = torch_ms = None
+            if timed:
+                expected = torch_saddle_free_root(H)
+                rel = float((ops.unpack(c.factor, N) - expected).norm() / expected.norm())
+                del expected
+                torch_eigh_ms = cuda_time(lambda: torch.linalg.eigh(H), warmup=1, repeats=5)
+                torch_ms = cuda_time(lambda: torch_saddle_free_root(H), warmup=1, repeats=5)
+            per_block = lambda ms: None if ms is None else ms * 1e3 / N  # noqa: E731
+            row = {
+                "dtype": str(dtype).replace("torch.", ""), "N": N, "b": b,
+                "eigh_us_per_block": per_block(eigh_ms),
+                "correct_saddle_free_root_us_per_block": per_block(correct_ms),
+                "torch_eigh_us_per_block": per_block(torch_eigh_ms),
+                "torch_eigh_and_factor_us_per_block": per_block(torch_ms),
+                "speedup_correct_vs_torch": None if torch_ms is None else torch_ms / correct_ms,
+                "all_status_0": bool((c.status == 0).all()),
+                "rel_err_factor_vs_torch": rel,
+            }
+            rows.append(row)
+            nan = float("nan")
+            print(f"{row['dtype']:8s} b={b:4d} N={N:8d} eigh {row['eigh_us_per_block']:9.4f} us/blk "
+                  f"correct(saddle_free_root) {row['correct_saddle_free_root_us_per_block']:9.4f} "
+                  f"torch eigh {row['torch_eigh_us_per_block'] or nan:9.4f} +factor "
+                  f"{row['torch_eigh_and_factor_us_per_block'] or nan:9.4f} "
+                  f"x{row['speedup_correct_vs_torch'] or nan:6.1f} err {rel if rel is not None else nan:.1e}",
+                  flush=True)
+            del H, c
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -105,7 +168,8 @@ def main(argv=None) -> int:
             del H, G, P, ref
             torch.cuda.empty_cache()
     result = {"card": card, "torch": torch.__version__, "hsc": hsc.__version__,
-              "copy_GBps": copy_gbs, "command": "python bench/gpu_bench.py --out ...", "rows": rows}
+              "copy_GBps": copy_gbs, "command": "python bench/gpu_bench.py --out ...", "rows": rows,
+              "eigh_rows": eigh_rows()}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"card {card}; device-to-device copy {copy_gbs:.0f} GB/s; wrote {args.out}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-call GPU check: build the extension, run the CUDA tests, run compute-sanitizer on a small
-# case, benchmark against the torch chain. Run from the repository root on the GPU machine
+# One-call GPU check: build the extension, run the CUDA tests, run compute-sanitizer (memcheck on
+# every op, racecheck on the shared-memory kernels) on small cases, benchmark against the torch
+# chains (cuSOLVER underneath). Run from the repository root on the GPU machine
 # (torch, nvcc, ninja, pybind11, pytest, pytest-benchmark already there; no package index).
 # Writes everything under $OUT (default: bench/results/gpu_run); commit gpu_<card>.json from there
 # to bench/results/.
@@ -37,15 +38,36 @@ for dtype in (torch.float32, torch.float64):
         for mode in ("cholesky", "singular_safe"):
             ops.precondition(H, G, mode=mode); c = ops.correct(H, mode=mode)
             ops.correct_(c.factor, H, mode=mode, keep_failed=True); ops.solve(c, G)
+        # eigh (b = 130: float32 in shared memory, float64 in global scratch) and the spectral modes
+        e = ops.eigh(H); ops.eigh(H, max_sweeps=1)
+        for mode in ("spectral", "saddle_free", "saddle_free_root"):
+            ops.precondition(H, G, mode=mode); c = ops.correct(H, mode=mode)
+            ops.correct_(c.factor, H, mode=mode, keep_failed=True, max_sweeps=1)
+        ops.correct_from_eigh_(c.factor, e, mode="saddle_free", keep_failed=True)
+        ops.correct_from_eigh_(c.factor, e, mode="saddle_free_root", power=0.5)
     st = torch.zeros(5, 4, 4, dtype=dtype, device="cuda")
     ops.accumulate_probes(st, torch.randn(2, 4, 5, 4, dtype=dtype, device="cuda"),
                           torch.ones(2, 5, dtype=dtype, device="cuda"),
                           torch.ones(5, 4, dtype=torch.bool, device="cuda"), ema=0.9, first=True)
 torch.cuda.synchronize(); print("sanitizer case done")
 PY
-timeout 240 "$SAN" --tool memcheck --error-exitcode 9 "$PY" /tmp/hsc_sanitize.py 2>&1 | tail -8 | tee "$OUT/sanitizer.txt"
+timeout 300 "$SAN" --tool memcheck --error-exitcode 9 "$PY" /tmp/hsc_sanitize.py 2>&1 | tail -8 | tee "$OUT/sanitizer.txt"
+
+step "compute-sanitizer racecheck (the thread-block kernels' shared memory)"
+cat > /tmp/hsc_racecheck.py <<'PY'
+import torch
+from hsc import ops
+torch.manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    for b in (33, 70):
+        H = torch.randn(3, b, b, dtype=dtype, device="cuda"); H[1, 0, 0] = float("nan")
+        G = torch.randn(3, b, dtype=dtype, device="cuda")
+        ops.precondition(H, G); ops.correct(H, mode="singular_safe"); ops.eigh(H)
+torch.cuda.synchronize(); print("racecheck case done")
+PY
+timeout 240 "$SAN" --tool racecheck --error-exitcode 9 "$PY" /tmp/hsc_racecheck.py 2>&1 | tail -8 | tee "$OUT/racecheck.txt"
 
 step benchmark
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_-')
-timeout 300 "$PY" bench/gpu_bench.py --out "$OUT/gpu_${CARD:-unknown}.json" 2>&1 | tee "$OUT/bench.txt" | tail -30
+timeout 480 "$PY" bench/gpu_bench.py --out "$OUT/gpu_${CARD:-unknown}.json" 2>&1 | tee "$OUT/bench.txt" | tail -30
 step done

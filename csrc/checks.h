@@ -164,7 +164,7 @@ inline void check_eigh_args(const at::Tensor& H, int64_t max_sweeps) {
 inline void check_from_eigh_args(const at::Tensor& factor, const at::Tensor& eigenvalues,
                                  const at::Tensor& eigenvectors, const at::Tensor& status,
                                  double scale, Mode mode, const std::string& mode_name,
-                                 const c10::optional<at::Tensor>& keep_failed) {
+                                 const c10::optional<at::Tensor>& keep_failed, double power) {
   TORCH_CHECK_VALUE(is_spectral(mode), "hsc: correct_from_eigh_ takes a spectral mode ('spectral', "
                     "'saddle_free' or 'saddle_free_root'), got '", mode_name, "'");
   TORCH_CHECK_VALUE(eigenvectors.dim() == 3 && eigenvectors.size(1) == eigenvectors.size(2) &&
@@ -189,6 +189,10 @@ inline void check_from_eigh_args(const at::Tensor& factor, const at::Tensor& eig
                    eigenvalues.scalar_type(), " (the eigenvalues'), got ", factor.scalar_type());
   TORCH_CHECK_VALUE(factor.is_contiguous(), "hsc: factor must be contiguous (it is written in place)");
   check_scale(scale, eigenvalues.scalar_type());
+  TORCH_CHECK_VALUE(power == 1.0 || (power == 0.5 && mode != Mode::kSpectral),
+                    "hsc: power must be 1 (M^-1), or 0.5 (M^-1/2) in mode 'saddle_free' or "
+                    "'saddle_free_root' (whose M^-1 is positive definite), got ", power, " in mode '",
+                    mode_name, "'");
   for (const at::Tensor* t : {&eigenvalues, &eigenvectors, &status})
     TORCH_CHECK_VALUE(t->device() == factor.device(), "hsc: eigenvalues, eigenvectors and status "
                       "must be on factor's device ", factor.device(), ", got ", t->device());

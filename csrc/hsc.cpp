@@ -39,7 +39,7 @@ TORCH_LIBRARY(hsc, m) {
         " int max_sweeps) -> (Tensor P, Tensor damping, Tensor status)");
   m.def("eigh(Tensor H, int max_sweeps) -> (Tensor eigenvalues, Tensor eigenvectors, Tensor status)");
   m.def("correct_from_eigh_(Tensor(a!) factor, Tensor eigenvalues, Tensor eigenvectors, Tensor status,"
-        " float scale, str correction_mode, Tensor? keep_failed) -> ()");
+        " float scale, str correction_mode, Tensor? keep_failed, float power) -> ()");
   m.def("accumulate_probes(Tensor(a!) state, Tensor hvps, Tensor signs, Tensor mask, float ema,"
         " bool first) -> Tensor");
   m.def("fold_estimate_(Tensor(a!) state, Tensor estimate, Tensor mask, float ema, bool first)"

@@ -6,12 +6,15 @@ import torch
 from . import ops, optim
 from .layout import BlockLayout
 from .ops import Correction, Status
-from .optim import HSC
+from .optim import HSC, StepControl
 from .config import PreconditionerConfig
+from .game import CompetitiveHSC, GameConfig
+from .lbfgs import PreconditionedLBFGS
 from .preconditioner import Preconditioner
 
 __version__ = "0.1.0"
-__all__ = ["ops", "optim", "Correction", "Status", "BlockLayout", "Preconditioner", "PreconditionerConfig", "HSC",
+__all__ = ["ops", "optim", "Correction", "Status", "BlockLayout", "Preconditioner", "PreconditionerConfig", "HSC", "StepControl",
+           "PreconditionedLBFGS", "CompetitiveHSC", "GameConfig",
            "info", "__version__"]
 
 

@@ -26,8 +26,23 @@ def main(argv=None) -> int:
 
         hsc.info()
     elif args.command in ("gan", "style"):
-        return _application(args.command).main(args)
+        app = _application(args.command)
+        try:
+            return app.main(args)
+        except ModuleNotFoundError as err:  # a package the application imports while it runs
+            if err.name and err.name.split(".")[0] in EXTRA_PACKAGES[args.command]:
+                raise SystemExit(_missing_extra(args.command, err.name)) from err
+            raise
     return 0
+
+
+# The top-level modules each application's extra installs (pyproject.toml).
+EXTRA_PACKAGES = {"gan": ("matplotlib", "tqdm", "sklearn", "torchmetrics", "CGDs"),
+                  "style": ("matplotlib", "tqdm", "skimage", "sklearn")}
+
+
+def _missing_extra(name: str, missing) -> str:
+    return f"hsc {name} needs the [{name}] extra: pip install 'hsc[{name}]' (missing: {missing})"
 
 
 def _application(name: str):
@@ -37,8 +52,7 @@ def _application(name: str):
     try:
         return importlib.import_module(f"hsc.{name}.cli")
     except ImportError as err:
-        raise SystemExit(f"hsc {name} needs the [{name}] extra: pip install 'hsc[{name}]' "
-                         f"(missing: {err.name or err})") from err
+        raise SystemExit(_missing_extra(name, err.name or err)) from err
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ class PreconditionerConfig:
     mode: str = option("cholesky", "how M^-1 is formed (docs/contract.md §2)", str, ops.MODES)
     max_tries: int = option(32, "dampings tried per block (cholesky)", int)
     max_sweeps: int = option(ops.MAX_SWEEPS, "the eigensolver's sweep limit (spectral modes)", int)
+    factor_power: float = option(1.0, "the factor holds M^-factor_power: 1 (the step M^-1 g) or 0.5 "
+                                 "(M^-1/2, for a coupled solve split symmetrically; modes saddle_free "
+                                 "and saddle_free_root)", float)
     chunk_size: Optional[int] = option(None, "probe vectors per batched HVP (memory bound); none: "
                                        "chosen by device", _optional_int)
     patch: Optional[Tuple[int, int]] = option(None, "cut image-like tensors into spatial patches "
@@ -95,12 +98,22 @@ class PreconditionerConfig:
              f"spectral mode: {ops.SPECTRAL_MODES})")
         need(is_int(self.max_tries) and self.max_tries >= 1, "max_tries", "an int >= 1")
         need(is_int(self.max_sweeps) and 1 <= self.max_sweeps <= 1000, "max_sweeps", "an int in [1, 1000]")
+        need(self.factor_power == 1.0 or (self.factor_power == 0.5 and self.mode in ("saddle_free", "saddle_free_root")),
+             "factor_power", "1, or 0.5 in mode saddle_free or saddle_free_root")
         need(self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1),
              "chunk_size", "None or an int >= 1")
+        need(self.patch is None or (isinstance(self.patch, (tuple, list)) and len(self.patch) == 2
+                                    and all(is_int(p) and p >= 1 for p in self.patch)),
+             "patch", "None or two ints (ph, pw) >= 1")
+        need(is_int(self.seed), "seed", "an int")
         return self
 
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(PreconditionerConfig))
+
+
+def _dest(prefix: str, name: str) -> str:
+    return f"{prefix.replace('-', '_')}_{name}"
 
 
 def add_arguments(parser: argparse._ActionsContainer, defaults: PreconditionerConfig, *,
@@ -115,7 +128,7 @@ def add_arguments(parser: argparse._ActionsContainer, defaults: PreconditionerCo
             continue
         default = getattr(defaults, f.name)
         text = f.metadata["help"] + (f"; {notes[f.name]}" if f.name in notes else "")
-        parser.add_argument(f"--{prefix}-{f.name.replace('_', '-')}", dest=f"{prefix}_{f.name}",
+        parser.add_argument(f"--{prefix}-{f.name.replace('_', '-')}", dest=_dest(prefix, f.name),
                             type=f.metadata["parse"], choices=f.metadata["choices"], default=default,
                             metavar=None if f.metadata["choices"] else f.name.upper(),
                             help=f"{text} (default: {_show(default)})")
@@ -124,6 +137,6 @@ def add_arguments(parser: argparse._ActionsContainer, defaults: PreconditionerCo
 def from_arguments(args: argparse.Namespace, defaults: PreconditionerConfig, *,
                    prefix: str = "hsc") -> PreconditionerConfig:
     """``defaults`` with every field that :func:`add_arguments` gave a flag taken from ``args``."""
-    given = {f.name: getattr(args, f"{prefix}_{f.name}") for f in dataclasses.fields(PreconditionerConfig)
-             if hasattr(args, f"{prefix}_{f.name}")}
+    given = {f.name: getattr(args, _dest(prefix, f.name)) for f in dataclasses.fields(PreconditionerConfig)
+             if hasattr(args, _dest(prefix, f.name))}
     return dataclasses.replace(defaults, **given)

@@ -251,7 +251,7 @@ class BlockLayout:
             raise ValueError(f"hsc: radius must be an int >= 0, got {radius!r}")
         period = radius + 1
         ty, tx, within = self._places.unbind(1)
-        per_tile = int(within.max()) + 1 if self.num_blocks else 1
+        per_tile = max(int(within.max()) + 1, 1) if self.num_blocks else 1
         count = period * period * per_tile
         tiled = ty >= 0
         colours = ((ty % period) * period + tx % period) * per_tile + within

@@ -208,11 +208,17 @@ class PreconditionedLBFGS(torch.optim.Optimizer):
             ls_func_evals = 0
             x_init = [p.clone(memory_format=torch.contiguous_format) for p in self._params]
             if line_search_fn is not None:
+                start_loss, start_grad = loss, flat_grad
+
                 def obj_func(x, step, direction):
                     self._add_grad(step, direction)
                     value = float(closure())
                     grad = self._gather_flat_grad()
                     self._set_param(x)
+                    if not (math.isfinite(value) and bool(torch.isfinite(grad).all())):
+                        # A wall the line search backs away from: a loss far above the start's and
+                        # the start's gradient, so that its interpolation stays finite.
+                        value, grad = abs(start_loss) + 1e30, start_grad.clone()
                     return value, grad
 
                 loss, flat_grad, t, ls_func_evals = _strong_wolfe(

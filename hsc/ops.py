@@ -270,6 +270,7 @@ def correct_from_eigh_(
     scale: float = 1.0,
     mode: str = "saddle_free_root",
     keep_failed: Union[bool, torch.Tensor] = False,
+    power: float = 1.0,
 ) -> Correction:
     """The factor of a spectral mode from an eigen-decomposition, written into ``factor`` in place:
     M^{-1} = V f(Lambda) V^T per block (docs/contract.md §2), the fallback ``I / (1 + mu^2)`` where
@@ -283,6 +284,9 @@ def correct_from_eigh_(
         scale: mu > 0.
         mode: ``"spectral"``, ``"saddle_free"`` or ``"saddle_free_root"``.
         keep_failed: as in :func:`correct_`.
+        power: 1 (the factor is M^{-1}) or 0.5 (M^{-1/2} = V f(Lambda)^{1/2} V^T, fallback
+            I / sqrt(1 + mu^2); modes saddle_free and saddle_free_root, whose f >= 0): two half
+            factors give M^{-1}, and a coupled solve splits its matrix symmetrically with them.
     Returns:
         ``Correction(factor, damping, status)``: damping 0 (no damping in the spectral modes),
         status ``eigen.status``.
@@ -292,17 +296,18 @@ def correct_from_eigh_(
         raise TypeError(f"hsc: eigen must be the Eigh returned by hsc.ops.eigh, got {type(eigen).__name__}")
     keep = _keep_failed_tensor(keep_failed, eigen.eigenvalues)
     torch.ops.hsc.correct_from_eigh_.default(factor, eigen.eigenvalues, eigen.eigenvectors, eigen.status,
-                                             float(scale), mode, keep)
+                                             float(scale), mode, keep, float(power))
     return Correction(factor, eigen.eigenvalues.new_zeros(eigen.status.shape), eigen.status)
 
 
-def correct_from_eigh(eigen: Eigh, *, scale: float = 1.0, mode: str = "saddle_free_root") -> Correction:
+def correct_from_eigh(eigen: Eigh, *, scale: float = 1.0, mode: str = "saddle_free_root",
+                      power: float = 1.0) -> Correction:
     """:func:`correct_from_eigh_` into a new factor."""
     if not isinstance(eigen, Eigh):
         raise TypeError(f"hsc: eigen must be the Eigh returned by hsc.ops.eigh, got {type(eigen).__name__}")
     N, b = eigen.eigenvectors.shape[0], eigen.eigenvectors.shape[-1]
     factor = eigen.eigenvalues.new_empty(factor_shape(N, b))
-    return correct_from_eigh_(factor, eigen, scale=scale, mode=mode)
+    return correct_from_eigh_(factor, eigen, scale=scale, mode=mode, power=power)
 
 
 def accumulate_probes(
@@ -413,7 +418,8 @@ def _eigh_fake(H, max_sweeps):
 
 
 @torch.library.register_fake("hsc::correct_from_eigh_")
-def _correct_from_eigh_fake(factor, eigenvalues, eigenvectors, status, scale, correction_mode, keep_failed):
+def _correct_from_eigh_fake(factor, eigenvalues, eigenvectors, status, scale, correction_mode, keep_failed,
+                            power):
     _same_device(factor=factor, eigenvalues=eigenvalues, eigenvectors=eigenvectors, status=status,
                  **({} if keep_failed is None else {"keep_failed": keep_failed}))
 

@@ -194,7 +194,8 @@ class HSC(torch.optim.Optimizer):
                 self._restore(before, keep_momentum=False)
                 self.alpha *= ctl.shrink
                 self.counters["undone_steps"] += 1
-                loss, directions = self._directions_from_closure(closure, None)
+                # the same step of the refresh schedule: no call counted again
+                loss, directions = self._directions_from_closure(closure, None, count_call=False)
             else:
                 predicted = before["predicted"]
                 ratio = (before["loss"] - value) / predicted if predicted > 0 else 1.0
@@ -269,7 +270,7 @@ class HSC(torch.optim.Optimizer):
 
     # ---- the pieces of a step ---------------------------------------------------------------
 
-    def _evaluate(self, closure, curvature_closure, groups):
+    def _evaluate(self, closure, curvature_closure, groups, count_call: bool = True):
         """The loss, its gradients per group and the gradients the HVPs differentiate (with their
         graph when a refresh is due). An error on any rank is raised on every rank. Without a
         process group a non-finite loss skips the step here: (loss, None, None)."""
@@ -280,7 +281,7 @@ class HSC(torch.optim.Optimizer):
                 if not self.ranks.distributed and not bool(torch.isfinite(loss.detach()).all()):
                     self._skip("loss")
                     return loss, None, None
-                due = any(pc.refresh_due for pc in self.preconditioners)
+                due = count_call and any(pc.refresh_due for pc in self.preconditioners)
                 grads = self._grads(loss, groups, create_graph=due and curvature_closure is None)
                 curvature_grads = grads
                 if due and curvature_closure is not None:
@@ -305,11 +306,11 @@ class HSC(torch.optim.Optimizer):
                 if p.requires_grad:  # the blocks have the group's promoted dtype
                     p.grad = g if g.dtype == p.dtype else g.to(p.dtype)
 
-    def _directions_from_closure(self, closure, curvature_closure):
-        """(loss, M^-1 g per group) from the closure, refreshing the curvature when due; the
-        directions are None when the step is skipped."""
+    def _directions_from_closure(self, closure, curvature_closure, count_call: bool = True):
+        """(loss, M^-1 g per group) from the closure, refreshing the curvature when due (when the
+        call counts); the directions are None when the step is skipped."""
         groups = self._param_lists()
-        loss, grads, curvature_grads = self._evaluate(closure, curvature_closure, groups)
+        loss, grads, curvature_grads = self._evaluate(closure, curvature_closure, groups, count_call)
         if grads is None:
             return loss, None
         # The step's own copy of each group's gradient, gathered straight into its blocks (one
@@ -325,9 +326,10 @@ class HSC(torch.optim.Optimizer):
         if not all_finite(blocks):
             self._skip("gradient")
             return loss, None
-        with torch.enable_grad():
-            for pc, gs in zip(self.preconditioners, curvature_grads):
-                pc.refresh_if_due(gs)
+        if count_call:
+            with torch.enable_grad():
+                for pc, gs in zip(self.preconditioners, curvature_grads):
+                    pc.refresh_if_due(gs)
         self._write_grads(groups, blocks)
         return loss, [pc.layout.scatter(pc.solve_blocks(G, finite=True))  # checked above
                       for pc, G in zip(self.preconditioners, blocks)]

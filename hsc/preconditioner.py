@@ -293,9 +293,9 @@ class Preconditioner:
         self.spectra.append(spectrum_summary(values, self.scale))
         del self.spectra[:-SPECTRA_KEPT]
         if self.correction is None:
-            return ops.correct_from_eigh(eigen, scale=self.scale, mode=cfg.mode)
+            return ops.correct_from_eigh(eigen, scale=self.scale, mode=cfg.mode, power=cfg.factor_power)
         return ops.correct_from_eigh_(self.correction.factor, eigen, scale=self.scale, mode=cfg.mode,
-                                      keep_failed=self.has_factor)
+                                      keep_failed=self.has_factor, power=cfg.factor_power)
 
     # ---- apply -----------------------------------------------------------------------------
 

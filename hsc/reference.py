@@ -125,14 +125,15 @@ def eigh(H: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> Eigh:
 
 
 def corrected_inverse_from_eigh(eigen: Eigh, *, scale: float = 1.0, mode: str = "saddle_free_root",
-                                dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """M^{-1} = V f(Lambda) V^T per block as ``[N, b, b]`` from an eigen-decomposition, the fallback
-    I / (1 + mu^2) where its status is 2 or 3: hsc.ops.correct_from_eigh before packing."""
+                                dtype: torch.dtype = torch.float64, power: float = 1.0) -> torch.Tensor:
+    """M^{-power} = V f(Lambda)^power V^T per block as ``[N, b, b]`` from an eigen-decomposition, the
+    fallback (1 + mu^2)^{-power} I where its status is 2 or 3: hsc.ops.correct_from_eigh before
+    packing (power 1 or 0.5)."""
     lam, V = eigen.eigenvalues.to(dtype), eigen.eigenvectors.to(dtype)
     N, b = V.shape[0], V.shape[-1]
     ok = eigen.status <= 1
-    Minv = (V * spectral_multiplier(mode, lam, scale)[..., None, :]) @ V.mT
-    return torch.where(ok[:, None, None], Minv, _fallback(N, b, scale, dtype))
+    Minv = (V * spectral_multiplier(mode, lam, scale)[..., None, :] ** power) @ V.mT
+    return torch.where(ok[:, None, None], Minv, _fallback(N, b, scale, dtype) ** power)
 
 
 def _pivots_above(L: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
@@ -200,8 +201,8 @@ def precondition(H: torch.Tensor, G: torch.Tensor, *, damping: Damping = 1e-4, s
 
 
 def correct_from_eigh(eigen: Eigh, *, scale: float = 1.0, mode: str = "saddle_free_root",
-                      dtype: torch.dtype = torch.float64) -> Correction:
+                      dtype: torch.dtype = torch.float64, power: float = 1.0) -> Correction:
     """Reference of hsc.ops.correct_from_eigh: the factor of a spectral mode from an
     eigen-decomposition, damping 0, the decomposition's status."""
-    Minv = corrected_inverse_from_eigh(eigen, scale=scale, mode=mode, dtype=dtype)
+    Minv = corrected_inverse_from_eigh(eigen, scale=scale, mode=mode, dtype=dtype, power=power)
     return Correction(pack(Minv), torch.zeros(eigen.status.shape[0], dtype=dtype), eigen.status)

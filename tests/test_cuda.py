@@ -1,5 +1,6 @@
 """CUDA kernels against the CPU kernels on the same inputs (every case skips where no GPU is
-present). The full op suite in test_ops.py also runs on CUDA through its `device` fixture.
+present). The full op suites in test_ops.py and test_spectral.py also run on CUDA through their
+`device` fixture.
 
 Blocks are compared one by one, each with its own tolerance from the error model of
 tests/test_ops.py: a single norm over the whole tensor would hide a large error in a small block.
@@ -17,13 +18,15 @@ from hsc import ops
 from hsc import reference as ref
 from test_ops import (ERROR_CONSTANT, NUMERICALLY_SINGULAR, block_norm, damping_sequence, eps_of,
                       route_condition, scaled_norm, spectrum, start_damping)
+from test_spectral import C_EIGEN, C_PRODUCT, C_STEP, eigh_errors, fro, product_scale, step_bound
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU present")
 
 MODES = ("cholesky", "singular_safe")
 
 # b <= 32: a warp per block; 32 < b: a thread block per block; f64 at b >= 128 and f32 at b = 256:
-# the workspace in global memory (it does not fit in shared memory).
+# the workspace in global memory (it does not fit in shared memory), for correct's kernels and for
+# eigh's.
 BLOCK_SIZES = [1, 3, 16, 31, 32, 33, 64, 100, 128, 256]
 
 KINDS = 6  # block k of mixed_blocks is of kind k % KINDS
@@ -152,6 +155,75 @@ def assert_fold_close(new: torch.Tensor, expected: torch.Tensor, old: torch.Tens
     close = (new.double() - expected.double()).abs() <= tol
     bad = ~(same | close)
     assert not bad.any(), f"entries {bad.nonzero().tolist()[:10]}: {new[bad][:10]} vs {expected[bad][:10]}"
+
+
+def assert_eigh_matches_cpu(H: torch.Tensor, got: ops.Eigh, cpu: ops.Eigh) -> None:
+    """eigh's result from the kernels against the CPU op's, block by block, by the error model of
+    tests/test_spectral.py (never raw eigenvector columns, which are not unique): the same status
+    (the cases keep clear of the sweep limit), NaN eigenpairs exactly where H is not finite, and
+    elsewhere finite (no sentinel left), ascending, orthogonal to C_EIGEN sqrt(b) eps with Rayleigh
+    quotients within C_EIGEN sqrt(b) eps ||S||_F of the eigenvalues; for converged blocks the
+    eigenvalues and the reconstruction V Lambda V^T within that of the float64 reference, hence the
+    eigenvalues within twice that of the CPU's, and the invariant subspaces below each clear gap
+    within the Davis-Kahan bound of the CPU's."""
+    N, b = H.shape[0], H.shape[1]
+    eps = torch.finfo(H.dtype).eps
+    assert torch.equal(got.status, cpu.status), f"statuses {got.status.tolist()} vs {cpu.status.tolist()}"
+    bad = got.status == 2
+    assert torch.equal(bad, ~torch.isfinite(H).flatten(1).all(1))
+    assert torch.isnan(got.eigenvalues[bad]).all() and torch.isnan(got.eigenvectors[bad]).all()
+    fine = ~bad
+    values, vectors = got.eigenvalues[fine], got.eigenvectors[fine]
+    assert torch.isfinite(values).all() and torch.isfinite(vectors).all()
+    assert (values.diff(dim=1) >= 0).all(), "eigenvalues ascending"
+    err = eigh_errors(H[fine], ops.Eigh(values, vectors, got.status[fine]))
+    converged = got.status[fine] == 0
+    for name in ("orthogonality", "rayleigh"):
+        assert (err[name] <= C_EIGEN).all(), f"{name}: {err[name].max().item():.3g} x its scale"
+    for name in ("eigenvalues", "reconstruction"):
+        assert (err[name][converged] <= C_EIGEN).all(), f"{name}: {err[name].max().item():.3g} x its scale"
+    S = ref.symmetrise(H[fine])
+    backward = C_EIGEN * math.sqrt(b) * eps * fro(S)
+    ok = converged & (cpu.status[fine] == 0)
+    gap_cpu = (values.double() - cpu.eigenvalues[fine].double()).abs().amax(1)
+    assert (gap_cpu[ok] <= 2 * backward[ok]).all()
+    lam = ref.eigh(H[fine]).eigenvalues
+    for m in range(1, b):
+        gap = lam[:, m] - lam[:, m - 1]
+        separated = ok & (gap > 1e3 * backward)
+        P, Q = vectors[:, :, :m].double(), cpu.eigenvectors[fine][:, :, :m].double()
+        dist = fro(P @ P.mT - Q @ Q.mT)
+        assert (dist <= 2 * math.sqrt(2) * backward / (gap - backward))[separated].all()
+
+
+def assert_spectral_matches_cpu(H, G, status, P, F, expected_P, expected_F, *, scale, mode):
+    """The kernels' P (the fused step) and factor F (packed) of a spectral mode against the CPU op's
+    (expected_*), per block: converged blocks within the error model of tests/test_spectral.py,
+    ||p - p_ref|| <= C_STEP sqrt(b) eps (||S||_F / mu^2 + 1/mu) ||g|| against the float64
+    reference, hence within twice that of the CPU's, for P and for the factor applied to G, and
+    the factor's spectrum within that (per unit g) of f(eigenvalues of S) (Weyl); blocks of
+    status 2 and 3 hold the fallback exactly as the CPU rounds it; lanes past the last block 0."""
+    N, b = H.shape[0], H.shape[1]
+    eps = torch.finfo(H.dtype).eps
+    assert torch.isfinite(P).all() and torch.isfinite(F).all()
+    assert (F[-1, :, (N - 1) % ops.TILE + 1:] == 0).all()
+    blocks_F, blocks_cpu = ops.unpack(F, N), ops.unpack(expected_F, N)
+    failed = status >= 2
+    assert torch.equal(P[failed], expected_P[failed]) and torch.equal(blocks_F[failed], blocks_cpu[failed])
+    ok = status == 0
+    if not ok.any():
+        return
+    S = ref.symmetrise(H[ok])
+    Gm = G[ok].double() if G.dim() == 3 else G[ok].double().unsqueeze(-1)
+    P_ref = ref.precondition(H[ok], G[ok], scale=scale, mode=mode)[0].double()
+    bound = step_bound(S, G[ok], scale, eps)
+    from_factor = (blocks_F[ok].double() @ Gm).reshape(P_ref.shape)
+    for name, got in (("precondition", P[ok].double()), ("factor @ G", from_factor)):
+        assert (fro(got - P_ref) <= bound).all(), f"{name}: {(fro(got - P_ref) / bound).max().item():.3g} x the model"
+    assert (fro(P[ok].double() - expected_P[ok].double()) <= 2 * bound).all()
+    unit = C_STEP * math.sqrt(b) * eps * (fro(S) / scale ** 2 + 1.0 / scale)
+    f_ref = ref.spectral_multiplier(mode, ref.eigh(H[ok]).eigenvalues, scale).sort(dim=1).values
+    assert ((torch.linalg.eigvalsh(blocks_F[ok].double()) - f_ref).abs().amax(1) <= unit).all()
 
 
 def fold_case(N: int, b: int, dtype: torch.dtype, seed: int):
@@ -286,6 +358,122 @@ def test_cuda_correct_in_place_keep_mask(b, dtype, mode):
                         same & ~kept)
 
 
+# ---- eigh, correct_from_eigh_ and the spectral modes -------------------------------------------
+
+SPECTRAL = ops.SPECTRAL_MODES
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("b", BLOCK_SIZES)
+def test_cuda_eigh_matches_cpu(b, dtype):
+    """eigh's kernels (b <= 32: a warp per block in registers; larger b: a thread block per block,
+    in shared memory or, at b = 128 in float64 and b = 256, in global scratch) against the CPU op
+    on mixed_blocks, block by block by the error model of tests/test_spectral.py (assert_eigh_matches_cpu);
+    the rotation orders differ, the statuses do not (the default sweep limit is far from both)."""
+    N = 37
+    H = mixed_blocks(N, b, dtype, seed=100 + b)
+    gpu = ops.Eigh(*(t.cpu() for t in ops.eigh(H.cuda())))
+    cpu = ops.eigh(H)
+    assert_eigh_matches_cpu(H, gpu, cpu)
+    assert (gpu.status[5::KINDS] == 2).all() and (gpu.status[0::KINDS] == 0).all()
+
+
+@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("b", BLOCK_SIZES)
+def test_cuda_spectral_modes_match_cpu(b, dtype, mode):
+    """precondition, correct and correct_ in a spectral mode on CUDA (eigh's kernels, then the
+    fused step or the factor) against the CPU ops, per block (assert_spectral_matches_cpu): the
+    same statuses, damping 0, steps and factors within the error model, the fallback exactly as
+    the CPU rounds it; correct_ into a used buffer writes what correct returns; solve on the
+    factor agrees with the fused step within the rounding of the last products."""
+    N, scale = 37, 0.7
+    H = mixed_blocks(N, b, dtype, seed=200 + b)
+    G = torch.randn(N, b, 2, dtype=dtype, generator=torch.Generator().manual_seed(b))
+    P, d, s = (t.cpu() for t in ops.precondition(H.cuda(), G.cuda(), scale=scale, mode=mode))
+    c = ops.correct(H.cuda(), scale=scale, mode=mode)
+    buffer = torch.full_like(c.factor, 3.0)
+    d2, s2 = (t.cpu() for t in ops.correct_(buffer, H.cuda(), scale=scale, mode=mode)[1:])
+    P_cpu, d_cpu, s_cpu = ops.precondition(H, G, scale=scale, mode=mode)
+    c_cpu = ops.correct(H, scale=scale, mode=mode)
+    for status, damping in ((s, d), (c.status.cpu(), c.damping.cpu()), (s2, d2)):
+        assert torch.equal(status, s_cpu) and (damping == 0).all() and damping.dtype == dtype
+    assert torch.equal(buffer, c.factor)
+    assert (s[5::KINDS] == 2).all() and (s[0::KINDS] == 0).all()
+    assert_spectral_matches_cpu(H, G, s, P, c.factor.cpu(), P_cpu, c_cpu.factor, scale=scale, mode=mode)
+    ok = s == 0
+    e = ops.Eigh(*(t.cpu() for t in ops.eigh(H.cuda())))
+    unit = b * eps_of(dtype) * product_scale(ops.Eigh(*(t[ok] for t in e)), mode, scale)
+    solved = ops.solve(c, G.cuda()).cpu()
+    assert ((solved[ok].double() - P[ok].double()).abs() <= C_PRODUCT * unit @ G[ok].double().abs()).all()
+
+
+@pytest.mark.parametrize("b,dtype", [(2, torch.float64), (8, torch.float32), (40, torch.float64)],
+                         ids=["warp4", "warp8", "team"])
+def test_cuda_eigh_sweep_limit(b, dtype):
+    """max_sweeps = 1 and 2 on Gaussian blocks (b >= 3 needs more than 2 sweeps in any order; b = 2
+    exactly 2; diagonal blocks 1): status 3 with the last iterate, as on the CPU; the spectral
+    modes give those blocks the fallback."""
+    N = 21
+    g = torch.Generator().manual_seed(b)
+    H = torch.randn(N, b, b, dtype=torch.float64, generator=g)
+    H[::4] = torch.diag_embed(torch.randn(len(range(0, N, 4)), b, dtype=torch.float64, generator=g))
+    H[1, 0, 0] = float("nan")
+    H = H.to(dtype)
+    G = torch.randn(N, b, dtype=dtype, generator=g)
+    for max_sweeps in (1, 2):
+        gpu = ops.Eigh(*(t.cpu() for t in ops.eigh(H.cuda(), max_sweeps=max_sweeps)))
+        assert_eigh_matches_cpu(H, gpu, ops.eigh(H, max_sweeps=max_sweeps))
+        assert (gpu.status[::4] == 0).all() and gpu.status[1] == 2
+        assert (gpu.status == 3).any() == (b > 2 or max_sweeps == 1)
+        mode = "saddle_free"
+        P, _, s = (t.cpu() for t in ops.precondition(H.cuda(), G.cuda(), scale=0.5, mode=mode,
+                                                     max_sweeps=max_sweeps))
+        F = ops.correct(H.cuda(), scale=0.5, mode=mode, max_sweeps=max_sweeps).factor.cpu()
+        P_cpu, _, s_cpu = ops.precondition(H, G, scale=0.5, mode=mode, max_sweeps=max_sweeps)
+        assert torch.equal(s, gpu.status) and torch.equal(s_cpu, s)
+        assert_spectral_matches_cpu(H, G, s, P, F, P_cpu,
+                                    ops.correct(H, scale=0.5, mode=mode, max_sweeps=max_sweeps).factor,
+                                    scale=0.5, mode=mode)
+
+
+@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("b,dtype", [(5, torch.float32), (40, torch.float64)], ids=["b5", "b40"])
+def test_cuda_correct_from_eigh_matches_cpu(b, dtype, mode):
+    """correct_from_eigh_ on CUDA from the CPU's eigen-decomposition (the same input to both) into
+    a used buffer with a keep_failed mask (statuses 0, 2, 3), M^-1 and M^-1/2 where the mode
+    allows: entry by entry within the rounding of the last product (C_PRODUCT b eps |V| |f|^power
+    |V|^T), failed blocks kept or given the fallback exactly as the CPU, lanes past the last block
+    0."""
+    N, scale = 37, 0.4
+    H = mixed_blocks(N, b, dtype, seed=300 + b)
+    e = ops.eigh(H)
+    status = e.status.clone()
+    status[torch.arange(N) % 7 == 3] = 3  # as for a block that did not converge: its last iterate
+    e = e._replace(status=status)
+    keep = torch.arange(N) % 2 == 1
+    failed, ok = status >= 2, status == 0
+    assert (failed & keep).any() and (failed & ~keep).any()
+    V = e.eigenvectors[ok].double()
+    f = ref.spectral_multiplier(mode, e.eigenvalues[ok].double(), scale).abs()
+    for power in (1.0, 0.5) if mode != "spectral" else (1.0,):
+        previous = torch.randn(ops.factor_shape(N, b), dtype=dtype, generator=torch.Generator().manual_seed(b))
+        previous[-1, :, N % ops.TILE:] = float("nan")
+        F_cpu = previous.clone()
+        ops.correct_from_eigh_(F_cpu, e, scale=scale, mode=mode, keep_failed=keep, power=power)
+        F_dev = previous.cuda()
+        got = ops.correct_from_eigh_(F_dev, ops.Eigh(*(t.cuda() for t in e)), scale=scale, mode=mode,
+                                     keep_failed=keep.cuda(), power=power)
+        assert got.factor is F_dev and (got.damping == 0).all() and torch.equal(got.status.cpu(), status)
+        F_gpu = F_dev.cpu()
+        assert (F_gpu[-1, :, N % ops.TILE:] == 0).all()
+        blocks, blocks_cpu = ops.unpack(F_gpu, N), ops.unpack(F_cpu, N)
+        assert torch.equal(blocks[failed & keep], ops.unpack(previous, N)[failed & keep])
+        assert torch.equal(blocks[failed], blocks_cpu[failed])
+        unit = b * eps_of(dtype) * (V.abs() * f[:, None, :] ** power) @ V.abs().mT
+        assert ((blocks[ok].double() - blocks_cpu[ok].double()).abs() <= C_PRODUCT * unit).all()
+
+
 # ---- the estimate ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("first", [False, True])
@@ -352,6 +540,16 @@ def all_ops(x: dict) -> list:
     out += [ops.accumulate_probes(state, x["hvps"], x["signs"], x["mask"], ema=0.8, first=False), state]
     state = x["state"].clone()
     out += [ops.fold_estimate_(state, x["estimate"], x["mask"], ema=0.8, first=False), state]
+    e = ops.eigh(x["H"])
+    out += list(e)
+    factor = x["factor"].clone()
+    out += [ops.correct_from_eigh_(factor, e, scale=0.5, mode="saddle_free", keep_failed=x["keep"]).factor]
+    for mode in ops.SPECTRAL_MODES:
+        out += list(ops.precondition(x["H"], x["G"], scale=0.5, mode=mode))
+        out += list(ops.correct(x["H"], scale=0.5, mode=mode))
+    factor = x["factor"].clone()
+    out += [factor, *ops.correct_(factor, x["H"], scale=0.5, mode="spectral", keep_failed=x["keep"],
+                                  max_sweeps=2)[1:]]
     return out
 
 

@@ -7,7 +7,10 @@ This checks what the CPU kernels cannot vouch for: the kernels' thread mappings 
 warp per matrix in registers, with shuffles, whole warps leaving early; larger b: a thread block
 per matrix in shared memory, or in the global scratch), their indexing into shared memory and into
 the packed, tiled factor, and that every thread reaches the same barriers and shuffles (a
-mismatch deadlocks, caught by the timeout). Results are compared with the CPU op on the same
+mismatch deadlocks, caught by the timeout). The eigensolver's kernels (eigh_kernel.cuh: Jacobi in
+a round-robin order, pairs rotating at once) and those that turn its result into a factor or a
+step (correct_from_eigh_kernel.cuh) are run both on their own and chained as the spectral modes of
+correct and precondition run them. Results are compared with the CPU op on the same
 inputs, block by block (test_cuda.py's error model). Outputs start as sentinels (NaN, status -7),
 not zeros, so that an entry a kernel does not write shows. What only hardware shows (speed, bank
 conflicts, the weaker memory model, streams) is for tests/test_cuda.py on a GPU machine.
@@ -24,7 +27,10 @@ import torch
 
 from conftest import generator, indefinite_blocks, spd_blocks
 from hsc import ops
-from test_cuda import assert_blocks_close, assert_fold_close, fold_case
+from hsc import reference as ref
+from test_cuda import (assert_blocks_close, assert_eigh_matches_cpu, assert_fold_close,
+                       assert_spectral_matches_cpu, fold_case)
+from test_spectral import C_PRODUCT, diagonal_blocks, product_scale, random_blocks, rank_one_blocks
 
 HERE = pathlib.Path(__file__).parent / "cuda_emulation"
 COMPILER = shutil.which("g++") or shutil.which("c++")
@@ -332,3 +338,194 @@ def test_emulated_solve_matches_cpu(emulator, tmp_path, b, r, dtype):
     P = torch.from_numpy(np.fromfile(tmp_path / "P.bin", dtype=np_dtype)).reshape(N, b, r)
     expected = ops.solve(ops.Correction(F, torch.zeros(N), torch.zeros(N, dtype=torch.int32)), G)
     assert relative_error(P, expected) < TOL[dtype]
+
+
+# ---- eigh and the spectral modes ---------------------------------------------------------------
+
+SPECTRAL_MODE_CODES = {"spectral": 2, "saddle_free": 3, "saddle_free_root": 4}  # Mode of block_rules.h
+EIGEN_NOT_WRITTEN = -7777.0  # run_kernel.cpp's sentinel for eigh's outputs (NaN is one of them)
+
+
+def run_emulator(exe, tmp_path, params: dict, **inputs) -> None:
+    (tmp_path / "params.txt").write_text("".join(f"{k} {v}\n" for k, v in params.items()))
+    for name, t in inputs.items():
+        t.contiguous().numpy().tofile(tmp_path / f"{name}.bin")
+    done = subprocess.run([str(exe), str(tmp_path)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def read_output(tmp_path, name: str, dtype: torch.dtype, shape) -> torch.Tensor:
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32}[dtype]
+    return torch.from_numpy(np.fromfile(tmp_path / f"{name}.bin", dtype=np_dtype)).reshape(shape)
+
+
+def emulate_eigh(exe, tmp_path, H, *, max_sweeps=ops.MAX_SWEEPS, max_shared=MAX_SHARED) -> ops.Eigh:
+    """The eigh kernels (warp or team, as choose_eigh_mapping picks) on float32/float64 H."""
+    N, b = H.shape[0], H.shape[1]
+    run_emulator(exe, tmp_path, dict(kernel=4, N=N, b=b, itemsize=H.dtype.itemsize, max_sweeps=max_sweeps,
+                                     max_shared=max_shared), H=H)
+    return ops.Eigh(read_output(tmp_path, "eigenvalues", H.dtype, (N, b)),
+                    read_output(tmp_path, "eigenvectors", H.dtype, (N, b, b)),
+                    read_output(tmp_path, "status", torch.int32, (N,)))
+
+
+def emulate_from_eigh(exe, tmp_path, eigen: ops.Eigh, *, mode, scale, G=None, factor=None,
+                      keep_failed=None, rounding="correct", power=1.0):
+    """The kernels that follow eigh, launched as the op does: P = M^-1 G (G given; the fused step
+    of precondition), or the factor (M^-power), updated from ``factor`` (or from NaN, the fresh
+    factor holding anything; the harness zeroes the lanes past the last block as the host does),
+    with the fallback rounded as ``rounding`` says: "correct" (correct / correct_) or
+    "from_eigh"."""
+    N, b = eigen.eigenvectors.shape[0], eigen.eigenvectors.shape[-1]
+    dtype = eigen.eigenvalues.dtype
+    r = 0 if G is None else (G.shape[2] if G.dim() == 3 else 1)
+    params = dict(kernel=5, N=N, b=b, r=r, fused=int(G is not None), itemsize=dtype.itemsize, scale=scale,
+                  mode=SPECTRAL_MODE_CODES[mode], keep_failed=int(keep_failed is not None),
+                  fallback=0 if rounding == "correct" else 1, power=power)
+    inputs = dict(eigenvalues=eigen.eigenvalues, eigenvectors=eigen.eigenvectors, status=eigen.status)
+    if G is not None:
+        inputs["G"] = G
+    else:
+        inputs["factor"] = torch.full(ops.factor_shape(N, b), float("nan"), dtype=dtype) if factor is None else factor
+        if keep_failed is not None:
+            inputs["keep_failed"] = keep_failed.to(torch.uint8)
+    run_emulator(exe, tmp_path, params, **inputs)
+    if G is not None:
+        return read_output(tmp_path, "P", dtype, G.shape)
+    return read_output(tmp_path, "factor", dtype, ops.factor_shape(N, b))
+
+
+def eigen_blocks(N: int, b: int, dtype, seed: int) -> torch.Tensor:
+    """Block k of kind k % 8: Gaussian (not symmetric), NaN, indefinite, Inf, diagonal with a
+    repeated entry, SPD, rank one, zero (N = 5 already has both non-finite kinds)."""
+    gen = generator(seed)
+    kinds = [random_blocks, None, lambda n, b, g: indefinite_blocks(n, b, g), None, diagonal_blocks,
+             lambda n, b, g: spd_blocks(n, b, g), rank_one_blocks, lambda n, b, g: torch.zeros(n, b, b,
+                                                                                             dtype=torch.float64)]
+    H = torch.cat([kinds[k % 8](1, b, gen) if kinds[k % 8] else torch.eye(b, dtype=torch.float64)[None]
+                   for k in range(N)])
+    H[1::8, b - 1, 0] = float("nan")
+    H[3::8, 0, b - 1] = float("inf")
+    return H.to(dtype)
+
+
+# (b, dtype, N, mode): the register kernel with 4 (b = 1, 3), 8, 16 and 32 rows (b = 25: padding
+# rows; b = 32: none), thread-block teams of 64 (b = 33: odd, one padding index; b = 64) and 128
+# threads. N = 9 leaves idle warps in the last thread block; the register kernels at large b cost
+# the emulation most (a host thread per lane, a barrier per shuffle): N = 5 there.
+EIGH_CASES = [(1, torch.float32, 9, "spectral"), (3, torch.float64, 9, "saddle_free"),
+              (6, torch.float32, 9, "saddle_free_root"), (16, torch.float64, 5, "spectral"),
+              (25, torch.float32, 5, "saddle_free"), (32, torch.float64, 5, "saddle_free_root"),
+              (33, torch.float32, 9, "spectral"), (64, torch.float64, 3, "saddle_free"),
+              (100, torch.float32, 3, "saddle_free_root")]
+
+
+@pytest.mark.parametrize("b,dtype,N,mode", EIGH_CASES,
+                         ids=[f"b{b}-{str(d)[6:]}-N{N}-{m}" for b, d, N, m in EIGH_CASES])
+def test_emulated_eigh_and_spectral_modes_match_cpu(emulator, tmp_path, b, dtype, N, mode):
+    """eigh's kernels against the CPU op (eigen_blocks: Gaussian, indefinite, SPD, diagonal,
+    rank-one, zero and non-finite blocks), then, from their result, the factor and the fused step
+    of a spectral mode as correct_cuda.cu chains them, against the CPU ops correct and
+    precondition."""
+    H = eigen_blocks(N, b, dtype, seed=b)
+    e = emulate_eigh(emulator, tmp_path, H)
+    assert_eigh_matches_cpu(H, e, ops.eigh(H))
+    assert (e.status == 0).sum() >= N - 2 * ((N + 6) // 8)  # every finite block converged
+    scale = 0.7
+    G = torch.randn(N, b, 2, dtype=dtype, generator=generator(b + 1))
+    P = emulate_from_eigh(emulator, tmp_path, e, mode=mode, scale=scale, G=G)
+    F = emulate_from_eigh(emulator, tmp_path, e, mode=mode, scale=scale)
+    P_cpu, d_cpu, s_cpu = ops.precondition(H, G, scale=scale, mode=mode)
+    assert torch.equal(s_cpu, e.status) and (d_cpu == 0).all()
+    assert_spectral_matches_cpu(H, G, e.status, P, F, P_cpu, ops.correct(H, scale=scale, mode=mode).factor,
+                                scale=scale, mode=mode)
+
+
+@pytest.mark.parametrize("b,dtype,N", [(2, torch.float64, 9), (8, torch.float32, 9), (33, torch.float64, 3)],
+                         ids=["b2-warp4", "b8-warp8", "b33-team"])
+def test_emulated_eigh_sweep_limit(emulator, tmp_path, b, dtype, N):
+    """max_sweeps = 1 and 2: status 3 with the last iterate (orthogonal, Rayleigh quotients as
+    eigenvalues, ascending) where a block needs more, as on the CPU (the blocks keep clear of the
+    edge: Gaussian blocks of b >= 3 need more than 2 sweeps in either order; a 2 x 2 block exactly
+    2, a diagonal one 1); status 0 for diagonal blocks, 2 for the non-finite; the spectral modes
+    give the fallback for status 3."""
+    H = eigen_blocks(N, b, dtype, seed=50 + b)
+    for max_sweeps in (2, 1):
+        e = emulate_eigh(emulator, tmp_path, H, max_sweeps=max_sweeps)
+        assert_eigh_matches_cpu(H, e, ops.eigh(H, max_sweeps=max_sweeps))
+        if b > 2 or max_sweeps == 1:
+            assert (e.status[0::8] == 3).all() and (e.status[2::8] == 3).all()
+        else:
+            assert (e.status[0::8] == 0).all()
+        if N > 4:
+            assert e.status[4] == 0  # diagonal
+    G = torch.randn(N, b, dtype=dtype, generator=generator(b))
+    mode = "saddle_free_root"
+    P = emulate_from_eigh(emulator, tmp_path, e, mode=mode, scale=0.5, G=G)  # e: max_sweeps = 1
+    F = emulate_from_eigh(emulator, tmp_path, e, mode=mode, scale=0.5)
+    P_cpu, _, s_cpu = ops.precondition(H, G, scale=0.5, mode=mode, max_sweeps=1)
+    assert torch.equal(s_cpu, e.status) and (s_cpu == 3).any()
+    assert_spectral_matches_cpu(H, G, e.status, P, F, P_cpu,
+                                ops.correct(H, scale=0.5, mode=mode, max_sweeps=1).factor, scale=0.5, mode=mode)
+
+
+def test_emulated_eigh_global_scratch(emulator, tmp_path):
+    """A and V that do not fit in shared memory go to the global scratch (forced with a small
+    limit): the same arithmetic, so bit for bit the result of the shared-memory path, and the
+    CPU's within the error model."""
+    N, b, dtype = 5, 40, torch.float64
+    H = eigen_blocks(N, b, dtype, seed=40)
+    e = emulate_eigh(emulator, tmp_path, H, max_shared=4096)
+    assert_eigh_matches_cpu(H, e, ops.eigh(H))
+    shared = emulate_eigh(emulator, tmp_path, H)
+    for x, y in zip(e, shared):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("mode", sorted(SPECTRAL_MODE_CODES))
+@pytest.mark.parametrize("b,dtype", [(1, torch.float32), (5, torch.float64), (12, torch.float32)])
+def test_emulated_correct_from_eigh_matches_cpu(emulator, tmp_path, b, dtype, mode):
+    """The kernels after eigh on the CPU's eigen-decomposition (the same input to both), over three
+    tiles of the factor (N = 37): correct_from_eigh_ (M^-1, and M^-1/2 in the modes whose f >= 0)
+    into a used buffer with a keep_failed mask against the CPU op (statuses 0, 2 and 3; a failed
+    block keeps its factor where its flag is set, gets the fallback, rounded as the CPU rounds it,
+    where not; lanes past the last block 0), and the fused step (G [N, b] and [N, b, r]) against the
+    product of the CPU's factor. Only the summation of the last product differs
+    (tests/test_spectral.py: within C_PRODUCT b eps |V| |f| |V|^T, times |g| for the step)."""
+    N, scale = 37, 0.3
+    gen = generator(70 + b)
+    H = torch.cat([random_blocks(N - 3, b, gen), torch.full((3, b, b), float("nan"), dtype=torch.float64)])
+    H = H[torch.randperm(N, generator=gen)].to(dtype)
+    e = ops.eigh(H)
+    status = e.status.clone()
+    status[torch.arange(N) % 5 == 2] = 3  # as eigh reports a block that did not converge: the last iterate
+    e = e._replace(status=status)
+    keep = torch.arange(N) % 2 == 0
+    failed, ok = status >= 2, status == 0
+    assert (failed & keep).any() and (failed & ~keep).any() and (status == 2).any()
+    V = e.eigenvectors[ok].double()
+    f = ref.spectral_multiplier(mode, e.eigenvalues[ok].double(), scale).abs()
+    for power in (1.0, 0.5) if mode != "spectral" else (1.0,):
+        previous = torch.randn(ops.factor_shape(N, b), dtype=dtype, generator=gen)
+        previous[-1, :, N % ops.TILE:] = float("nan")  # the host sets these lanes to 0
+        F = emulate_from_eigh(emulator, tmp_path, e, mode=mode, scale=scale, factor=previous.clone(),
+                              keep_failed=keep, rounding="from_eigh", power=power)
+        F_cpu = previous.clone()
+        ops.correct_from_eigh_(F_cpu, e, scale=scale, mode=mode, keep_failed=keep, power=power)
+        assert (F[-1, :, N % ops.TILE:] == 0).all()
+        blocks_F, blocks_cpu = ops.unpack(F, N), ops.unpack(F_cpu, N)
+        assert torch.equal(blocks_F[failed & keep], ops.unpack(previous, N)[failed & keep])
+        assert torch.equal(blocks_F[failed], blocks_cpu[failed])
+        unit = b * torch.finfo(dtype).eps * (V.abs() * f[:, None, :] ** power) @ V.abs().mT
+        assert ((blocks_F[ok].double() - blocks_cpu[ok].double()).abs() <= C_PRODUCT * unit).all()
+    unit = b * torch.finfo(dtype).eps * product_scale(ops.Eigh(*(t[ok] for t in e)), mode, scale)
+    for shape in ((N, b), (N, b, 3)):
+        G = torch.randn(*shape, dtype=dtype, generator=gen)
+        P = emulate_from_eigh(emulator, tmp_path, e, mode=mode, scale=scale, G=G)
+        assert torch.isfinite(P).all()
+        mu2 = torch.tensor(scale * scale, dtype=dtype)  # as the op rounds mu^2
+        Gm = G if G.dim() == 3 else G.unsqueeze(-1)
+        assert torch.equal(P[failed], (G / (1 + mu2))[failed])
+        expected = ops.unpack(ops.correct_from_eigh(e, scale=scale, mode=mode).factor, N)[ok].double() @ Gm[ok].double()
+        tol = C_PRODUCT * unit @ Gm[ok].double().abs()
+        assert ((P[ok].double().reshape(expected.shape) - expected).abs() <= tol).all()

@@ -1,5 +1,5 @@
-"""Block-diagonal curvature estimators (docs/contract.md §4): hsc.curvature.exact_blocks / probe_hvps and the
-compiled assembly op hsc::accumulate_probes.
+"""Block-diagonal curvature estimators (docs/contract.md §4): hsc.curvature.exact_blocks / probe_hvps (plain and
+coloured) and the compiled assembly op hsc::accumulate_probes.
 
 References: the dense Hessian from torch.autograd.functional.hessian, cut into blocks by explicit
 loops (curvature_helpers.diagonal_blocks), and a pure-torch einsum version of the assembly.
@@ -12,7 +12,7 @@ import torch
 from curvature_helpers import (DT, block_separable_loss, diagonal_blocks, einsum_accumulate, flat_loss,
                                flat_params, full_hessian, off_diagonal_energy, regression_data, tiny_convnet,
                                tiny_mlp)
-from hsc import ops
+from hsc import Preconditioner, ops
 from hsc.curvature import draw_signs, exact_blocks, probe_hvps
 from hsc.layout import BlockLayout
 
@@ -304,3 +304,70 @@ def test_estimators_give_zero_curvature_for_unused_or_linear_parameters(estimato
     pre.update_curvature(lambda: loss_of(w, v))
     H = full_hessian(lambda t: loss_of(t[:4], t[4:]), flat_params([w, v]))
     torch.testing.assert_close(pre.estimate, diagonal_blocks(H, pre.layout), **TIGHT)
+
+
+# ---- coloured: no aliasing between neighbouring tiles -------------------------------------------
+
+def tile_coupled_quadratic(shape, patch, radius: int, seed: int):
+    """A symmetric H over an image ``shape`` ([1, C, H, W]) whose entry (i, j) is nonzero only where
+    the pixels of i and j lie in tiles ``patch`` within ``radius`` tiles of each other in both
+    directions (same tile included), from the entries' coordinates (not the layout); and a centre c."""
+    _, C, height, width = shape
+    ph, pw = patch
+    n = C * height * width
+    flat = torch.arange(n)
+    ty, tx = (flat // width) % height // ph, flat % width // pw
+    near = ((ty[:, None] - ty[None, :]).abs() <= radius) & ((tx[:, None] - tx[None, :]).abs() <= radius)
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(n, n, generator=g, dtype=DT)
+    H = torch.where(near, (R + R.T) / 2, 0.0) + 3 * torch.eye(n, dtype=DT)
+    return H, torch.randn(n, generator=g, dtype=DT)
+
+
+def coloured_estimate(layout, grads, params, colours, *, seed=0, chunk_size=None):
+    """One draw of the coloured estimator from scratch (probe_hvps with colours, then the assembly)."""
+    signs = draw_signs(torch.Generator().manual_seed(seed), 1, layout.num_blocks, DT, "cpu")
+    hvps = probe_hvps(layout, grads, params, signs, chunk_size=chunk_size, colours=colours)
+    b = layout.block_size
+    state = torch.empty(layout.num_blocks, b, b, dtype=DT)
+    ops.accumulate_probes(state, hvps.detach(), signs, layout.mask, ema=0.5, first=True)
+    return state
+
+
+@pytest.mark.parametrize("radius,chunk_size", [(1, None), (1, 2), (2, None)])
+def test_coloured_probes_recover_tile_coupled_blocks_from_one_draw(radius, chunk_size):
+    # An 8 x 10 image of 2 channels in 2 x 2 tiles, b = 3 (3 blocks a tile, one padding slot): H
+    # couples tiles within the radius. Blocks of one colour are further apart, so one draw is
+    # exact; plain probes alias every neighbour into the estimate, and colours of a smaller
+    # radius alias the tiles between the two radii.
+    shape, patch = (1, 2, 8, 10), (2, 2)
+    H, c = tile_coupled_quadratic(shape, patch, radius, seed=radius)
+    img = torch.zeros(shape, dtype=DT, requires_grad=True)
+    loss = lambda: 0.5 * (img.reshape(-1) - c) @ H @ (img.reshape(-1) - c)  # noqa: E731
+    layout = BlockLayout([img], 3, patch=patch)
+    expected = diagonal_blocks(H, layout)
+    grads = grads_with_graph(loss, [img])
+    got = coloured_estimate(layout, grads, [img], layout.block_colours(radius), chunk_size=chunk_size)
+    torch.testing.assert_close(got, expected, **TIGHT)
+    plain = probe_estimate(layout, grads, [img], samples=1, seed=0)
+    assert (plain - expected).abs().max() > 0.1
+    smaller = coloured_estimate(layout, grads, [img], layout.block_colours(radius - 1))
+    assert (smaller - expected).abs().max() > 0.1
+
+
+def test_coloured_estimator_in_the_preconditioner_and_its_hvp_count():
+    shape, patch = (1, 2, 8, 10), (2, 2)
+    H, c = tile_coupled_quadratic(shape, patch, 1, seed=5)
+    img = torch.zeros(shape, dtype=DT, requires_grad=True)
+    loss = lambda: 0.5 * (img.reshape(-1) - c) @ H @ (img.reshape(-1) - c)  # noqa: E731
+    coloured = Preconditioner([img], block_size=3, patch=patch, estimator="coloured", colour_radius=1, samples=2)
+    assert coloured.update_curvature(loss)
+    colour_count = 4 * 3  # (r + 1)^2 tile positions x 3 blocks a tile
+    assert coloured.stats()["hvps"] == 2 * 3 * colour_count  # samples x b x C
+    torch.testing.assert_close(coloured.estimate, diagonal_blocks(H, coloured.layout), **TIGHT)
+    # plain probes at the same HVP count (samples = C) are still not exact: they average the
+    # aliasing down instead of avoiding it
+    probe = Preconditioner([img], block_size=3, patch=patch, estimator="probe", samples=2 * colour_count)
+    probe.update_curvature(loss)
+    assert probe.stats()["hvps"] == coloured.stats()["hvps"]
+    assert (probe.estimate - diagonal_blocks(H, probe.layout)).abs().max() > 0.05

@@ -199,3 +199,72 @@ def test_seconds_budget_on_a_fake_clock(tmp_path, monkeypatch):
 def test_info_still_works(capsys):
     assert hsc_main(["info"]) == 0
     assert "hsc" in capsys.readouterr().out
+
+
+# ---- spectral modes in the CLI, HSCOptions --------------------------------------------------
+
+def test_cli_spectral_mode_with_relative_scale_writes_the_spectrum(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert hsc_main(["gan", "--optim", "hsc", "--steps", "40", "--seeds", "0", "--batch-size", "16", "--out", str(out),
+                     "--hsc-mode", "saddle_free_root", "--hsc-scale-rule", "relative", "--spectrum"]) == 0
+    assert "spectrum-hsc.png" in capsys.readouterr().out
+    assert (out / "spectrum-hsc.png").stat().st_size > 0
+    report = json.loads((out / "metrics.json").read_text())
+    pre = report["configs"][0]["hsc"]["preconditioner"]
+    assert pre["mode"] == "saddle_free_root" and pre["scale_rule"] == "relative"
+    for player in ("G", "D"):
+        stats = report["runs"][0]["stats"][f"{player}_preconditioner"]
+        # mu is rho times the median |eigenvalue| (rho = 1 here), so it lies within the spectrum's range
+        spectrum = stats["spectrum"]
+        assert spectrum["scale"] == stats["scale"] > 0
+        assert 0 < spectrum["fraction_below_scale"] < 1
+
+
+def test_cli_spectrum_outside_the_spectral_modes_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert hsc_main(["gan", "--optim", "hsc", "--steps", "2", "--seeds", "0", "--batch-size", "16", "--out", str(out),
+                     "--hsc-mode", "cholesky", "--hsc-scale-rule", "absolute", "--spectrum"]) == 0
+    assert "no spectrum to draw" in capsys.readouterr().out
+    assert not (out / "spectrum-hsc.png").exists()
+
+
+def test_hsc_options_with_changes_and_preconditioner_config():
+    base = HSCOptions()
+    changed = base.with_changes(players="G", lr=1e-3, block_size=8, mode="spectral", colour_radius=2)
+    assert (changed.players, changed.lr, changed.preconditioner.block_size, changed.preconditioner.mode,
+            changed.preconditioner.colour_radius) == ("G", 1e-3, 8, "spectral", 2)
+    assert base == HSCOptions()  # a copy: the original is untouched
+    assert changed.preconditioner_config(7) == dataclasses.replace(changed.preconditioner, seed=7)
+    with pytest.raises(TypeError):
+        base.with_changes(blocksize=8)
+
+
+def test_hsc_options_from_dict_of_asdict_and_of_json():
+    options = HSCOptions().with_changes(players="D", base="sgd", graft=False, block_size=8, estimator="coloured",
+                                        mode="saddle_free", scale_rule="relative", chunk_size=4, patch=(2, 2),
+                                        max_sweeps=12)
+    assert HSCOptions.from_dict(dataclasses.asdict(options)) == options
+    # a checkpoint's config goes through JSON-like forms: the patch comes back as a list
+    assert HSCOptions.from_dict(json.loads(json.dumps(dataclasses.asdict(options)))) == options
+
+
+# The flat form of the HSCOptions before PreconditionerConfig (older checkpoints), in a spectral mode.
+FLAT_OPTIONS = {"players": "D", "block_size": 8, "update_every": 5, "scale": 0.5, "damping": 1e-3,
+                "estimator": "exact", "samples": 2, "ema": 0.5, "mode": "saddle_free", "base": "sgd",
+                "lr": 1e-3, "momentum": 0.5, "graft": False}
+
+
+def test_hsc_options_from_a_flat_dict():
+    from hsc.gan.train import GAN_PRECONDITIONER
+
+    options = HSCOptions.from_dict(FLAT_OPTIONS)
+    assert (options.players, options.base, options.lr, options.momentum, options.graft) == ("D", "sgd", 1e-3, 0.5,
+                                                                                             False)
+    inner = {k: v for k, v in FLAT_OPTIONS.items() if k in dataclasses.asdict(options.preconditioner)}
+    assert options.preconditioner == dataclasses.replace(GAN_PRECONDITIONER, **inner)
+
+
+def test_hsc_options_from_an_old_cholesky_checkpoint_is_valid():
+    options = HSCOptions.from_dict({**FLAT_OPTIONS, "mode": "cholesky", "scale": 1.0})
+    options.validate()
+    assert options.preconditioner.mode == "cholesky" and options.preconditioner.scale_rule == "absolute"

@@ -501,3 +501,65 @@ def test_repr():
                  "device=cpu"):
         assert part in text, (part, text)
     assert "patch=(2, 2)" in repr(BlockLayout([torch.zeros(1, 3, 3)], 4, patch=(2, 2)))
+
+
+# ---- block colours (the coloured estimator, docs/contract.md §4) ------------------------------
+
+def block_places(layout: BlockLayout, shapes: Sequence[Shape], patch: Tuple[int, int]) -> List[Tuple[int, int, int]]:
+    """(tensor, tile row, tile column) of each block, from its first real slot (tile -1 for plain)."""
+    tiles = tile_of_position(shapes, patch)
+    return [tiles[int(row[mask][0])] for row, mask in zip(layout.index, layout.mask)]
+
+
+def check_colours(shapes: Sequence[Shape], block_size: int, patch: Tuple[int, int], radius: int) -> torch.Tensor:
+    layout = BlockLayout(random_params(shapes, 0), block_size, patch=patch)
+    colours = layout.block_colours(radius)
+    assert colours.dtype == torch.int64 and colours.shape == (layout.num_blocks,)
+    places = block_places(layout, shapes, patch)
+    per_tile = max([sum(1 for q in places if q == p) for p in places if p[1] >= 0], default=0)
+    count = (radius + 1) ** 2 * per_tile
+    assert int(colours.min()) >= 0 and int(colours.max()) < count
+    c = colours.tolist()
+    for k, (tk, yk, xk) in enumerate(places):
+        if yk < 0:
+            continue
+        for m, (tm, ym, xm) in enumerate(places):
+            # every pair of blocks of one tile, or of tiles of one tensor within the radius
+            if m != k and tm == tk and abs(ym - yk) <= radius and abs(xm - xk) <= radius:
+                assert c[k] != c[m], (k, m, places[k], places[m], c[k])
+    # plain tensors' blocks take the colours in turn (block index modulo the count)
+    plain = [k for k, p in enumerate(places) if p[1] < 0]
+    assert [c[k] for k in plain] == [k % count for k in plain]
+    return colours
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_block_colours_hand_example(radius):
+    # An image 2 x 5 x 7 in 2 x 2 tiles (edge tiles smaller: 3, 2 or 1 blocks of 3) and a bias of
+    # 10 entries cut plainly; every pair of blocks is checked.
+    colours = check_colours([(1, 2, 5, 7), (10,)], 3, (2, 2), radius)
+    if radius <= 1:  # the 3 x 4 tiles hold every residue; at radius 2 the edge tiles miss the last colours
+        assert int(colours.max()) + 1 == (radius + 1) ** 2 * 3
+
+
+@SETTINGS
+@given(shapes=st.lists(st.one_of(st.tuples(st.integers(1, 3), dim, dim), st.tuples(st.integers(1, 40))),
+                       min_size=1, max_size=3).filter(lambda s: any(len(x) == 3 for x in s)),
+       block_size=st.sampled_from([1, 2, 3, 7]), patch=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       radius=st.integers(0, 2))
+def test_block_colours_separate_neighbouring_tiles(shapes, block_size, patch, radius):
+    check_colours(shapes, block_size, patch, radius)
+
+
+def test_block_colours_bad_radius():
+    layout = BlockLayout([torch.zeros(1, 2, 4, 4)], 2, patch=(2, 2))
+    for radius in (-1, 1.5, None):
+        with pytest.raises(ValueError, match="radius"):
+            layout.block_colours(radius)
+
+
+def test_block_colours_of_a_layout_without_tiles():
+    layout = BlockLayout([torch.zeros(10), torch.zeros(3, 4)], 4)
+    colours = layout.block_colours(1)
+    assert colours.shape == (layout.num_blocks,) and int(colours.min()) >= 0
+    assert all(a != b for a, b in zip(colours.tolist(), colours.tolist()[1:]))  # neighbours differ

@@ -1,10 +1,12 @@
 """hsc.HSC, the optimizer (docs/contract.md §5): convergence against SGD and Adam, checkpoint round trip, safety
-against non-finite inputs, parameter groups, lr schedulers, closure-free steps, argument errors.
+against non-finite inputs, parameter groups, lr schedulers, closure-free steps, argument errors, step
+control.
 """
 from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Callable, List, Optional
 
 import pytest
@@ -13,6 +15,7 @@ import torch
 from curvature_helpers import (DT, diagonal_blocks, full_hessian, ill_conditioned_block_quadratic,
                                regression_data, tiny_mlp)
 from hsc import HSC, Preconditioner, PreconditionerConfig, ops, reference
+from hsc.optim import StepControl
 
 
 # ---- convergence: steps to a target loss ------------------------------------------------------------
@@ -430,3 +433,229 @@ def test_step_with_a_parameter_the_loss_does_not_use():
         opt.step(lambda: ((w - 1) ** 2).sum() + (w ** 4).sum())
     assert torch.equal(unused.detach(), torch.tensor([3.0, 4.0], dtype=DT))
     assert bool(torch.isfinite(w).all()) and not torch.equal(w.detach(), torch.tensor([1.0, -2.0, 0.5], dtype=DT))
+
+
+# ---- step control (docs/contract.md §5) ----------------------------------------------------------
+
+
+def smooth_loss(x: torch.Tensor) -> torch.Tensor:
+    """Deterministic, smooth, bounded below, not quadratic: the quartic term makes the curvature at
+    the start (refreshed only every 10 steps) a poor guide, so a large lr overshoots."""
+    return ((x - 1) ** 2).sum() + 0.5 * (x ** 4).sum() + x[:-1] @ x[1:]
+
+
+SMOOTH_MIN = 2.8823006527495547  # torch.optim.LBFGS to |g| < 1e-8 from the start below
+STEP_OPTIONS = dict(momentum=0.9, block_size=3, estimator="exact", update_every=10, scale=0.1)
+
+
+def controlled_run(lr: float, control: Optional[StepControl], steps: int, record: Optional[list] = None):
+    """HSC with ``control`` on smooth_loss; ``record`` collects (parameters finite?) at every
+    evaluation, trial points included. Returns (x, opt, the losses step returned)."""
+    x = torch.nn.Parameter(torch.linspace(-2, 3, 6, dtype=DT))
+    opt = HSC([x], lr=lr, step_control=control, **STEP_OPTIONS)
+
+    def closure():
+        if record is not None:
+            record.append(bool(torch.isfinite(x).all()))
+        return smooth_loss(x)
+
+    losses = [float(opt.step(closure).detach()) for _ in range(steps)]
+    return x, opt, losses
+
+
+def test_plain_hsc_diverges_at_the_lr_the_step_control_tests_use():
+    x, opt, losses = controlled_run(3.0, None, 20)
+    assert opt.counters["skipped_non_finite_loss"] > 0 or not math.isfinite(losses[-1]), (opt.counters, losses)
+
+
+@pytest.mark.parametrize("rule,undo_above", [("trust", 0.0), ("trust", 0.1), ("armijo", 0.0)])
+def test_step_control_converges_where_plain_hsc_diverges(rule, undo_above):
+    # lr 3 makes plain HSC overflow (previous test); with a rule every evaluated point is finite,
+    # the loss at the accepted points never rises past the bound, and the run reaches the minimum.
+    finite: list = []
+    x, opt, losses = controlled_run(3.0, StepControl(rule=rule, undo_above=undo_above), 100, record=finite)
+    assert all(finite) and len(finite) >= 100
+    # step returns the loss at the point it starts from: an accepted point (trust: the restored
+    # one after an undo)
+    for a, b in zip(losses, losses[1:]):
+        assert b <= a + undo_above * abs(a), losses
+    with torch.no_grad():
+        assert abs(float(smooth_loss(x)) - SMOOTH_MIN) <= 1e-6 * SMOOTH_MIN
+    assert opt.counters["skipped_non_finite_loss"] == opt.counters["skipped_non_finite_update"] == 0
+    # the rule did act: steps undone (trust) or shortened (armijo)
+    assert opt.counters["undone_steps" if rule == "trust" else "backtracks"] > 0
+
+
+def _closure_with(x, offsets: list, seen: list):
+    """smooth_loss plus offsets.pop(0) while offsets last (a constant: the gradient is unchanged);
+    ``seen`` collects the parameters at each call."""
+    def closure():
+        seen.append(x.detach().clone())
+        return smooth_loss(x) + (offsets.pop(0) if offsets else 0.0)
+    return closure
+
+
+def test_trust_undo_restores_the_parameters_and_clears_the_momentum():
+    x = torch.nn.Parameter(torch.linspace(-2, 3, 6, dtype=DT))
+    opt = HSC([x], lr=0.1, step_control=StepControl(rule="trust"), **STEP_OPTIONS)
+    offsets, seen = [], []
+    closure = _closure_with(x, offsets, seen)
+    for _ in range(3):
+        opt.step(closure)
+    before = x.detach().clone()
+    buffer_before = opt.state[x]["momentum_buffer"].clone()
+    opt.step(closure)  # moves; its loss is judged by the next step
+    alpha = opt.alpha
+    assert opt.counters["undone_steps"] == 0 and not torch.equal(x.detach(), before)
+    offsets.append(1e6)  # the next evaluation sees a loss far above: undo
+    opt.step(closure)
+    assert opt.counters["undone_steps"] == 1 and opt.alpha == alpha * 0.5
+    # the closure was evaluated again at the restored point, exactly the snapshot
+    assert torch.equal(seen[-1], before)
+    # momentum cleared: the new buffer is M^-1 g at the restored point alone, nothing of the old one
+    pc = opt.preconditioners[0]
+    g = torch.func.grad(smooth_loss)(before)
+    d = pc.solve([g])[0]
+    torch.testing.assert_close(opt.state[x]["momentum_buffer"], d, rtol=1e-12, atol=0)
+    assert buffer_before.abs().max() > 0.1 * d.abs().max()  # the old momentum was not negligible
+    torch.testing.assert_close(x.detach(), before - 0.1 * opt.alpha * d, rtol=1e-12, atol=1e-15)
+
+
+def test_trust_factor_moves_with_the_ratio_of_actual_to_predicted_decrease():
+    # Levenberg-Marquardt: ratio < low (0.1) shrinks alpha (x 0.5), ratio > high (0.5) grows it
+    # (x 2, at most 1), in between it stays. The offsets set the next loss to
+    # loss_before - ratio * predicted exactly.
+    x = torch.nn.Parameter(torch.linspace(-2, 3, 6, dtype=DT))
+    opt = HSC([x], lr=0.05, step_control=StepControl(rule="trust"), **STEP_OPTIONS)
+    offsets, seen = [], []
+    closure = _closure_with(x, offsets, seen)
+    opt.step(closure)
+    alphas = []
+    for ratio in (0.05, 0.05, 0.3, 0.9, 0.9, 0.9):
+        before = opt.state_dict()["step_control"]["before"]  # the loss before the step and its prediction
+        with torch.no_grad():
+            natural = float(smooth_loss(x))
+        offsets.append(before["loss"] - ratio * before["predicted"] - natural)
+        opt.step(closure)
+        alphas.append(opt.alpha)
+    assert alphas == [0.5, 0.25, 0.25, 0.5, 1.0, 1.0]
+    assert opt.counters["undone_steps"] == 0
+
+
+def test_armijo_backtracks_and_after_max_backtracks_nothing_moves():
+    x = torch.nn.Parameter(torch.linspace(-2, 3, 6, dtype=DT))
+    opt = HSC([x], lr=0.1, step_control=StepControl(rule="armijo", max_backtracks=4), **STEP_OPTIONS)
+    offsets, seen = [], []
+    closure = _closure_with(x, offsets, seen)
+    for _ in range(3):
+        opt.step(closure)
+    start = x.detach().clone()
+    steps, alpha = opt.counters["steps"], opt.alpha
+    seen.clear()
+    offsets.extend([0.0] + [1e6] * 4)  # the step's own evaluation, then 4 failing trials
+    opt.step(closure)
+    assert torch.equal(x.detach(), start) and "momentum_buffer" not in opt.state[x]
+    assert opt.counters["undone_steps"] == 1 and opt.counters["steps"] == steps
+    assert opt.counters["backtracks"] == 4
+    # the trials: alpha0, alpha0/2, alpha0/4, alpha0/8 along one update, alpha0 = min(1, 2 alpha)
+    trials = [t - start for t in seen[1:]]
+    assert len(trials) == 4
+    for i, t in enumerate(trials[1:], 1):
+        torch.testing.assert_close(t, trials[0] * 0.5 ** i, rtol=1e-12, atol=1e-15)
+    assert opt.alpha == min(1.0, 2 * alpha) * 0.5 ** 4
+
+
+def test_non_descent_momentum_is_replaced_by_the_preconditioned_gradient():
+    # A momentum buffer pointing uphill (set by hand: -10 times the gradient direction) makes
+    # 0.9 v + M^-1 g an ascent direction; the step must take M^-1 g instead, with v cleared.
+    x = torch.nn.Parameter(torch.linspace(-2, 3, 6, dtype=DT))
+    opt = HSC([x], lr=0.1, step_control=StepControl(rule="trust"), **STEP_OPTIONS)
+    opt.step(lambda: smooth_loss(x))
+    start = x.detach().clone()
+    g = torch.func.grad(smooth_loss)(start)
+    opt.state[x]["momentum_buffer"] = -10 * g
+    opt.step(lambda: smooth_loss(x))
+    assert opt.counters["non_descent_updates"] == 1 and opt.counters["undone_steps"] == 0
+    d = opt.preconditioners[0].solve([g])[0]
+    assert float(g @ d) > 0
+    torch.testing.assert_close(opt.state[x]["momentum_buffer"], d, rtol=1e-12, atol=0)
+    torch.testing.assert_close(x.detach(), start - 0.1 * opt.alpha * d, rtol=1e-12, atol=1e-15)
+
+
+def test_non_descent_preconditioned_gradient_is_replaced_by_the_gradient():
+    # Mode spectral on a concave quadratic: f(lambda) = lambda / (lambda^2 + mu^2) < 0 for every
+    # eigenvalue, so M^-1 g points uphill; the step must take g itself.
+    A = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 3.0]], dtype=DT)
+    x = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.5], dtype=DT))
+    concave = lambda: -0.5 * x @ A @ x + x.sum()  # noqa: E731
+    opt = HSC([x], lr=0.1, momentum=0.0, block_size=3, estimator="exact", mode="spectral", scale=0.1,
+              step_control=StepControl(rule="trust"))
+    start = x.detach().clone()
+    opt.step(concave)
+    g = -A @ start + 1
+    assert float(g @ opt.preconditioners[0].solve([g])[0]) < 0
+    assert opt.counters["non_descent_updates"] == 1
+    torch.testing.assert_close(x.detach(), start - 0.1 * opt.alpha * g, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("rule", ["trust", "armijo"])
+def test_step_control_state_dict_round_trip_is_bit_identical(rule):
+    # lr 3: steps are undone / backtracked on both sides of the checkpoint; update_every 10 and
+    # 4 steps before it: the resume is between refreshes, with alpha < 1 and (trust) a step still
+    # to be judged.
+    control = StepControl(rule=rule)
+    x, opt, _ = controlled_run(3.0, control, 4)
+    assert opt.alpha < 1 and (rule == "armijo" or opt.state_dict()["step_control"]["before"] is not None)
+    saved_x = x.detach().clone()
+    saved = copy.deepcopy(opt.state_dict())
+    for _ in range(12):
+        opt.step(lambda: smooth_loss(x))
+
+    def resume(state):
+        y = torch.nn.Parameter(saved_x.clone())
+        opt2 = HSC([y], lr=3.0, step_control=control, **{**STEP_OPTIONS, "scale": 0.2})
+        opt2.load_state_dict(copy.deepcopy(state))
+        for _ in range(12):
+            opt2.step(lambda: smooth_loss(y))
+        return y, opt2
+
+    y, opt2 = resume(saved)
+    assert torch.equal(x, y) and opt2.counters == opt.counters and opt2.alpha == opt.alpha
+    assert opt.counters["undone_steps" if rule == "trust" else "backtracks"] > \
+        saved["counters"]["undone_steps" if rule == "trust" else "backtracks"]
+    # The check has teeth: the same checkpoint without its step-control entry resumes elsewhere.
+    z, _ = resume({k: v for k, v in saved.items() if k != "step_control"})
+    assert not torch.equal(x, z)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("rule", "wolfe"), ("shrink", 0.0), ("shrink", 1.0), ("grow", 0.5), ("low", 0.6), ("undo_above", -0.1),
+    ("armijo", 0.0), ("armijo", 1.0), ("max_backtracks", 0),
+])
+def test_step_control_validation_names_the_field(field, value):
+    # the message names the field with its bad value (low 0.6 is above the default high 0.5)
+    with pytest.raises(ValueError, match=re.escape(f"{field}={value!r}") if field != "rule" else "rule must"):
+        HSC([torch.zeros(3, requires_grad=True)], lr=0.1, step_control=StepControl(**{field: value}))
+
+
+def test_step_control_needs_a_closure_and_a_step_control_object():
+    x = torch.nn.Parameter(torch.ones(3, dtype=DT))
+    opt = HSC([x], lr=0.1, block_size=3, step_control=StepControl())
+    x.grad = torch.ones(3, dtype=DT)
+    with pytest.raises(ValueError, match="step_control needs step\\(closure\\)"):
+        opt.step()
+    assert torch.equal(x.detach(), torch.ones(3, dtype=DT))
+    with pytest.raises(TypeError, match="StepControl"):
+        HSC([x], lr=0.1, step_control="trust")
+
+
+def test_an_undone_step_counts_one_call_of_the_refresh_schedule():
+    x = torch.nn.Parameter(torch.linspace(-2, 3, 6, dtype=DT))
+    opt = HSC([x], lr=0.1, step_control=StepControl(rule="trust"), **STEP_OPTIONS)
+    offsets, seen = [], []
+    closure = _closure_with(x, offsets, seen)
+    for _ in range(2):
+        opt.step(closure)
+    offsets.append(1e6)
+    opt.step(closure)
+    assert opt.counters["undone_steps"] == 1 and opt.preconditioners[0].calls == 3

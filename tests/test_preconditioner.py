@@ -1,5 +1,5 @@
 """hsc.Preconditioner (docs/contract.md §4-5): refresh schedule, precondition_, stats, failed blocks, a GAN-like
-two-player setup, and the state_dict round trip.
+two-player setup, the state_dict round trip, the spectral modes and the relative scale.
 
 Expected factors are computed independently: Hessian blocks from torch.autograd.functional.hessian
 and M^-1 from hsc.reference (the float64 definition of docs/contract.md §2-3).
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from curvature_helpers import (DT, diagonal_blocks, flat_loss, flat_params, full_hessian, regression_data,
                                tiny_mlp)
-from hsc import Preconditioner, ops, reference
-from hsc.preconditioner import all_finite, finite_rows
+from hsc import HSC, BlockLayout, Preconditioner, PreconditionerConfig, ops, reference
+from hsc.preconditioner import all_finite, finite_rows, real_eigenvalues, relative_statistic
 
 
 def quadratic(w: torch.Tensor, H: torch.Tensor, c: torch.Tensor):
@@ -320,3 +320,193 @@ def test_finite_rows_and_all_finite_agree_with_isfinite(rows, cols, seed, dtype)
         t[bad] = values[torch.randint(0, 3, (int(bad.sum()),), generator=gen)]
     assert torch.equal(finite_rows(t), torch.isfinite(t).flatten(1).all(1))
     assert all_finite([t, torch.zeros(2, dtype=dtype)]) == bool(torch.isfinite(t).all())
+
+
+# ---- spectral modes and the relative scale (docs/contract.md §2 "The relative scale", §5) -------
+
+def test_real_eigenvalues_drops_exactly_the_padding_ones():
+    # Blocks of 4 over tensors of 5 and 3 entries: block 0 real, block 1 one real slot + 3 padding,
+    # block 2 three real slots + 1 padding. The real parts have true eigenvalues 1.0 too.
+    layout = BlockLayout([torch.zeros(5), torch.zeros(3)], 4)
+    assert layout.mask.sum(1).tolist() == [4, 1, 3]
+    values = torch.tensor([[-2.0, 0.5, 1.0, 3.0],    # one true 1.0
+                           [1.0, 1.0, 1.0, 1.0],     # the real 1.0 and 3 padding ones
+                           [-0.25, 1.0, 1.0, 2.0]],  # a true 1.0 and a padding one
+                          dtype=DT)
+    kept = real_eigenvalues(values, layout.mask)
+    assert sorted(kept.tolist()) == sorted([-2.0, 0.5, 1.0, 3.0, 1.0, -0.25, 1.0, 2.0])
+    # A block without a decomposition (NaN row) is left out together with its padding.
+    failed = values.clone()
+    failed[1] = float("nan")
+    assert sorted(real_eigenvalues(failed, layout.mask).tolist()) == sorted([-2.0, 0.5, 1.0, 3.0, -0.25, 1.0, 2.0])
+    failed[2] = float("nan")
+    assert sorted(real_eigenvalues(failed, layout.mask).tolist()) == [-2.0, 0.5, 1.0, 3.0]
+
+
+@pytest.mark.parametrize("values,expected", [
+    ([-3.0, 1.0, 2.0, 5.0], 2.0),  # median of |lambda| (the lower one for an even count)
+    ([4.0, -1.0, -9.0], 4.0),
+    ([0.0, 0.0, 0.0, -1e10], torch.finfo(DT).eps * 1e10),  # floored at eps max|lambda|
+    ([0.0, 0.0], 1.0),  # every eigenvalue 0
+    ([], 1.0),  # none
+])
+def test_relative_statistic(values, expected):
+    assert relative_statistic(torch.tensor(values, dtype=DT)) == expected
+
+
+def test_relative_statistic_floor_uses_the_dtype_epsilon():
+    values = torch.tensor([0.0, 0.0, 1e10], dtype=torch.float32)
+    assert relative_statistic(values) == pytest.approx(torch.finfo(torch.float32).eps * 1e10, rel=1e-6)
+
+
+def _independent_real_eigenvalues(H: torch.Tensor, layout) -> torch.Tensor:
+    """The eigenvalues of each diagonal block's real part, by torch.linalg.eigvalsh."""
+    out = []
+    for k in range(layout.num_blocks):
+        rows = layout.index[k][layout.mask[k]]
+        out.append(torch.linalg.eigvalsh(H[rows][:, rows]))
+    return torch.cat(out)
+
+
+def _lower_median(values: torch.Tensor) -> float:
+    return float(values.sort().values[(values.numel() - 1) // 2])
+
+
+def _indefinite_quadratic(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(n, n, generator=g, dtype=DT)
+    return (R + R.T) / 2 + 0.3 * torch.eye(n, dtype=DT), torch.randn(n, generator=g, dtype=DT)
+
+
+@pytest.mark.parametrize("mode", ["spectral", "saddle_free", "saddle_free_root"])
+def test_relative_scale_is_rho_times_the_median_real_eigenvalue(mode):
+    # n = 10 in blocks of 4: the last block has 2 padding slots, whose eigenvalues 1.0 must not count.
+    # H is scaled so that mu is far from 1 (checked: the fractions below mu and below 1 differ).
+    H, c = _indefinite_quadratic(10, seed=7)
+    H = 5 * H
+    w = torch.zeros(10, dtype=DT, requires_grad=True)
+    pre = Preconditioner([w], PreconditionerConfig(block_size=4, estimator="exact", mode=mode,
+                                                   scale_rule="relative", scale=0.8))
+    assert pre.update_curvature(quadratic(w, H, c))
+    lam = _independent_real_eigenvalues(H, pre.layout)
+    mu = 0.8 * _lower_median(lam.abs())
+    assert pre.scale == pytest.approx(mu, rel=1e-12)
+    torch.testing.assert_close(pre.eigenvalues.sort().values, lam.sort().values, rtol=1e-12, atol=1e-12)
+    # the factor is formed at that mu: M^-1 g against the float64 reference
+    g = torch.linspace(-1, 1, 10, dtype=DT)
+    ref = reference.corrected_inverse_from_eigh(reference.eigh(diagonal_blocks(H, pre.layout)), scale=mu, mode=mode)
+    expected = pre.layout.scatter(torch.einsum("kij,kj->ki", ref, pre.layout.gather([g])))[0]
+    torch.testing.assert_close(pre.solve([g])[0], expected, rtol=1e-10, atol=1e-12)
+
+    s = pre.stats()
+    assert s["scale"] == pre.scale and s["hvps"] == 10 and s["spectra"] == [s["spectrum"]]
+    spectrum = s["spectrum"]
+    assert spectrum["eigenvalues"] == 10 and spectrum["scale"] == pre.scale
+    assert spectrum["min"] == pytest.approx(float(lam.min()), rel=1e-12)
+    assert spectrum["max"] == pytest.approx(float(lam.max()), rel=1e-12)
+    assert spectrum["median"] == pytest.approx(_lower_median(lam), rel=1e-12)
+    assert spectrum["fraction_negative"] == float((lam < 0).sum()) / 10
+    assert spectrum["fraction_below_scale"] == float((lam.abs() < mu).sum()) / 10
+    assert 0 < spectrum["fraction_negative"] < 1 and 0 < spectrum["fraction_below_scale"] < 1  # not vacuous
+    assert spectrum["fraction_below_scale"] != float((lam.abs() < 1).sum()) / 10
+
+
+def test_absolute_scale_rule_keeps_mu_and_still_reports_the_spectrum():
+    H, c = _indefinite_quadratic(10, seed=8)
+    w = torch.zeros(10, dtype=DT, requires_grad=True)
+    pre = Preconditioner([w], block_size=4, estimator="exact", mode="saddle_free", scale=0.7, update_every=1)
+    for _ in range(2):
+        pre.update_curvature(quadratic(w, H, c))
+    assert pre.scale == 0.7 and len(pre.stats()["spectra"]) == 2 and pre.stats()["spectrum"]["scale"] == 0.7
+
+
+def test_spectral_refresh_keeps_the_previous_factor_of_a_failed_block_and_leaves_it_out_of_mu():
+    # docs/contract.md §5: the spectral route refactorises in place with keep_failed. max_sweeps 1:
+    # a diagonal block converges in its first sweep, a rotated one needs a second (status 3).
+    # Refresh 1: every block diagonal; refresh 2: block 1 rotated, so it keeps its factor of
+    # refresh 1 (although mu changed) and its eigenvalues stay out of the median.
+    w = torch.zeros(6, dtype=DT, requires_grad=True)
+    c = torch.zeros(6, dtype=DT)
+    H1 = torch.diag(torch.tensor([1.0, 3.0, 2.0, 5.0, 0.5, 4.0], dtype=DT))
+    H2, _ = block_diag_quadratic(2, [(7.0, -9.0), (6.0, 8.0), (-3.0, 10.0)])
+    H2[:2, :2] = torch.diag(torch.tensor([7.0, -9.0], dtype=DT))
+    H2[4:, 4:] = torch.diag(torch.tensor([-3.0, 10.0], dtype=DT))
+    pre = Preconditioner([w], block_size=2, estimator="exact", ema=0.0, update_every=1, mode="saddle_free_root",
+                         scale_rule="relative", scale=0.5, max_sweeps=1)
+    pre.update_curvature(quadratic(w, H1, c))
+    assert pre.correction.status.tolist() == [0, 0, 0]
+    old = ops.unpack(pre.correction.factor, 3)
+    pre.update_curvature(quadratic(w, H2, c))
+    assert pre.correction.status.tolist() == [0, 3, 0] and pre.counters["kept_previous_factor"] == 1
+    new = ops.unpack(pre.correction.factor, 3)
+    assert torch.equal(new[1], old[1])
+    mu = 0.5 * _lower_median(torch.tensor([7.0, 9.0, 3.0, 10.0], dtype=DT))
+    assert pre.scale == mu and pre.stats()["spectrum"]["eigenvalues"] == 4
+    expected = reference.corrected_inverse_from_eigh(reference.eigh(diagonal_blocks(H2, pre.layout)), scale=mu,
+                                                     mode="saddle_free_root")
+    torch.testing.assert_close(new[[0, 2]], expected[[0, 2]], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["cholesky", "singular_safe"])
+@pytest.mark.parametrize("where", ["Preconditioner", "PreconditionerConfig", "HSC"])
+def test_relative_scale_in_a_non_spectral_mode_is_refused(mode, where):
+    params = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(ValueError, match="scale_rule"):
+        if where == "Preconditioner":
+            Preconditioner(params, mode=mode, scale_rule="relative")
+        elif where == "HSC":
+            HSC(params, lr=0.1, mode=mode, scale_rule="relative")
+        else:
+            PreconditionerConfig(mode=mode, scale_rule="relative").validate()
+
+
+def test_config_object_or_fields_not_both():
+    params = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(TypeError, match="not both"):
+        Preconditioner(params, PreconditionerConfig(), block_size=3)
+    with pytest.raises(TypeError, match="PreconditionerConfig"):
+        Preconditioner(params, {"block_size": 3})
+    config = PreconditionerConfig(block_size=3)
+    pre = Preconditioner(params, config)
+    config.block_size = 5  # the preconditioner holds its own copy
+    assert pre.config.block_size == 3 and pre.layout.block_size == 3
+
+
+def test_refresh_if_due_follows_the_schedule_and_equals_update_curvature():
+    H, c = _indefinite_quadratic(7, seed=9)
+    w = torch.zeros(7, dtype=DT, requires_grad=True)
+    loss_fn = quadratic(w, H, c)
+    a = Preconditioner([w], block_size=3, update_every=2, samples=2, seed=3)
+    b = Preconditioner([w], block_size=3, update_every=2, samples=2, seed=3)
+    due = []
+    for _ in range(5):
+        grads = torch.autograd.grad(loss_fn(), [w], create_graph=True)
+        due.append(a.refresh_if_due(grads))
+        b.update_curvature(loss_fn)
+    assert due == [True, False, True, False, True] and a.calls == b.calls == 5
+    assert torch.equal(a.estimate, b.estimate) and torch.equal(a.correction.factor, b.correction.factor)
+
+
+def test_spectral_relative_state_dict_round_trip_keeps_scale_and_spectra():
+    options = dict(block_size=6, estimator="probe", update_every=3, ema=0.8, scale=0.3, seed=11,
+                   mode="saddle_free_root", scale_rule="relative")
+    model = tiny_mlp(seed=0)
+    x, y = regression_data(model)
+    pre = Preconditioner(model.parameters(), **options)
+    _train(model, pre, x, y, steps=4)
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_pre = copy.deepcopy(pre.state_dict())
+    assert len(saved_pre["spectra"]) == 2 and saved_pre["scale"] == pre.scale != 0.3
+    _train(model, pre, x, y, steps=5)
+
+    resumed = tiny_mlp(seed=123)
+    resumed.load_state_dict(saved_model)
+    pre2 = Preconditioner(resumed.parameters(), **{**options, "seed": 99})
+    assert pre2.scale == 0.3 and pre2.spectra == []
+    pre2.load_state_dict(saved_pre)
+    assert pre2.scale == saved_pre["scale"] and pre2.spectra == saved_pre["spectra"]
+    assert pre2.stats()["spectrum"] == saved_pre["spectra"][-1]
+    _train(resumed, pre2, x, y, steps=5)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert pre2.scale == pre.scale and pre2.spectra == pre.spectra and len(pre.spectra) == 3

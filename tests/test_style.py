@@ -15,6 +15,7 @@ from conftest import FakeClock
 from hsc.__main__ import main as hsc_main
 from hsc.curvature import batched_hvp, exact_blocks
 from hsc.layout import BlockLayout
+from hsc.preconditioner import relative_statistic
 from hsc.style.features import RandomMultiScaleNet, VGG19Features, make_extractor
 from hsc.style.images import BUNDLED, load_image, save_image, to_tensor
 from hsc.style.objective import (LossWeights, StyleObjective, content_loss, gram, out_of_range,
@@ -383,3 +384,49 @@ def test_cli_bad_arguments_end_with_the_named_error(tmp_path, capsys):
         hsc_main(["style", "--features", "vgg19", "--weights", str(tmp_path / "vgg.pt"), "--size", "16",
                   "-o", str(tmp_path / "o.png")])
     assert not (tmp_path / "o.png").exists()
+
+
+# ---- spectral modes, HSCSettings ------------------------------------------------------------
+
+def test_cli_spectral_mode_with_relative_scale_writes_the_spectrum(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert hsc_main(["style", "--size", "16", "--optim", "hsc", "--steps", "3", "--hsc-update-every", "2",
+                     "--hsc-mode", "saddle_free_root", "--hsc-scale-rule", "relative", "--spectrum",
+                     "-o", str(out)]) == 0
+    assert "out-spectrum.png" in capsys.readouterr().out
+    assert (tmp_path / "out-spectrum.png").stat().st_size > 0
+    stats = json.loads((tmp_path / "metrics.json").read_text())["runs"]["hsc"]["stats"]["groups"][0]
+    assert stats["refreshes"] == 2 and len(stats["spectra"]) == 2 and stats["scale"] == stats["spectrum"]["scale"] > 0
+
+
+def test_cli_spectrum_outside_the_spectral_modes_says_so(tmp_path, capsys):
+    out = tmp_path / "out.png"
+    assert hsc_main(["style", "--size", "16", "--optim", "hsc", "--steps", "1", "--hsc-mode", "cholesky",
+                     "--hsc-scale-rule", "absolute", "--spectrum", "-o", str(out)]) == 0
+    assert "no spectrum to draw" in capsys.readouterr().out
+    assert not (tmp_path / "out-spectrum.png").exists()
+
+
+def test_hsc_settings_with_changes():
+    base = HSCSettings()
+    changed = base.with_changes(lr=0.5, momentum=0.0, patch=(2, 2), mode="saddle_free", scale_rule="relative")
+    assert (changed.lr, changed.momentum, changed.patch, changed.block_size) == (0.5, 0.0, (2, 2), 12)
+    assert (changed.preconditioner.mode, changed.preconditioner.scale_rule) == ("saddle_free", "relative")
+    assert base == HSCSettings()  # a copy: the original is untouched
+    with pytest.raises(TypeError):
+        base.with_changes(learning_rate=0.5)
+    opt = changed.optimizer(torch.zeros(1, 3, 4, 4, requires_grad=True), seed=3)
+    config = opt.preconditioners[0].config
+    assert (config.block_size, config.patch, config.mode, config.scale_rule, config.seed) == \
+        (12, (2, 2), "saddle_free", "relative", 3)
+
+
+def test_relative_scale_rho_does_not_depend_on_the_image_size():
+    settings = HSCSettings(momentum=0.0).with_changes(mode="saddle_free_root", scale_rule="relative", scale=0.5)
+    for size in (8, 16):
+        objective = tiny_objective(size)
+        image = objective.content.clone().requires_grad_(True)
+        opt = settings.optimizer(image, seed=0)
+        opt.step(lambda: objective(image))
+        pre = opt.preconditioners[0]
+        assert pre.scale / relative_statistic(pre.eigenvalues) == pytest.approx(0.5, rel=1e-6), size

@@ -1,6 +1,7 @@
 // CUDA implementation of hsc::correct, hsc::correct_ and hsc::precondition (mirrors
 // cpu/correct_cpu.cpp): the launch; the kernels and their thread mapping are in
-// correct_kernel.cuh.
+// correct_kernel.cuh. The spectral modes run the eigh kernels (eigh_kernel.cuh) into scratch
+// tensors, then those of correct_from_eigh_kernel.cuh (the factor, or the fused step).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
@@ -13,6 +14,17 @@
 #include "correct_kernel.cuh"
 
 namespace hsc::cuda {
+
+// Defined in eigh_cuda.cu and correct_from_eigh_cuda.cu.
+void eigh_into(const at::Tensor& h, at::Tensor& eigenvalues, at::Tensor& eigenvectors, at::Tensor& status,
+               int64_t max_sweeps);
+void compose_into(at::Tensor& factor, const at::Tensor& eigenvalues, const at::Tensor& eigenvectors,
+                  const at::Tensor& status, const at::Tensor& keep_failed, double scale, double fallback,
+                  Mode mode, bool half);
+void spectral_step_into(at::Tensor& P, const at::Tensor& G, const at::Tensor& eigenvalues,
+                        const at::Tensor& eigenvectors, const at::Tensor& status, double scale, double mu2,
+                        Mode mode);
+
 namespace {
 
 template <class T>
@@ -48,8 +60,38 @@ void launch(Params<T> p, const at::TensorOptions& options, at::Tensor& scratch) 
   launch_kernel<T>(p, m);
 }
 
+// The spectral modes: no damping (reported as 0), the eigen-decomposition of every block into
+// scratch tensors (the status is eigh's), then the factor or the step from it. Every launch is on
+// the current stream; nothing waits for the device.
+void run_spectral(const CorrectionCall& call) {
+  call.damping_out.zero_();
+  const int64_t N = call.H.size(0), b = call.H.size(1);
+  if (N == 0) return;
+  at::Tensor values = at::empty({N, b}, call.H.options());
+  at::Tensor vectors = at::empty({N, b, b}, call.H.options());
+  at::Tensor status = call.status;
+  eigh_into(call.H, values, vectors, status, call.max_sweeps);
+  AT_DISPATCH_FLOATING_TYPES(call.dtype, "hsc::correct", [&] {
+    // mu^2 and the fallback rounded as the CPU op rounds them (correct_call.h: mu^2 in double,
+    // then to the dtype).
+    const scalar_t mu2 = static_cast<scalar_t>(call.scale * call.scale);
+    if (call.P.defined()) {
+      at::Tensor P = call.P;
+      spectral_step_into(P, call.G, values, vectors, status, call.scale, mu2, call.mode);
+    } else {
+      at::Tensor factor = call.factor;
+      compose_into(factor, values, vectors, status, call.keep_failed, call.scale,
+                   fallback_step<scalar_t>(scalar_t(1), mu2), call.mode, false);
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run(const CorrectionCall& call) {
   const c10::cuda::CUDAGuard guard(call.H.device());
+  if (is_spectral(call.mode)) {
+    run_spectral(call);
+    return call.result();
+  }
   at::Tensor scratch;
   AT_DISPATCH_FLOATING_TYPES(call.dtype, "hsc::correct", [&] {
     Params<scalar_t> p;

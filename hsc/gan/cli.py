@@ -20,6 +20,7 @@ import torch
 from .. import config
 from .data import DATASETS, make_dataset
 from .metrics import metric_names
+from ..game import COUPLINGS, REGULARISERS, GameConfig
 from .train import BASES, METHODS, PLAYERS, UPDATES, HSCOptions, RunResult, TrainConfig, Trainer
 
 DEFAULT_SECONDS = 20.0
@@ -28,7 +29,9 @@ DEFAULT_SECONDS = 20.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = HSCOptions()
     parser.add_argument("--data", choices=DATASETS, default="ring8")
-    parser.add_argument("--optim", default="hsc,adam,acgd", help=f"comma list of {METHODS}")
+    parser.add_argument("--optim", default="hsc,adam,acgd",
+                        help=f"comma list of {METHODS}: hsc (Adam on each player's grafted M^-1 g), adam, "
+                             "competitive (the coupled step with block curvature), acgd (cgds' ACGD)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--seconds", type=float, help=f"training seconds per run (default {DEFAULT_SECONDS:g})")
     budget.add_argument("--steps", type=int, help="training steps per run")
@@ -56,6 +59,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{'on' if d.graft else 'off'})")
     p = parser.add_argument_group("hsc method: the preconditioner (hsc.PreconditionerConfig)")
     config.add_arguments(p, d.preconditioner, skip=("seed", "patch"))
+    game = GameConfig()
+    c = parser.add_argument_group("competitive method: the coupled step (hsc.CompetitiveHSC)")
+    c.add_argument("--game-lr", type=float, default=game.lr,
+                   help=f"step scale: the regulariser is lr M^-1 (default: {game.lr:g})")
+    c.add_argument("--game-regulariser", choices=REGULARISERS, default=game.regulariser,
+                   help="block: each player's block curvature; adam: ACGD's diagonal; identity: CGD's "
+                        f"(default: {game.regulariser})")
+    c.add_argument("--game-coupling", choices=COUPLINGS, default=game.coupling,
+                   help="cg: solve the coupled step; ridge: one mixed product, no solve "
+                        f"(default: {game.coupling})")
+    c.add_argument("--game-cg-tol", type=float, default=game.cg_tol,
+                   help=f"CG's relative residual (default: {game.cg_tol:g})")
+    c.add_argument("--game-cg-max-iter", type=int, default=game.cg_max_iter,
+                   help=f"CG's iteration cap (default: {game.cg_max_iter})")
+    g2 = parser.add_argument_group("competitive method: each player's preconditioner (block regulariser)")
+    config.add_arguments(g2, game.preconditioner, prefix="game", skip=("seed", "patch", "factor_power"))
+
+
+def game_config(args: argparse.Namespace) -> GameConfig:
+    d = GameConfig()
+    return GameConfig(lr=args.game_lr, regulariser=args.game_regulariser, coupling=args.game_coupling,
+                      cg_tol=args.game_cg_tol, cg_max_iter=args.game_cg_max_iter,
+                      preconditioner=config.from_arguments(args, d.preconditioner, prefix="game"))
 
 
 def hsc_options(args: argparse.Namespace) -> HSCOptions:
@@ -135,7 +161,8 @@ def build_configs(args: argparse.Namespace) -> List[TrainConfig]:
         eval_kw = {"eval_every_steps": int(args.eval_every)} if args.steps is not None \
             else {"eval_every_seconds": args.eval_every}
     return [TrainConfig(data=args.data, method=m, seed=s, steps=args.steps, seconds=seconds,
-                        update=args.update, batch_size=args.batch_size, hsc=hsc_options(args), **eval_kw)
+                        update=args.update, batch_size=args.batch_size, hsc=hsc_options(args),
+                        game=game_config(args), **eval_kw)
             for m in methods for s in seeds]
 
 

@@ -6,6 +6,8 @@ Methods (same networks and budget for each):
 - ``hsc``: per player, ``hsc.Preconditioner`` rewrites the gradient to M^-1 g, optionally grafted
   (each tensor rescaled to the raw gradient's norm), and a base optimizer (Adam or SGD) takes the
   step; non-saturating loss. ``HSCOptions.players`` selects which players are preconditioned.
+- ``competitive``: ``hsc.CompetitiveHSC`` on the zero-sum loss: the coupled step of competitive
+  gradient descent with each player's block curvature as its regulariser (``GameConfig``).
 - ``acgd``: adaptive competitive gradient descent (``CGDs.ACGD``) on the zero-sum loss; it updates
   both players together, so ``update`` does not apply to it.
 
@@ -29,19 +31,23 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import CONFIG_FIELDS, PreconditionerConfig
+from ..game import CompetitiveHSC, GameConfig
 from ..preconditioner import Preconditioner, all_finite
 from .data import make_dataset
 from .metrics import EVAL_SAMPLES, evaluate
 from .models import latent_dim, make_players
 
-METHODS = ("adam", "hsc", "acgd")
+METHODS = ("adam", "hsc", "competitive", "acgd")
 UPDATES = ("simultaneous", "alternating")
 PLAYERS = ("both", "G", "D")
 BASES = ("adam", "sgd", "graft-adam")
 
 
-# The preconditioner's defaults for the GAN players (the library's, where not set here).
-GAN_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=16, update_every=50)
+# The preconditioner's defaults for the GAN players (the library's, where not set here): the
+# saddle-free root on 16-entry blocks with mu the median |eigenvalue| of each player's blocks,
+# refreshed every 50 steps (bench/results/gan.md measures it against the other modes).
+GAN_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=16, update_every=50,
+                                         mode="saddle_free_root", scale_rule="relative", scale=1.0)
 
 
 @dataclass
@@ -80,11 +86,15 @@ class HSCOptions:
     def from_dict(cls, d: dict) -> "HSCOptions":
         """From :func:`dataclasses.asdict`'s form (or an older checkpoint's flat one)."""
         d = dict(d)
-        inner = dict(d.pop("preconditioner", {}))
-        inner.update({k: d.pop(k) for k in list(d) if k in CONFIG_FIELDS})
+        flat = {k: d.pop(k) for k in list(d) if k in CONFIG_FIELDS}
+        # The older flat form was saved when the GAN's defaults were the library's with b = 16 and
+        # update_every = 50: its missing fields take those, not today's.
+        base = (dataclasses.replace(PreconditionerConfig(), block_size=16, update_every=50) if flat
+                else GAN_PRECONDITIONER)
+        inner = {**dict(d.pop("preconditioner", {})), **flat}
         if inner.get("patch") is not None:
             inner["patch"] = tuple(inner["patch"])
-        return cls(**d, preconditioner=dataclasses.replace(GAN_PRECONDITIONER, **inner))
+        return cls(**d, preconditioner=dataclasses.replace(base, **inner))
 
 
 @dataclass
@@ -101,6 +111,7 @@ class TrainConfig:
     lr: float = 2e-4                       # adam
     betas: Tuple[float, float] = (0.5, 0.999)
     acgd_lr: float = 1e-3
+    game: GameConfig = field(default_factory=GameConfig)
     eval_every_seconds: Optional[float] = None  # snapshot period under a seconds budget (default: a 15th)
     eval_every_steps: Optional[int] = None  # under a steps budget (default: a tenth of it)
     eval_samples: int = EVAL_SAMPLES
@@ -114,6 +125,7 @@ class TrainConfig:
         if (self.steps is None) == (self.seconds is None):
             raise ValueError("hsc gan: give exactly one of steps and seconds")
         self.hsc.validate()
+        self.game.validate()
         return self
 
     def to_dict(self) -> dict:
@@ -123,6 +135,13 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         d["hsc"] = HSCOptions.from_dict(d.get("hsc", {}))
+        game = dict(d.get("game", {}))
+        if "preconditioner" in game:
+            inner = dict(game["preconditioner"])
+            if inner.get("patch") is not None:
+                inner["patch"] = tuple(inner["patch"])
+            game["preconditioner"] = PreconditionerConfig(**inner)
+        d["game"] = GameConfig(**game)
         d["betas"] = tuple(d["betas"])
         return cls(**d)
 
@@ -260,7 +279,12 @@ class Trainer:
         self.history: List[Snapshot] = []
         self.players: dict[str, Player] = {}
         self.acgd = None
-        if config.method == "acgd":
+        self.game = None
+        if config.method == "competitive":
+            game = dataclasses.replace(config.game, preconditioner=dataclasses.replace(
+                config.game.preconditioner, seed=2 * config.seed))
+            self.game = CompetitiveHSC(self.G.parameters(), self.D.parameters(), game)
+        elif config.method == "acgd":
             from CGDs import ACGD
 
             self.acgd = ACGD(max_params=self.D.parameters(), min_params=self.G.parameters(),
@@ -304,10 +328,15 @@ class Trainer:
 
     def train_step(self) -> None:
         real, z = self.draw()
-        if self.acgd is not None:
+        if self.acgd is not None or self.game is not None:
             # zero-sum: D maximises log D(real) + log(1 - D(G(z))), G minimises it
-            objective = -(F.softplus(-self.D(real)).mean() + F.softplus(self.D(self.G(z))).mean())
-            self.acgd.step(objective)
+            def objective():
+                return -(F.softplus(-self.D(real)).mean() + F.softplus(self.D(self.G(z))).mean())
+
+            if self.game is not None:
+                self.game.step(objective)
+            else:
+                self.acgd.step(objective())
             return
         G, D = self.players["G"], self.players["D"]
         with torch.no_grad():
@@ -376,6 +405,14 @@ class Trainer:
                 s = player.preconditioner.stats()
                 out[f"{name}_preconditioner"] = {k: s[k] for k in ("blocks", "refreshes", "hvps", "seconds",
                                                                    "status", "scale", "spectrum") if k in s}
+        if self.game is not None:
+            g = self.game.stats()
+            steps = max(g["steps"], 1)
+            out["game"] = {"steps": g["steps"], "skipped_non_finite": g["skipped_non_finite"],
+                           "cg_iterations_per_step": g["cg_iterations"] / steps,
+                           "mixed_products_per_step": g["mixed_products"] / steps,
+                           "hvps_per_step": g["hvps"] / steps, "cg_capped": g["cg_capped"],
+                           "solve_side": g["solve_side"]}
         return out
 
     def spectra(self) -> Dict[str, Tuple[torch.Tensor, float]]:
@@ -389,6 +426,7 @@ class Trainer:
         return {"config": self.config.to_dict(), "G": self.G.state_dict(), "D": self.D.state_dict(),
                 "players": {k: p.state_dict() for k, p in self.players.items()},
                 "acgd": None if self.acgd is None else copy.deepcopy(self.acgd.state),
+                "game": None if self.game is None else self.game.state_dict(),
                 "sampler": self.sampler.get_state(), "step_count": self.step_count,
                 "train_seconds": self.train_seconds,
                 "history": [dataclasses.asdict(s) for s in self.history]}
@@ -400,6 +438,8 @@ class Trainer:
             p.load_state_dict(state["players"][k])
         if self.acgd is not None:
             self.acgd.state.update(copy.deepcopy(state["acgd"]))
+        if self.game is not None:
+            self.game.load_state_dict(state["game"])
         self.sampler.set_state(state["sampler"])
         self.step_count = state["step_count"]
         self.train_seconds = state["train_seconds"]

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -25,7 +26,8 @@ from .. import config
 from .features import EXTRACTORS, make_extractor
 from .images import BUNDLED, load_image, save_image
 from .objective import LossWeights, StyleObjective
-from .run import INITS, OPTIMIZERS, HSCSettings, Record, RunConfig, RunResult, run
+from ..optim import STEP_RULES, StepControl
+from .run import INITS, OPTIMIZERS, HSCSettings, LBFGSSettings, Record, RunConfig, RunResult, run
 
 DEFAULT_STEPS = 300
 
@@ -65,10 +67,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hsc-lr", type=float, default=h.lr, help=f"learning rate (default: {h.lr:g})")
     g.add_argument("--hsc-momentum", type=float, default=h.momentum,
                    help=f"heavy-ball momentum (default: {h.momentum:g})")
+    g.add_argument("--hsc-step-control", choices=STEP_RULES + ("none",),
+                   default=h.step_control.rule if h.step_control else "none",
+                   help="trust: a step that raises the loss is undone and the step shrunk; armijo: "
+                        "backtracking; none: every step at the full lr (default: %(default)s)")
     p = parser.add_argument_group("hsc: the preconditioner over the pixels (hsc.PreconditionerConfig)")
-    config.add_arguments(p, h.preconditioner, skip=("block_size", "seed"),
-                         notes={"scale": "given per pixel, mu x H W", "damping": "given per pixel, delta x H W",
+    config.add_arguments(p, h.preconditioner, skip=("block_size", "seed", "factor_power"),
+                         notes={"scale": "an absolute mu is given per pixel, mu x H W",
+                                "damping": "given per pixel, delta x H W",
                                 "patch": "the blocks: b = 3 ph pw"})
+    lb = LBFGSSettings()
+    q = parser.add_argument_group("hsc-lbfgs: L-BFGS with the pixel blocks' M^-1 as initial inverse Hessian")
+    q.add_argument("--hsc-lbfgs-history", type=int, default=lb.history, help=f"pairs kept (default: {lb.history})")
+    q.add_argument("--hsc-lbfgs-keep-pairs", choices=("on", "off"), default="on" if lb.keep_pairs else "off",
+                   help="keep the pairs across a refresh (default: %(default)s)")
+    config.add_arguments(q, lb.preconditioner, prefix="hsc-lbfgs", skip=("block_size", "seed", "factor_power"),
+                         notes={"update_every": "counts L-BFGS iterations", "patch": "the blocks: b = 3 ph pw"})
 
 
 def build_configs(args: argparse.Namespace) -> List[RunConfig]:
@@ -80,12 +94,16 @@ def build_configs(args: argparse.Namespace) -> List[RunConfig]:
     if len(set(names)) != len(names):
         raise ValueError(f"hsc: --optim must not repeat an optimizer, got {args.optim!r}")
     steps = args.steps if args.steps is not None or args.evaluations or args.seconds else DEFAULT_STEPS
-    h = HSCSettings()
+    h, lb = HSCSettings(), LBFGSSettings()
     hsc = HSCSettings(lr=args.hsc_lr, momentum=args.hsc_momentum,
-                      preconditioner=config.from_arguments(args, h.preconditioner))
+                      preconditioner=config.from_arguments(args, h.preconditioner),
+                      step_control=None if args.hsc_step_control == "none" else StepControl(rule=args.hsc_step_control))
+    hsc_lbfgs = LBFGSSettings(history=args.hsc_lbfgs_history, keep_pairs=args.hsc_lbfgs_keep_pairs == "on",
+                              preconditioner=config.from_arguments(args, lb.preconditioner, prefix="hsc-lbfgs"))
     return [RunConfig(optimizer=m, steps=steps, evaluations=args.evaluations, seconds=args.seconds,
                       init=args.init, seed=args.seed, adam_lr=args.adam_lr,
-                      lbfgs_history=args.lbfgs_history, hsc=hsc).validate() for m in names]
+                      lbfgs_history=args.lbfgs_history, hsc=hsc, hsc_lbfgs=hsc_lbfgs).validate()
+            for m in names]
 
 
 def machine() -> str:
@@ -99,8 +117,9 @@ def format_table(results: Dict[str, RunResult]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         t = r.final_terms
+        loss = f"{r.final_loss:.4g}" + (" DIVERGED" if r.diverged else "")
         lines.append(f"| {name} | {r.steps} | {r.evaluations} | {r.hvps} | {r.seconds:.1f} | "
-                     f"{r.final_loss:.4g} | {t['content']:.3g} | {t['style']:.3g} | {t['tv']:.3g} |")
+                     f"{loss} | {t['content']:.3g} | {t['style']:.3g} | {t['tv']:.3g} |")
     return "\n".join(lines)
 
 
@@ -184,6 +203,11 @@ def main(args: argparse.Namespace) -> int:
     paths["metrics"].write_text(json.dumps(finite_or_none(report), indent=1))
     written.append(paths["metrics"])
     print("wrote " + ", ".join(str(p) for p in written))
+    diverged = [n for n, r in results.items() if r.diverged]
+    if diverged:
+        print(f"hsc style: DIVERGED: {', '.join(diverged)} (final loss not finite, or steps skipped for "
+              "non-finite values; see metrics.json)", file=sys.stderr)
+        return 1
     return 0
 
 

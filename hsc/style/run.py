@@ -1,4 +1,4 @@
-"""One style-transfer optimisation of the image's pixels with hsc, L-BFGS or Adam.
+"""One style-transfer optimisation of the image's pixels with hsc, hsc-lbfgs, L-BFGS or Adam.
 
 Same rules for every optimizer:
 
@@ -17,10 +17,17 @@ L-BFGS is ``torch.optim.LBFGS`` with a strong-Wolfe line search, called once per
 that the history has one record per iteration. Each call starts by evaluating the current point,
 which the line search already evaluated; the closure returns those cached values, so one
 iteration costs exactly the evaluations of its line search, as in a single long call.
+``hsc-lbfgs`` is ``hsc.PreconditionedLBFGS`` (L-BFGS with H_0 = gamma M^-1 from the pixel blocks'
+curvature), stepped the same way; its curvature refreshes evaluate the loss once more (counted)
+and take b HVPs per colour (counted in ``hvps``).
+
+A run is ``diverged`` when its final loss is not finite or when the optimizer skipped a step for
+a non-finite value: the CLI reports it loudly and exits with an error.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -28,10 +35,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..config import CONFIG_FIELDS, PreconditionerConfig
-from ..optim import HSC
+from ..lbfgs import PreconditionedLBFGS
+from ..optim import HSC, StepControl
 from .objective import StyleObjective
 
-OPTIMIZERS = ("hsc", "lbfgs", "adam")
+OPTIMIZERS = ("hsc", "hsc-lbfgs", "lbfgs", "adam")
 INITS = ("content", "noise")
 
 
@@ -48,15 +56,18 @@ class HSCSettings:
     Spatial patches of ``patch`` pixels are the blocks, so the block size is always 3 ph pw; the
     probe signs are seeded by the run's seed.
 
-    ``scale`` (mu) and ``damping`` (delta) are given per pixel: the loss terms are means over
-    pixels, so the gradient and the curvature of one pixel shrink as 1 / (H W), and the
+    ``scale`` (an absolute mu) and ``damping`` (delta) are given per pixel: the loss terms are
+    means over pixels, so the gradient and the curvature of one pixel shrink as 1 / (H W), and the
     preconditioner receives ``scale / (H W)`` and ``damping / (H W)``. The same values then give
-    the same per-pixel steps at every image size.
+    the same per-pixel steps at every image size. A relative scale (``scale_rule="relative"``) is
+    the ratio rho to the blocks' median |eigenvalue|, free of the size already.
     """
 
     lr: float = 0.1
     momentum: float = 0.97
     preconditioner: PreconditionerConfig = field(default_factory=lambda: dataclasses.replace(STYLE_PRECONDITIONER))
+    # a step that raises the loss is undone (docs/contract.md §5); None: every step at the full lr
+    step_control: Optional[StepControl] = field(default_factory=StepControl)
 
     def with_changes(self, **changes) -> "HSCSettings":
         """A copy with ``changes`` applied: this class's fields, or the preconditioner's by name."""
@@ -76,10 +87,44 @@ class HSCSettings:
     def optimizer(self, image: torch.Tensor, seed: int) -> HSC:
         """``hsc.HSC`` over ``image`` (``[1, 3, H, W]``) with these settings."""
         pixels = image.shape[-2] * image.shape[-1]
-        cfg = dataclasses.replace(self.preconditioner, block_size=self.block_size, patch=tuple(self.patch),
-                                  scale=self.preconditioner.scale / pixels,
-                                  damping=self.preconditioner.damping / pixels, seed=seed)
-        return HSC([image], lr=self.lr, momentum=self.momentum, **dataclasses.asdict(cfg))
+        pre = self.preconditioner
+        # per pixel: an absolute mu, and the damping (a relative mu is rho, already size-free)
+        cfg = dataclasses.replace(pre, block_size=self.block_size, patch=tuple(self.patch),
+                                  scale=pre.scale / pixels if pre.scale_rule == "absolute" else pre.scale,
+                                  damping=pre.damping / pixels, seed=seed)
+        return HSC([image], lr=self.lr, momentum=self.momentum, step_control=self.step_control,
+                   **dataclasses.asdict(cfg))
+
+
+# hsc-lbfgs: the preconditioner over the pixels, per pixel-block (b = 3): the saddle-free root with
+# mu relative to the blocks' median |eigenvalue|, refreshed every 60 iterations.
+LBFGS_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=3, patch=(1, 1),
+                                           update_every=60, mode="saddle_free_root",
+                                           scale_rule="relative", scale=1.0)
+
+
+@dataclass
+class LBFGSSettings:
+    """``hsc-lbfgs``: hsc.PreconditionedLBFGS over the pixels (history, pairs kept across a
+    refresh or not, the preconditioner's options; patches as in HSCSettings, b = 3 ph pw)."""
+
+    history: int = 100
+    keep_pairs: bool = True
+    preconditioner: PreconditionerConfig = field(default_factory=lambda: dataclasses.replace(LBFGS_PRECONDITIONER))
+
+    def with_changes(self, **changes) -> "LBFGSSettings":
+        own = {k: v for k, v in changes.items() if k not in CONFIG_FIELDS}
+        inner = {k: v for k, v in changes.items() if k in CONFIG_FIELDS}
+        return dataclasses.replace(self, **own,
+                                   preconditioner=dataclasses.replace(self.preconditioner, **inner))
+
+    def optimizer(self, image: torch.Tensor, seed: int) -> PreconditionedLBFGS:
+        ph, pw = self.preconditioner.patch
+        cfg = dataclasses.replace(self.preconditioner, block_size=3 * ph * pw, seed=seed)
+        # max_eval: the start evaluation (cached) plus torch's default line-search limit of 25
+        return PreconditionedLBFGS([image], lr=1, max_iter=1, max_eval=26, history_size=self.history,
+                                   line_search_fn="strong_wolfe", preconditioner=cfg,
+                                   keep_pairs=self.keep_pairs)
 
 
 @dataclass
@@ -95,6 +140,7 @@ class RunConfig:
     adam_lr: float = 0.1
     lbfgs_history: int = 100
     hsc: HSCSettings = field(default_factory=HSCSettings)
+    hsc_lbfgs: LBFGSSettings = field(default_factory=LBFGSSettings)
 
     def validate(self) -> "RunConfig":
         if self.optimizer not in OPTIMIZERS:
@@ -137,6 +183,7 @@ class RunResult:
     steps: int
     seconds: float
     stats: dict
+    diverged: bool                   # final loss not finite, or a step skipped for a non-finite value
     # hsc in a spectral mode: the pixel blocks' eigenvalues at the last refresh, and mu.
     spectra: Dict[str, Tuple[torch.Tensor, float]] = field(default_factory=dict)
 
@@ -150,7 +197,7 @@ class RunResult:
 
     def to_dict(self) -> dict:
         return {"optimizer": self.config.optimizer, "config": self.config.to_dict(),
-                "final_loss": self.final_loss, "final_terms": self.final_terms, "steps": self.steps,
+                "diverged": self.diverged, "final_loss": self.final_loss, "final_terms": self.final_terms, "steps": self.steps,
                 "seconds": self.seconds, "evaluations": self.evaluations, "hvps": self.hvps,
                 "history": [dataclasses.asdict(r) for r in self.history], "stats": self.stats}
 
@@ -170,21 +217,35 @@ class _Stepper:
         self.objective, self.image, self.config = objective, image, config
         self.evaluations = 0
         name = config.optimizer
+        self._cache: List[tuple] = []
         if name == "hsc":
             self.optimizer = config.hsc.optimizer(image, config.seed)
+        elif name == "hsc-lbfgs":
+            self.optimizer = config.hsc_lbfgs.optimizer(image, config.seed)
         elif name == "lbfgs":
             # max_eval: the start evaluation (cached, see the module docstring) plus torch's default
             # line-search limit of 25.
             self.optimizer = torch.optim.LBFGS([image], lr=1, max_iter=1, max_eval=26,
                                                history_size=config.lbfgs_history,
                                                line_search_fn="strong_wolfe")
-            self._cache: List[tuple] = []
         else:
             self.optimizer = torch.optim.Adam([image], lr=config.adam_lr)
 
+    def _preconditioner(self):
+        name = self.config.optimizer
+        return (self.optimizer.preconditioners[0] if name == "hsc"
+                else self.optimizer.preconditioner if name == "hsc-lbfgs" else None)
+
     @property
     def hvps(self) -> int:
-        return self.optimizer.preconditioners[0].counters["hvps"] if self.config.optimizer == "hsc" else 0
+        pre = self._preconditioner()
+        return 0 if pre is None else pre.counters["hvps"]
+
+    @property
+    def skipped(self) -> int:
+        """Steps skipped for a non-finite value (a diverged run)."""
+        c = getattr(self.optimizer, "counters", {})
+        return sum(v for k, v in c.items() if k.startswith("skipped_non_finite"))
 
     def _loss(self) -> torch.Tensor:
         self.evaluations += 1
@@ -216,7 +277,10 @@ class _Stepper:
             return float(loss.detach())
         evaluations_before = self.evaluations
         before = self.image.detach().clone()
-        self.optimizer.step(self._cached_closure)
+        if name == "hsc-lbfgs":
+            self.optimizer.step(self._cached_closure, self._loss)
+        else:
+            self.optimizer.step(self._cached_closure)
         # Keep only the accepted point: the next call's first evaluation.
         self._cache = [entry for entry in self._cache if torch.equal(entry[0], self.image)][:1]
         if self.evaluations == evaluations_before and torch.equal(before, self.image):
@@ -224,13 +288,11 @@ class _Stepper:
         return float(self._cached_closure())  # the accepted point: cached, evaluated if ever missing
 
     def spectra(self) -> Dict[str, Tuple[torch.Tensor, float]]:
-        if self.config.optimizer != "hsc":
-            return {}
-        pre = self.optimizer.preconditioners[0]
-        return {"pixels": (pre.eigenvalues, pre.scale)} if pre.eigenvalues is not None else {}
+        pre = self._preconditioner()
+        return {"pixels": (pre.eigenvalues, pre.scale)} if pre is not None and pre.eigenvalues is not None else {}
 
     def stats(self) -> dict:
-        if self.config.optimizer == "hsc":
+        if self.config.optimizer in ("hsc", "hsc-lbfgs"):
             return self.optimizer.stats()
         if self.config.optimizer == "lbfgs":
             state = self.optimizer.state[self.image]
@@ -266,5 +328,6 @@ def run(objective: StyleObjective, config: RunConfig,
         final = image.detach().clamp(0, 1)
         terms = {k: float(v) for k, v in objective.terms(final).items()}
         final_loss = float(objective(final))
-    return RunResult(config, final, final_loss, terms, history, steps, seconds, stepper.stats(),
+    diverged = not math.isfinite(final_loss) or stepper.skipped > 0
+    return RunResult(config, final, final_loss, terms, history, steps, seconds, stepper.stats(), diverged,
                      stepper.spectra())

@@ -7,11 +7,17 @@
 //                      (accumulate_probes) reads state.bin, hvps.bin, signs.bin and mask.bin and
 //                      writes state.bin and accepted.bin; kernel 2 (solve) reads factor.bin and
 //                      G.bin and writes P.bin; kernel 3 (fold_estimate_) reads state.bin,
-//                      estimate.bin and mask.bin and writes state.bin and accepted.bin.
+//                      estimate.bin and mask.bin and writes state.bin and accepted.bin; kernel 4
+//                      (eigh) reads H.bin and writes eigenvalues.bin, eigenvectors.bin and
+//                      status.bin; kernel 5 (from an eigen-decomposition: correct_from_eigh_, and
+//                      the spectral modes after eigh) reads eigenvalues.bin, eigenvectors.bin,
+//                      status.bin and factor.bin (+ keep_failed.bin) or G.bin, and writes
+//                      factor.bin or P.bin, launching the kernels in the order the op does.
 // Outputs start as sentinels (kNotWritten, kStatusNotWritten, accepted 2), not zeros, as the op's
 // at::empty buffers hold anything: an entry a kernel forgets to write shows.
 #include "emulate.h"
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <limits>
@@ -21,7 +27,9 @@
 #include <vector>
 
 #include "../../csrc/cuda/accumulate_probes_kernel.cuh"
+#include "../../csrc/cuda/correct_from_eigh_kernel.cuh"
 #include "../../csrc/cuda/correct_kernel.cuh"
+#include "../../csrc/cuda/eigh_kernel.cuh"
 #include "../../csrc/cuda/fold_estimate_kernel.cuh"
 #include "../../csrc/cuda/solve_kernel.cuh"
 
@@ -33,6 +41,10 @@ constexpr T kNotWritten = std::numeric_limits<T>::quiet_NaN();
 constexpr int32_t kStatusNotWritten = -7;
 template <class T>
 constexpr T kDampingNotWritten = T(-7);
+// eigh's outputs hold NaN for status 2, so their sentinel is finite (and no eigenvalue or vector
+// entry of the tests' blocks).
+template <class T>
+constexpr T kEigenNotWritten = T(-7777);
 
 std::map<std::string, double> read_params(const std::string& path) {
   std::map<std::string, double> out;
@@ -185,6 +197,100 @@ int run_solve(const std::string& dir, std::map<std::string, double>& prm) {
   return 0;
 }
 
+
+template <class T>
+int run_eigh(const std::string& dir, std::map<std::string, double>& prm) {
+  using namespace hsc::cuda;
+  const int64_t N = static_cast<int64_t>(prm["N"]);
+  const int b = static_cast<int>(prm["b"]);
+  std::vector<T> H = read_array<T>(dir + "/H.bin", N * b * b);
+  std::vector<T> values(N * b, kEigenNotWritten<T>), vectors(N * b * b, kEigenNotWritten<T>);
+  std::vector<int32_t> status(N, kStatusNotWritten);
+  EighParams<T> p{H.data(), values.data(), vectors.data(), status.data(), N, b,
+                  static_cast<int>(prm["max_sweeps"])};
+  const Mapping m = choose_eigh_mapping<T>(N, b, static_cast<size_t>(prm["max_shared"]));
+  std::vector<T> scratch;
+  if (!m.in_shared) {
+    scratch.assign(N * eigh_workspace_entries(b), T(0));
+    p.scratch = scratch.data();
+  }
+  if (N > 0) {
+    if (m.warp) {
+      auto kernel = m.rows == 4 ? eigh_warp_kernel<T, 4> : m.rows == 8 ? eigh_warp_kernel<T, 8>
+                    : m.rows == 16 ? eigh_warp_kernel<T, 16> : eigh_warp_kernel<T, 32>;
+      emulation::launch(kernel, m.blocks, m.threads(), m.shared_bytes(), p, m.teams_per_block);
+    } else {
+      emulation::launch(eigh_team_kernel<T>, m.blocks, m.threads(), m.shared_bytes(), p, m.team_size,
+                        static_cast<bool>(m.in_shared));
+    }
+  }
+  write_array(dir + "/eigenvalues.bin", values);
+  write_array(dir + "/eigenvectors.bin", vectors);
+  write_array(dir + "/status.bin", status);
+  std::printf("mapping warp=%d rows=%d team=%d in_shared=%d blocks=%lld\n", m.warp, m.rows, m.team_size,
+              m.in_shared, static_cast<long long>(m.blocks));
+  return 0;
+}
+
+// The launches of csrc/cuda/correct_from_eigh_cuda.cu: the multipliers, then the factor (compose)
+// or the step (project, expand). `fallback` 0: the rounding of correct / correct_ (mu^2 rounded
+// once), 1: that of correct_from_eigh_ (mu rounded, then squared); `power` 0.5: M^-1/2
+// (correct_from_eigh_).
+template <class T>
+int run_from_eigh(const std::string& dir, std::map<std::string, double>& prm) {
+  using namespace hsc;
+  using namespace hsc::cuda;
+  const int64_t N = static_cast<int64_t>(prm["N"]), r = static_cast<int64_t>(prm["r"]);
+  const int b = static_cast<int>(prm["b"]);
+  const bool fused = prm["fused"] != 0;
+  const double scale = prm["scale"];
+  const Mode mode = static_cast<Mode>(static_cast<int>(prm["mode"]));
+  std::vector<T> values = read_array<T>(dir + "/eigenvalues.bin", N * b);
+  std::vector<T> vectors = read_array<T>(dir + "/eigenvectors.bin", N * b * b);
+  std::vector<int32_t> status = read_array<int32_t>(dir + "/status.bin", N);
+  std::vector<T> f(N * b, kNotWritten<T>);
+  const T mu = static_cast<T>(scale), mu2 = static_cast<T>(scale * scale);
+  auto grid = [](int64_t threads) { return (threads + kComposeThreads - 1) / kComposeThreads; };
+  if (N > 0)
+    emulation::launch(multiplier_kernel<T>, grid(N * b), kComposeThreads, 0,
+                      static_cast<const T*>(values.data()), static_cast<const int32_t*>(status.data()),
+                      f.data(), N, b, mu, mode, !fused && prm["power"] == 0.5);
+  if (fused) {
+    std::vector<T> G = read_array<T>(dir + "/G.bin", N * b * r);
+    std::vector<T> Y(N * b * r, kNotWritten<T>), P(N * b * r, kNotWritten<T>);
+    if (N > 0) {
+      emulation::launch(project_kernel<T>, grid(N * b * r), kComposeThreads, 0,
+                        static_cast<const T*>(vectors.data()), static_cast<const T*>(f.data()),
+                        static_cast<const int32_t*>(status.data()), static_cast<const T*>(G.data()),
+                        Y.data(), N, b, r);
+      emulation::launch(expand_kernel<T>, grid(N * b * r), kComposeThreads, 0,
+                        static_cast<const T*>(vectors.data()), static_cast<const T*>(Y.data()),
+                        static_cast<const int32_t*>(status.data()), static_cast<const T*>(G.data()),
+                        P.data(), N, b, r, mu2);
+    }
+    write_array(dir + "/P.bin", P);
+    return 0;
+  }
+  std::vector<T> factor = read_array<T>(dir + "/factor.bin", tile_count(N) * packed_size(b) * kTile);
+  // The host's zero_unused_lanes (csrc/checks.h): the kernels write real blocks only.
+  const int64_t used = N % kTile, entries = packed_size(b);
+  if (used != 0)
+    for (int64_t e = 0; e < entries; ++e)
+      for (int64_t l = used; l < kTile; ++l) factor[((tile_count(N) - 1) * entries + e) * kTile + l] = T(0);
+  std::vector<uint8_t> keep;
+  if (prm["keep_failed"] != 0) keep = read_array<uint8_t>(dir + "/keep_failed.bin", N);
+  T fallback = prm["fallback"] == 0 ? fallback_step<T>(T(1), mu2) : fallback_step<T>(T(1), mu * mu);
+  if (prm["power"] == 0.5) fallback = std::sqrt(fallback);
+  if (N > 0)
+    emulation::launch(compose_kernel<T>, grid(N * entries), kComposeThreads, 0, factor.data(),
+                      static_cast<const T*>(vectors.data()), static_cast<const T*>(f.data()),
+                      static_cast<const int32_t*>(status.data()),
+                      keep.empty() ? static_cast<const bool*>(nullptr) : reinterpret_cast<const bool*>(keep.data()),
+                      N, b, fallback);
+  write_array(dir + "/factor.bin", factor);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,6 +300,10 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   auto prm = read_params(dir + "/params.txt");
+  if (prm["kernel"] == 5)
+    return prm["itemsize"] == 8 ? run_from_eigh<double>(dir, prm) : run_from_eigh<float>(dir, prm);
+  if (prm["kernel"] == 4)
+    return prm["itemsize"] == 8 ? run_eigh<double>(dir, prm) : run_eigh<float>(dir, prm);
   if (prm["kernel"] == 3)
     return prm["itemsize"] == 8 ? run_fold<double>(dir, prm) : run_fold<float>(dir, prm);
   if (prm["kernel"] == 2)
