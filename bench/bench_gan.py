@@ -45,6 +45,7 @@ METHODS: Dict[str, dict] = {
     "hsc saddle_free": {"mode": "saddle_free"},
     "hsc spectral": {"mode": "spectral"},
     "hsc cholesky": {"mode": "cholesky", "scale_rule": "absolute", "scale": 1.0},
+    "competitive": {"method": "competitive"},
 }
 
 # Option grids around the default (hsc: saddle_free_root, relative mu), judged on several seeds.

@@ -1,20 +1,22 @@
-"""Style-transfer benchmark: hsc vs L-BFGS vs Adam over the pixels, at 128² and 256².
+"""Style-transfer benchmark: hsc-lbfgs, hsc, L-BFGS and Adam over the pixels, at 128² and 256².
 
 Plain script (not collected by pytest)::
 
     python bench/bench_style.py                  # the benchmark: bench/results/style.{md,json,png}
-    python bench/bench_style.py --repeats 1      # one timing repeat instead of two
+    python bench/bench_style.py --repeats 2      # two timing repeats instead of one
+    python bench/bench_style.py --robustness     # every bundled pair at 64/128/256²: style_robustness.*
+    python bench/bench_style.py --probes         # coloured vs plain probes against exact blocks at 32²
     python bench/bench_style.py --sweep          # the hsc settings grid at 128²: style_sweep.{md,json}
     python bench/bench_style.py --oracle         # exact block diagonal at 32²: style_oracle.md
     python bench/bench_style.py --markdown-only  # style.md again from style.json (after editing the notes)
 
-The benchmark: astronaut in the style of china, the random multi-scale features, the default loss
-weights, start from the content image, float32, one torch thread. Per size: L-BFGS runs 300
-evaluations and sets the target, the loss it reaches; hsc and Adam run for 3x L-BFGS's wall-clock.
-Every optimizer gets an untimed warm-up run first (first-call costs: vmap, oneDNN kernels).
-Losses per evaluation are deterministic; the wall-clock is measured ``--repeats`` times (median).
-The report also measures what one gradient, one HVP and each optimizer's step cost, and, at 32²,
-how much of the exact Hessian the pixel blocks hold (the `why` section).
+The benchmark: three content/style pairs (PAIRS), the random multi-scale features, the default
+loss weights, start from the content image, float32, one torch thread. Per pair and size: L-BFGS
+runs 300 evaluations and sets the target, the loss it reaches; the others run for 3x L-BFGS's
+wall-clock. Every optimizer gets an untimed warm-up run first (first-call costs: vmap, oneDNN
+kernels). Losses per evaluation are deterministic; the wall-clock is measured ``--repeats`` times
+(median). The report also measures what one gradient and one HVP cost, and, at 32², how much of
+the exact Hessian the pixel blocks hold (the `why` section).
 """
 from __future__ import annotations
 
@@ -40,12 +42,20 @@ from hsc.style.features import make_extractor  # noqa: E402
 from hsc.style.images import load_image  # noqa: E402
 from hsc.style.objective import LossWeights, StyleObjective  # noqa: E402
 from hsc.style.plots import plot_loss_grid, plot_side_by_side  # noqa: E402
-from hsc.style.run import HSCSettings, RunConfig, RunResult, run  # noqa: E402
+from hsc.preconditioner import Preconditioner  # noqa: E402
+from hsc.style.run import HSCSettings, LBFGSSettings, RunConfig, RunResult, run  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CONTENT, STYLE = "astronaut", "china"
+CONTENT, STYLE = "astronaut", "china"  # the pair of the sweeps and of the Hessian study
+PAIRS = [("astronaut", "china"), ("chelsea", "flower"), ("coffee", "brick")]
+OPTIMIZERS = ("lbfgs", "hsc-lbfgs", "hsc", "adam")
 REFERENCE_EVALUATIONS = 300
-TIME_FACTOR = 3.0  # hsc and Adam run this many times L-BFGS's wall-clock
+TIME_FACTOR = 3.0  # the others run this many times L-BFGS's wall-clock
+# The robustness matrix: every bundled photograph in the style of every bundled texture or painting.
+ROBUST_CONTENTS = ("astronaut", "chelsea", "coffee", "rocket")
+ROBUST_STYLES = ("brick", "grass", "gravel", "china", "flower")
+ROBUST_SIZES = (64, 128, 256)
+ROBUST_EVALUATIONS = 100
 
 # name -> changes to HSCSettings (or RunConfig's adam_lr / optimizer); the grid of style_notes.md
 SWEEP: Dict[str, dict] = {
@@ -96,9 +106,9 @@ SWEEP: Dict[str, dict] = {
 }
 
 
-def make_objective(size: int) -> StyleObjective:
-    return StyleObjective(make_extractor("random"), load_image(CONTENT, size, "--content"),
-                          load_image(STYLE, size, "--style"), LossWeights())
+def make_objective(size: int, content: str = CONTENT, style: str = STYLE) -> StyleObjective:
+    return StyleObjective(make_extractor("random"), load_image(content, size, "--content"),
+                          load_image(style, size, "--style"), LossWeights())
 
 
 def config_with(changes: dict, **budget) -> RunConfig:
@@ -109,7 +119,7 @@ def config_with(changes: dict, **budget) -> RunConfig:
 
 
 def warm_up(objective: StyleObjective) -> None:
-    for name in ("hsc", "lbfgs", "adam"):
+    for name in OPTIMIZERS:
         run(objective, RunConfig(optimizer=name, steps=3))
 
 
@@ -220,66 +230,189 @@ def benchmark(args) -> None:
     torch.set_num_threads(1)
     info = machine()
     sizes = [int(s) for s in args.sizes.split(",")]
-    report = {"machine": info, "content": CONTENT, "style": STYLE, "features": "random",
+    report = {"machine": info, "pairs": PAIRS, "features": "random",
               "weights": dataclasses.asdict(LossWeights()), "dtype": "float32", "init": "content",
-              "hsc": dataclasses.asdict(HSCSettings()), "adam_lr": RunConfig().adam_lr,
-              "lbfgs_history": RunConfig().lbfgs_history, "repeats": args.repeats,
-              "time_factor": TIME_FACTOR, "sizes": {}}
+              "hsc": dataclasses.asdict(HSCSettings()), "hsc_lbfgs": dataclasses.asdict(LBFGSSettings()),
+              "adam_lr": RunConfig().adam_lr, "lbfgs_history": RunConfig().lbfgs_history,
+              "repeats": args.repeats, "time_factor": TIME_FACTOR, "cases": {}}
     curves: Dict[str, Dict[str, RunResult]] = {}
     targets: Dict[str, float] = {}
-    for size in sizes:
-        objective = make_objective(size)
-        warm_up(objective)
-        load_before = os.getloadavg()[0]
-        runs: Dict[str, List[RunResult]] = {"lbfgs": [], "hsc": [], "adam": []}
-        for _ in range(args.repeats):  # repeat-major: a change in the machine's load hits all alike
-            reference = run(objective, RunConfig(optimizer="lbfgs", evaluations=REFERENCE_EVALUATIONS))
-            runs["lbfgs"].append(reference)
-            for name in ("hsc", "adam"):
-                runs[name].append(run(objective, RunConfig(optimizer=name,
-                                                           seconds=TIME_FACTOR * reference.seconds)))
-        target = runs["lbfgs"][0].history[-1].loss
-        reference_seconds = statistics.median(r.seconds for r in runs["lbfgs"])
-        rows = {}
-        for name, results in runs.items():
-            hits = [time_to(r, target) for r in results]
-            reached = [h for h in hits if h is not None]
-            rows[name] = {
-                "reached": len(reached), "repeats": len(results),
-                "seconds_to_target": [h["seconds"] for h in reached],
-                "evaluations_to_target": reached[0]["evaluations"] if reached else None,
-                "hvps_to_target": reached[0]["hvps"] if reached else None,
-                "loss_at_reference_seconds": statistics.median(loss_at_seconds(r, reference_seconds)
-                                                               for r in results),
-                "budget_seconds": statistics.median(r.seconds for r in results),
-                "evaluations": statistics.median(r.evaluations for r in results),
-                "hvps": results[0].hvps, "last_loss": results[0].history[-1].loss,
-                "final_clamped_loss": results[0].final_loss,
-                "ms_per_evaluation": 1e3 * statistics.median(r.seconds / r.evaluations for r in results),
-                "stats": results[0].stats,
-                "history": thinned([dataclasses.asdict(h) for h in results[0].history]),
-            }
-            print(f"  {size}² {name}: {rows[name]['reached']}/{len(results)} reached {target:.4f}; "
-                  f"loss at L-BFGS's {reference_seconds:.1f} s: {rows[name]['loss_at_reference_seconds']:.4f}",
-                  flush=True)
-        report["sizes"][str(size)] = {
-            "target": target, "reference_seconds": reference_seconds, "rows": rows,
-            "costs": costs(objective),
-            "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
-        label = f"{size}²"
-        curves[label] = {name: results[0] for name, results in runs.items()}
-        targets[label] = target
-        if size == max(sizes):
-            plot_side_by_side(objective.content, load_image(STYLE, size), curves[label],
-                              RESULTS / f"style_{size}.png",
-                              [f"{CONTENT} in the style of {STYLE}, {size}², random features; "
-                               f"L-BFGS 300 evaluations, hsc and Adam {TIME_FACTOR:g}x its wall-clock"])
+    for content, style in PAIRS:
+        for size in sizes:
+            objective = make_objective(size, content, style)
+            warm_up(objective)
+            load_before = os.getloadavg()[0]
+            runs: Dict[str, List[RunResult]] = {name: [] for name in OPTIMIZERS}
+            for _ in range(args.repeats):  # repeat-major: a change in the machine's load hits all alike
+                reference = run(objective, RunConfig(optimizer="lbfgs", evaluations=REFERENCE_EVALUATIONS))
+                runs["lbfgs"].append(reference)
+                for name in OPTIMIZERS[1:]:
+                    runs[name].append(run(objective, RunConfig(optimizer=name,
+                                                               seconds=TIME_FACTOR * reference.seconds)))
+            target = runs["lbfgs"][0].history[-1].loss
+            reference_seconds = statistics.median(r.seconds for r in runs["lbfgs"])
+            rows = {}
+            for name, results in runs.items():
+                hits = [time_to(r, target) for r in results]
+                reached = [h for h in hits if h is not None]
+                rows[name] = {
+                    "reached": len(reached), "repeats": len(results),
+                    "seconds_to_target": [h["seconds"] for h in reached],
+                    "evaluations_to_target": reached[0]["evaluations"] if reached else None,
+                    "hvps_to_target": reached[0]["hvps"] if reached else None,
+                    "loss_at_reference_seconds": statistics.median(loss_at_seconds(r, reference_seconds)
+                                                                   for r in results),
+                    "budget_seconds": statistics.median(r.seconds for r in results),
+                    "evaluations": statistics.median(r.evaluations for r in results),
+                    "hvps": results[0].hvps, "last_loss": results[0].history[-1].loss,
+                    "final_clamped_loss": results[0].final_loss, "diverged": any(r.diverged for r in results),
+                    "ms_per_evaluation": 1e3 * statistics.median(r.seconds / r.evaluations for r in results),
+                    "stats": results[0].stats,
+                    "history": thinned([dataclasses.asdict(h) for h in results[0].history]),
+                }
+                print(f"  {content}/{style} {size}² {name}: {rows[name]['reached']}/{len(results)} reached "
+                      f"{target:.4f} ({_seconds(rows[name]['seconds_to_target'])} s against L-BFGS's "
+                      f"{reference_seconds:.1f} s)", flush=True)
+            key = f"{content}/{style} {size}²"
+            report["cases"][key] = {
+                "content": content, "style": style, "size": size, "target": target,
+                "reference_seconds": reference_seconds, "rows": rows,
+                "costs": costs(objective) if (content, style) == PAIRS[0] else None,
+                "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
+            curves[key] = {name: results[0] for name, results in runs.items()}
+            targets[key] = target
+            if size == max(sizes):
+                plot_side_by_side(objective.content, load_image(style, size), curves[key],
+                                  RESULTS / f"style_{content}_{style}_{size}.png",
+                                  [f"{content} in the style of {style}, {size}², random features; L-BFGS 300 "
+                                   f"evaluations, the others {TIME_FACTOR:g}x its wall-clock"])
     report["hessian_32"] = hessian_structure()
     RESULTS.mkdir(exist_ok=True)
     plot_loss_grid(curves, RESULTS / "style.png", targets)
     (RESULTS / "style.json").write_text(json.dumps(finite_or_none(report), indent=1))
-    (RESULTS / "style.md").write_text(markdown(report, sizes))
-    print(markdown(report, sizes))
+    (RESULTS / "style.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+def robustness(args) -> None:
+    """Every optimizer the CLI offers, with its defaults, on every bundled photograph in the style
+    of every bundled texture or painting at 64², 128² and 256², ROBUST_EVALUATIONS evaluations each
+    (L-BFGS and hsc-lbfgs: that many evaluations; the others one per step). A run has converged when
+    it did not diverge (hsc.style.run: final loss finite, no step skipped) and its final loss is below
+    half the start's. Writes style_robustness.{md,json} and style_robustness_<size>.png (one row of
+    results per optimizer for a few pairs)."""
+    torch.set_num_threads(1)
+    cases = {}
+    failures = []
+    for size in ROBUST_SIZES:
+        pictures: Dict[str, Dict[str, RunResult]] = {}
+        for content in ROBUST_CONTENTS:
+            for style in ROBUST_STYLES:
+                objective = make_objective(size, content, style)
+                with torch.no_grad():
+                    start = float(objective(objective.content))
+                row = {}
+                for name in OPTIMIZERS:
+                    r = run(objective, RunConfig(optimizer=name, evaluations=ROBUST_EVALUATIONS))
+                    converged = not r.diverged and r.final_loss < 0.5 * start
+                    row[name] = {"final_loss": r.final_loss, "start_loss": start, "diverged": r.diverged,
+                                 "converged": converged, "seconds": r.seconds, "evaluations": r.evaluations,
+                                 "hvps": r.hvps}
+                    if not converged:
+                        failures.append(f"{content}/{style} {size}² {name}")
+                    if style in ("china", "brick") and content in ("astronaut", "chelsea"):
+                        pictures.setdefault(f"{content}/{style}", {})[name] = r
+                cases[f"{content}/{style} {size}²"] = row
+                print(f"  {content}/{style} {size}²: " + ", ".join(
+                    f"{n} {v['final_loss']:.4g}{'' if v['converged'] else ' FAILED'}" for n, v in row.items()),
+                    flush=True)
+        for pair, results in pictures.items():
+            content, style = pair.split("/")
+            obj = make_objective(size, content, style)
+            plot_side_by_side(obj.content, load_image(style, size), results,
+                              RESULTS / f"style_robustness_{content}_{style}_{size}.png",
+                              [f"{pair}, {size}², {ROBUST_EVALUATIONS} evaluations, every optimizer's defaults"])
+    RESULTS.mkdir(exist_ok=True)
+    report = {"machine": machine(), "evaluations": ROBUST_EVALUATIONS, "sizes": ROBUST_SIZES,
+              "contents": ROBUST_CONTENTS, "styles": ROBUST_STYLES, "cases": cases, "failures": failures}
+    (RESULTS / "style_robustness.json").write_text(json.dumps(finite_or_none(report), indent=1))
+    m = report["machine"]
+    lines = ["# Style transfer robustness: every optimizer's defaults on every bundled pair", "",
+             f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, one torch thread; command: "
+             f"`{m['command']}`",
+             f"- {len(ROBUST_CONTENTS)} photographs x {len(ROBUST_STYLES)} styles x sizes {ROBUST_SIZES}, "
+             f"{ROBUST_EVALUATIONS} evaluations, random features, start from the content image",
+             "- converged: no divergence (final loss finite, no step skipped) and final loss below half "
+             "the start's", "",
+             f"**{len(failures)} of {len(cases) * len(OPTIMIZERS)} runs did not converge**"
+             + (": " + ", ".join(failures) if failures else "."), "",
+             "| pair | size | start loss | " + " | ".join(f"{n} final" for n in OPTIMIZERS) + " |",
+             "|---|---|---|" + "---|" * len(OPTIMIZERS)]
+    for key, row in cases.items():
+        pair, size = key.rsplit(" ", 1)
+        first = next(iter(row.values()))
+        lines.append(f"| {pair} | {size} | {first['start_loss']:.4g} | " + " | ".join(
+            f"{v['final_loss']:.4g}" + ("" if v["converged"] else " **failed**") for v in row.values()) + " |")
+    lines += ["", "Pictures: `style_robustness_<content>_<style>_<size>.png` (astronaut and chelsea in the style "
+              "of china and brick, every optimizer)."]
+    (RESULTS / "style_robustness.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:8]))
+
+
+def probes(args) -> None:
+    """The coloured probe estimator against plain sign probes at equal HVP count (samples = C),
+    both against the exact 3 x 3 pixel blocks at 32² (the oracle), at the content image and after
+    50 L-BFGS iterations, 8 seeds: relative Frobenius error of the blocks."""
+    torch.set_num_threads(1)
+    rows = []
+    for content, style in PAIRS:
+        objective = make_objective(32, content, style)
+        image = objective.content.clone().requires_grad_(True)
+        points = {"content image": image.detach().clone()}
+        optimizer = torch.optim.LBFGS([image], max_iter=50, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = objective(image)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        points["after 50 L-BFGS iterations"] = image.detach().clone()
+        for where, point in points.items():
+            x = point.clone().requires_grad_(True)
+            exact = Preconditioner([x], block_size=3, patch=(1, 1), estimator="exact", ema=0.0)
+            exact.update_curvature(lambda: objective(x))
+            for radius in (1, 2):
+                errors = {"coloured": [], "probe": []}
+                colours = None
+                for seed in range(8):
+                    c = Preconditioner([x], block_size=3, patch=(1, 1), estimator="coloured", colour_radius=radius,
+                                       ema=0.0, seed=seed)
+                    c.update_curvature(lambda: objective(x))
+                    colours = c.colour_count
+                    p = Preconditioner([x], block_size=3, patch=(1, 1), estimator="probe", samples=colours,
+                                       ema=0.0, seed=seed)
+                    p.update_curvature(lambda: objective(x))
+                    for name, pre in (("coloured", c), ("probe", p)):
+                        errors[name].append(float((pre.estimate - exact.estimate).norm() / exact.estimate.norm()))
+                rows.append({"pair": f"{content}/{style}", "point": where, "radius": radius, "colours": colours,
+                             "hvps": 3 * colours, "coloured": statistics.median(errors["coloured"]),
+                             "probe": statistics.median(errors["probe"])})
+                print(rows[-1], flush=True)
+    lines = ["# Coloured probes against plain sign probes at equal HVP count (32², exact blocks as the oracle)", "",
+             f"- command: `{' '.join(sys.argv)}`; random features; blocks of one pixel's 3 colours (b = 3)",
+             "- error: ‖estimate − exact blocks‖_F / ‖exact blocks‖_F over all blocks, median of 8 seeds; one "
+             "refresh, no averaging across refreshes (ema 0); plain probes get samples = C sign draws, so both "
+             "take 3 C HVPs", "",
+             "| pair | point | radius r | colours C | HVPs | coloured error | plain probes error |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['pair']} | {r['point']} | {r['radius']} | {r['colours']} | {r['hvps']} | "
+                     f"{r['coloured']:.3f} | {r['probe']:.3f} |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "style_probes.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def _seconds(values: List[float]) -> str:
@@ -290,43 +423,47 @@ def _seconds(values: List[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
 
 
-def markdown(report: dict, sizes: List[int]) -> str:
+def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
-        "# Style transfer: hsc vs L-BFGS vs Adam over the pixels", "",
+        "# Style transfer: hsc-lbfgs, hsc, L-BFGS and Adam over the pixels", "",
         f"- machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['torch_threads']} torch thread; "
         f"command: `{m['command']}`",
-        f"- problem: {report['content']} in the style of {report['style']}, random multi-scale features, "
-        f"loss weights {report['weights']}, start from the content image, {report['dtype']}",
+        f"- problems: {', '.join(f'{c} in the style of {s}' for c, s in report['pairs'])}; random multi-scale "
+        f"features, loss weights {report['weights']}, start from the content image, {report['dtype']}",
+        f"- hsc-lbfgs: {report['hsc_lbfgs']}",
         f"- hsc: {report['hsc']}; Adam lr {report['adam_lr']}; L-BFGS history {report['lbfgs_history']}, "
         "strong-Wolfe line search",
-        f"- protocol: L-BFGS runs {REFERENCE_EVALUATIONS} evaluations and its loss there is the target; hsc "
-        f"and Adam run {report['time_factor']:g}x L-BFGS's wall-clock; {report['repeats']} timing repeat(s), "
+        f"- protocol: L-BFGS runs {REFERENCE_EVALUATIONS} evaluations and its loss there is the target; the "
+        f"others run {report['time_factor']:g}x L-BFGS's wall-clock; {report['repeats']} timing repeat(s), "
         "median (min–max); losses per evaluation are the same in every repeat",
-        "- an evaluation is one loss + gradient; hsc's HVPs are counted apart", "",
+        "- an evaluation is one loss + gradient (hsc-lbfgs's curvature refreshes evaluate the loss once "
+        "more, counted); HVPs are counted apart", "",
         "## Time to reach L-BFGS's 300-evaluation loss", "",
-        "| size | target loss | optimizer | seconds to target | evaluations to target | HVPs to target "
+        "| case | target loss | optimizer | seconds to target | evaluations to target | HVPs to target "
         "| loss at L-BFGS's 300-evaluation time | budget s | evaluations in budget | loss at the end "
         "| ms / evaluation |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for size in sizes:
-        s = report["sizes"][str(size)]
+    for key, s in report["cases"].items():
         for name, r in s["rows"].items():
             lines.append(
-                f"| {size}² | {s['target']:.4f} | {name} | {_seconds(r['seconds_to_target'])} | "
+                f"| {key} | {s['target']:.4f} | {name}{' (diverged)' if r['diverged'] else ''} | "
+                f"{_seconds(r['seconds_to_target'])} | "
                 f"{r['evaluations_to_target'] if r['evaluations_to_target'] is not None else '-'} | "
                 f"{r['hvps_to_target'] if r['hvps_to_target'] is not None else '-'} | "
                 f"{r['loss_at_reference_seconds']:.4f} | {r['budget_seconds']:.1f} | {r['evaluations']:.0f} | "
                 f"{r['last_loss']:.4f} | {r['ms_per_evaluation']:.1f} |")
-    lines += ["", "Target met (hsc reaches the target in less wall-clock than L-BFGS): " + ", ".join(
-        f"{size}² {'yes' if _beats(report['sizes'][str(size)]) else 'no'}" for size in sizes), ""]
-    lines += ["## Costs (milliseconds, medians of 5)", "",
-              "| size | loss + gradient | 1 HVP | 3 HVPs looped | 3 HVPs vmap | 12 HVPs looped | 12 HVPs vmap "
+    lines += ["", "Target (hsc-lbfgs reaches the target in less wall-clock than L-BFGS): " + ", ".join(
+        f"{key} {'met' if _beats(s) else 'missed'}" for key, s in report["cases"].items()), ""]
+    lines += ["## Costs (milliseconds, medians of 5; the first pair)", "",
+              "| case | loss + gradient | 1 HVP | 3 HVPs looped | 3 HVPs vmap | 12 HVPs looped | 12 HVPs vmap "
               "| load before / after |", "|---|---|---|---|---|---|---|---|"]
-    for size in sizes:
-        c, load = report["sizes"][str(size)]["costs"], report["sizes"][str(size)]["load_average_1min_before_after"]
-        lines.append(f"| {size}² | {c['gradient_ms']:.1f} | {c['hvp_x1_loop_ms']:.1f} | {c['hvp_x3_loop_ms']:.1f} | "
+    for key, s in report["cases"].items():
+        c, load = s["costs"], s["load_average_1min_before_after"]
+        if c is None:
+            continue
+        lines.append(f"| {key} | {c['gradient_ms']:.1f} | {c['hvp_x1_loop_ms']:.1f} | {c['hvp_x3_loop_ms']:.1f} | "
                      f"{c['hvp_x3_vmap_ms']:.1f} | {c['hvp_x12_loop_ms']:.1f} | {c['hvp_x12_vmap_ms']:.1f} | "
                      f"{load[0]:.1f} / {load[1]:.1f} |")
     lines += ["", "HVP columns: the time on top of one gradient computed with its graph. Load: 1-minute load "
@@ -347,17 +484,16 @@ def markdown(report: dict, sizes: List[int]) -> str:
                          f"{p['indefinite_blocks']:.3f} | {pre} |")
     lines += ["", "Probe noise: for each block, ‖rows of the block outside it‖ / ‖block‖, the relative error "
               "of one sign draw of the probe estimator (docs/contract.md §4). Pictures: `style.png` (loss against "
-              "seconds and evaluations, target dotted), "
-              f"`style_{max(sizes)}.png` (the images)."]
+              "seconds and evaluations, target dotted), `style_<content>_<style>_<size>.png` (the images)."]
     notes = RESULTS / "style_notes.md"
     if notes.exists():
         lines += ["", notes.read_text()]
     return "\n".join(lines) + "\n"
 
 
-def _beats(size_report: dict) -> bool:
-    hsc_times = size_report["rows"]["hsc"]["seconds_to_target"]
-    return bool(hsc_times) and statistics.median(hsc_times) < size_report["reference_seconds"]
+def _beats(case: dict) -> bool:
+    times = case["rows"]["hsc-lbfgs"]["seconds_to_target"]
+    return bool(times) and statistics.median(times) < case["reference_seconds"]
 
 
 def sweep(args) -> None:
@@ -439,7 +575,9 @@ def oracle(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="128,256", help="comma list (the sweep uses the first)")
-    parser.add_argument("--repeats", type=int, default=2, help="timing repeats per size")
+    parser.add_argument("--repeats", type=int, default=1, help="timing repeats per size")
+    parser.add_argument("--robustness", action="store_true", help="every bundled pair at 64/128/256²")
+    parser.add_argument("--probes", action="store_true", help="coloured vs plain probes at 32²")
     parser.add_argument("--sweep", action="store_true", help="the hsc settings grid")
     parser.add_argument("--only", default="", help="sweep: comma list of variant names")
     parser.add_argument("--oracle", action="store_true", help="exact pixel blocks at 32², per evaluation")
@@ -448,7 +586,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.markdown_only:
         report = json.loads((RESULTS / "style.json").read_text())
-        (RESULTS / "style.md").write_text(markdown(report, [int(s) for s in report["sizes"]]))
+        (RESULTS / "style.md").write_text(markdown(report))
+    elif args.robustness:
+        robustness(args)
+    elif args.probes:
+        probes(args)
     elif args.sweep:
         sweep(args)
     elif args.oracle:

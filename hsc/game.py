@@ -47,14 +47,14 @@ GAME_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=16,
 class GameConfig:
     """Options of :class:`CompetitiveHSC`."""
 
-    lr: float = 1e-3                 # the step scale: B = lr M^-1 (block), ACGD's lr (adam), CGD's eta
+    lr: float = 3e-3                 # the step scale: B = lr M^-1 (block), ACGD's lr (adam), CGD's eta
     regulariser: str = "block"
     coupling: str = "cg"
     preconditioner: PreconditionerConfig = field(default_factory=lambda: dataclasses.replace(GAME_PRECONDITIONER))
     beta: float = 0.99               # adam: the squared gradient's moving average (ACGD's default)
     eps: float = 1e-5                # adam: added to its square root (ACGD's default)
-    cg_tol: float = 1e-6             # relative residual ||r|| <= cg_tol ||rhs|| ends the solve
-    cg_max_iter: int = 50
+    cg_tol: float = 1e-2             # relative residual ||r|| <= cg_tol ||rhs|| ends the solve
+    cg_max_iter: int = 10
     warm_start: bool = True          # start CG from the last step's solution
     solve_side: str = "auto"         # "x", "y", or the player with fewer parameters
 

@@ -163,7 +163,7 @@ def test_application_help_lists_every_field_with_its_help(command, skipped, caps
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         assert squeeze(f"(default: {shown})") in text, name
     if command == "style":  # the application's own reading of two fields
-        assert squeeze("; given per pixel, mu x H W") in text and squeeze("; the blocks: b = 3 ph pw") in text
+        assert squeeze("; an absolute mu is given per pixel, mu x H W") in text and squeeze("; the blocks: b = 3 ph pw") in text
 
 
 # ---- python -m hsc: a missing extra ----------------------------------------------------------------

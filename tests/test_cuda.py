@@ -219,7 +219,8 @@ def assert_spectral_matches_cpu(H, G, status, P, F, expected_P, expected_F, *, s
     bound = step_bound(S, G[ok], scale, eps)
     from_factor = (blocks_F[ok].double() @ Gm).reshape(P_ref.shape)
     for name, got in (("precondition", P[ok].double()), ("factor @ G", from_factor)):
-        assert (fro(got - P_ref) <= bound).all(), f"{name}: {(fro(got - P_ref) / bound).max().item():.3g} x the model"
+        ratio = fro(got - P_ref) / bound
+        assert (ratio <= 1).all(), f"{name}: {ratio.max().item():.3g} x the error model"
     assert (fro(P[ok].double() - expected_P[ok].double()) <= 2 * bound).all()
     unit = C_STEP * math.sqrt(b) * eps * (fro(S) / scale ** 2 + 1.0 / scale)
     f_ref = ref.spectral_multiplier(mode, ref.eigh(H[ok]).eigenvalues, scale).sort(dim=1).values
@@ -457,7 +458,8 @@ def test_cuda_correct_from_eigh_matches_cpu(b, dtype, mode):
     V = e.eigenvectors[ok].double()
     f = ref.spectral_multiplier(mode, e.eigenvalues[ok].double(), scale).abs()
     for power in (1.0, 0.5) if mode != "spectral" else (1.0,):
-        previous = torch.randn(ops.factor_shape(N, b), dtype=dtype, generator=torch.Generator().manual_seed(b))
+        gen = torch.Generator().manual_seed(b)
+        previous = torch.randn(ops.factor_shape(N, b), dtype=dtype, generator=gen)
         previous[-1, :, N % ops.TILE:] = float("nan")
         F_cpu = previous.clone()
         ops.correct_from_eigh_(F_cpu, e, scale=scale, mode=mode, keep_failed=keep, power=power)

@@ -255,13 +255,16 @@ FLAT_OPTIONS = {"players": "D", "block_size": 8, "update_every": 5, "scale": 0.5
 
 
 def test_hsc_options_from_a_flat_dict():
-    from hsc.gan.train import GAN_PRECONDITIONER
+    """The flat form is an older checkpoint's: its missing fields take the GAN defaults of its time
+    (the library's, with b = 16 and update_every = 50), not today's."""
+    from hsc import PreconditionerConfig
 
     options = HSCOptions.from_dict(FLAT_OPTIONS)
     assert (options.players, options.base, options.lr, options.momentum, options.graft) == ("D", "sgd", 1e-3, 0.5,
                                                                                              False)
     inner = {k: v for k, v in FLAT_OPTIONS.items() if k in dataclasses.asdict(options.preconditioner)}
-    assert options.preconditioner == dataclasses.replace(GAN_PRECONDITIONER, **inner)
+    then = dataclasses.replace(PreconditionerConfig(), block_size=16, update_every=50)
+    assert options.preconditioner == dataclasses.replace(then, **inner)
 
 
 def test_hsc_options_from_an_old_cholesky_checkpoint_is_valid():

@@ -189,6 +189,9 @@ def check_against_reference(H, G, *, device="cpu", damping=1e-4, scale=1.0, mode
         # Near the boundary of definiteness rounding decides: the accepted damping must
         # factorise up to a Cholesky backward error (~(b+1) u ||S||), the one before it not.
         margin = 2 * b * eps * torch.linalg.matrix_norm(S, 2)
+        # A's pivot floor b eps max_j A_jj (docs/contract.md §2): a pivot is at least lambda_min,
+        # so a damping is refused for the floor only where lambda_min(A) is at most about it.
+        diagonal_max = S.diagonal(dim1=-2, dim2=-1).amax(-1)
         ok = s <= 1
         assert (lam[ok, 0] > -margin[ok]).all(), "accepted a damping that cannot factorise"
         raised = (s == 1).nonzero().flatten()
@@ -202,7 +205,9 @@ def check_against_reference(H, G, *, device="cpu", damping=1e-4, scale=1.0, mode
         big = torch.finfo(ref.compute_dtype(H.dtype)).max
         destroyed = ((scale ** 2 * b * eps * top_prev >= 1e-3 * scale * lam_prev ** 2)
                      | (scale ** 2 >= 0.5 * big * lam_prev))
-        assert ((lam_prev <= margin[raised]) | destroyed).all(), "skipped a damping that factorises"
+        floor_prev = 2 * b * eps * (S[raised].diagonal(dim1=-2, dim2=-1).amax(-1) + previous)
+        assert ((lam_prev <= torch.maximum(margin[raised], floor_prev)) | destroyed).all(), \
+            "skipped a damping that factorises"
         # Status 3 after the whole budget (docs/contract.md §3). The op also stops when the second
         # factorisation (of M = A + mu^2 A^{-1}) fails, which it does when A is singular to
         # working precision or mu^2 / lambda_min(A) overflows: the known issues at the end.
@@ -237,8 +242,11 @@ def check_against_reference(H, G, *, device="cpu", damping=1e-4, scale=1.0, mode
         margin64 = margin * (eps64 / eps)
         big64 = torch.finfo(torch.float64).max
         lam_min, top = lam[:, 0], lam[:, -1]
+        # ... and A's pivot floor, which the reference applies with the op's eps: near it the
+        # float64 pivots and the op's decide differently
         explained = ((lam_min <= margin64) | (scale ** 2 >= 0.5 * big64 * lam_min)
-                     | (scale ** 2 * b * eps64 * top >= 1e-3 * scale * lam_min ** 2))
+                     | (scale ** 2 * b * eps64 * top >= 1e-3 * scale * lam_min ** 2)
+                     | (lam_min <= 2 * b * eps * (diagonal_max + dd)))
     else:
         explained = eps64 * kappa >= NUMERICALLY_SINGULAR
     dropped = factorised & (sr != 0)

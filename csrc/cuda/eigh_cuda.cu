@@ -30,7 +30,9 @@ void eigh_into(const at::Tensor& h, at::Tensor& eigenvalues, at::Tensor& eigenve
     EighParams<T> p{h.data_ptr<T>(), eigenvalues.data_ptr<T>(), eigenvectors.data_ptr<T>(),
                     status.data_ptr<int32_t>(), N, b, static_cast<int>(max_sweeps)};
     const Mapping m = choose_eigh_mapping<T>(N, b, static_cast<size_t>(max_shared));
-    at::Tensor scratch;  // freed to the caching allocator after the launch: reused only by later work on this stream
+    // Freed to the caching allocator after the launch, which reuses it only for later work on
+    // this stream.
+    at::Tensor scratch;
     if (!m.in_shared) {
       scratch = at::empty({N * eigh_workspace_entries(b)}, h.options());
       p.scratch = scratch.data_ptr<T>();

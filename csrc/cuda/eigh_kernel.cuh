@@ -287,7 +287,8 @@ __global__ void eigh_team_kernel(EighParams<T> p, int team_size, bool workspace_
   int* pair_p = reinterpret_cast<int*>(rest + aligned16(2 * pairs * sizeof(T)));
   int* pair_q = pair_p + pairs;
   int* order = pair_q + pairs;  // order[j]: the index of the j-th smallest eigenvalue
-  unsigned char* scalars = reinterpret_cast<unsigned char*>(pair_p) + aligned16((2 * pairs + n) * sizeof(int));
+  unsigned char* scalars =
+      reinterpret_cast<unsigned char*>(pair_p) + aligned16((2 * pairs + n) * sizeof(int));
   const TeamScalars<T> sc{reinterpret_cast<T*>(scalars), reinterpret_cast<T*>(scalars) + team_size,
                           reinterpret_cast<int*>(reinterpret_cast<T*>(scalars) + team_size + 1)};
   const Block<T> A{ws, n, ld}, V{ws + n * ld, n, ld};

@@ -31,12 +31,7 @@ inline thread_local unsigned char* shared_memory = nullptr;
 inline thread_local std::barrier<>* warp_barrier = nullptr;
 inline thread_local std::barrier<>* block_barrier = nullptr;
 inline thread_local std::atomic<int>* block_flag = nullptr;  // for __syncthreads_or
-// The shuffles' exchange slots, two sets used in turn: a lane writes the set of this shuffle, waits
-// at the warp barrier, reads, and writes the other set next time. A set is written again only two
-// shuffles later, past a barrier that every lane reaches after its read, so one barrier per
-// shuffle suffices (the emulation's cost is mostly barriers).
-inline thread_local std::array<std::array<uint64_t, 32>, 2>* warp_exchange = nullptr;
-inline thread_local int exchange_set = 0;
+inline thread_local std::array<uint64_t, 32>* warp_exchange = nullptr;  // for the shuffles
 
 // Runs kernel(args...) over `blocks` thread blocks of `threads` threads (a multiple of 32) with
 // `shared_bytes` of dynamic shared memory each, one block after another.
@@ -48,7 +43,7 @@ void launch(Kernel kernel, int64_t blocks, int threads, size_t shared_bytes, Arg
     std::atomic<int> flag{0};
     std::vector<std::unique_ptr<std::barrier<>>> warps;
     for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<std::barrier<>>(32));
-    std::vector<std::array<std::array<uint64_t, 32>, 2>> exchange((threads + 31) / 32);
+    std::vector<std::array<uint64_t, 32>> exchange((threads + 31) / 32);
     std::vector<std::thread> team;
     for (int t = 0; t < threads; ++t) {
       team.emplace_back([&, t] {
@@ -59,7 +54,6 @@ void launch(Kernel kernel, int64_t blocks, int threads, size_t shared_bytes, Arg
         shared_memory = shared.data();
         warp_barrier = warps[t / 32].get();
         warp_exchange = &exchange[t / 32];
-        exchange_set = 0;
         block_barrier = &block;
         kernel(args...);
       });
@@ -87,23 +81,16 @@ inline int __syncthreads_or(int predicate) {
 }
 
 // Every lane of the warp must call these, as with the full mask on hardware.
-namespace emulation {
-// Publishes this lane's 8 bytes, waits for the warp, and returns the exchange set everyone wrote.
-inline const std::array<uint64_t, 32>& exchange(uint64_t bits) {
-  auto& slots = (*warp_exchange)[exchange_set];
-  exchange_set ^= 1;
-  slots[thread_index.x % 32] = bits;
-  __syncwarp();
-  return slots;
-}
-}  // namespace emulation
-
 template <class T>
 T __shfl_sync(unsigned /*mask*/, T value, int source) {
   static_assert(sizeof(T) <= 8, "values up to 8 bytes");
+  auto& slots = *emulation::warp_exchange;
   uint64_t bits = 0;
   std::memcpy(&bits, &value, sizeof(T));
-  bits = emulation::exchange(bits)[source & 31];
+  slots[emulation::thread_index.x % 32] = bits;
+  __syncwarp();
+  bits = slots[source & 31];
+  __syncwarp();
   T out;
   std::memcpy(&out, &bits, sizeof(T));
   return out;
@@ -112,9 +99,14 @@ template <class T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
   return __shfl_sync(mask, value, static_cast<int>(emulation::thread_index.x % 32) ^ lane_mask);
 }
+// Whether the predicate holds on any lane of the warp, for every lane (the slots as a shuffle uses
+// them, between two warp barriers).
 inline int __any_sync(unsigned /*mask*/, int predicate) {
-  const auto& slots = emulation::exchange(predicate != 0);
-  for (uint64_t p : slots)
-    if (p) return 1;
-  return 0;
+  auto& slots = *emulation::warp_exchange;
+  slots[emulation::thread_index.x % 32] = predicate != 0;
+  __syncwarp();
+  int any = 0;
+  for (uint64_t p : slots) any |= p != 0;
+  __syncwarp();
+  return any;
 }

@@ -8,13 +8,14 @@
 //                      writes state.bin and accepted.bin; kernel 2 (solve) reads factor.bin and
 //                      G.bin and writes P.bin; kernel 3 (fold_estimate_) reads state.bin,
 //                      estimate.bin and mask.bin and writes state.bin and accepted.bin; kernel 4
-//                      (eigh) reads H.bin and writes eigenvalues.bin, eigenvectors.bin and
-//                      status.bin; kernel 5 (from an eigen-decomposition: correct_from_eigh_, and
-//                      the spectral modes after eigh) reads eigenvalues.bin, eigenvectors.bin,
-//                      status.bin and factor.bin (+ keep_failed.bin) or G.bin, and writes
-//                      factor.bin or P.bin, launching the kernels in the order the op does.
-// Outputs start as sentinels (kNotWritten, kStatusNotWritten, accepted 2), not zeros, as the op's
-// at::empty buffers hold anything: an entry a kernel forgets to write shows.
+//                      (eigh) reads H.bin and writes eigenvalues.bin, eigenvectors.bin,
+//                      status.bin and scratch.bin (the global workspace, if used); kernel 5
+//                      (from an eigen-decomposition: correct_from_eigh_, and the spectral modes
+//                      after eigh) reads eigenvalues.bin, eigenvectors.bin, status.bin and
+//                      factor.bin (+ keep_failed.bin) or G.bin, and writes factor.bin or P.bin,
+//                      launching the kernels in the order the op does.
+// Outputs start as sentinels (kNotWritten, kStatusNotWritten, kEigenNotWritten, accepted 2), not
+// zeros, as the op's at::empty buffers hold anything: an entry a kernel forgets to write shows.
 #include "emulate.h"
 
 #include <cmath>
@@ -209,9 +210,11 @@ int run_eigh(const std::string& dir, std::map<std::string, double>& prm) {
   EighParams<T> p{H.data(), values.data(), vectors.data(), status.data(), N, b,
                   static_cast<int>(prm["max_sweeps"])};
   const Mapping m = choose_eigh_mapping<T>(N, b, static_cast<size_t>(prm["max_shared"]));
+  // NaN-filled and written out: thread blocks run one after another here, so blocks that shared
+  // a region of the scratch would not collide; the test checks that each block's was written.
   std::vector<T> scratch;
   if (!m.in_shared) {
-    scratch.assign(N * eigh_workspace_entries(b), T(0));
+    scratch.assign(N * eigh_workspace_entries(b), kNotWritten<T>);
     p.scratch = scratch.data();
   }
   if (N > 0) {
@@ -227,6 +230,7 @@ int run_eigh(const std::string& dir, std::map<std::string, double>& prm) {
   write_array(dir + "/eigenvalues.bin", values);
   write_array(dir + "/eigenvectors.bin", vectors);
   write_array(dir + "/status.bin", status);
+  write_array(dir + "/scratch.bin", scratch);
   std::printf("mapping warp=%d rows=%d team=%d in_shared=%d blocks=%lld\n", m.warp, m.rows, m.team_size,
               m.in_shared, static_cast<long long>(m.blocks));
   return 0;
@@ -285,8 +289,7 @@ int run_from_eigh(const std::string& dir, std::map<std::string, double>& prm) {
     emulation::launch(compose_kernel<T>, grid(N * entries), kComposeThreads, 0, factor.data(),
                       static_cast<const T*>(vectors.data()), static_cast<const T*>(f.data()),
                       static_cast<const int32_t*>(status.data()),
-                      keep.empty() ? static_cast<const bool*>(nullptr) : reinterpret_cast<const bool*>(keep.data()),
-                      N, b, fallback);
+                      keep.empty() ? nullptr : reinterpret_cast<const bool*>(keep.data()), N, b, fallback);
   write_array(dir + "/factor.bin", factor);
   return 0;
 }
