@@ -210,11 +210,12 @@ int run_eigh(const std::string& dir, std::map<std::string, double>& prm) {
   EighParams<T> p{H.data(), values.data(), vectors.data(), status.data(), N, b,
                   static_cast<int>(prm["max_sweeps"])};
   const Mapping m = choose_eigh_mapping<T>(N, b, static_cast<size_t>(prm["max_shared"]));
-  // NaN-filled and written out: thread blocks run one after another here, so blocks that shared
-  // a region of the scratch would not collide; the test checks that each block's was written.
+  // Sentinel-filled and written out: thread blocks run one after another here, so blocks that
+  // shared a region of the scratch would not collide; the test checks that each block's was
+  // written (a non-finite block's holds its NaN or Inf).
   std::vector<T> scratch;
   if (!m.in_shared) {
-    scratch.assign(N * eigh_workspace_entries(b), kNotWritten<T>);
+    scratch.assign(N * eigh_workspace_entries(b), kEigenNotWritten<T>);
     p.scratch = scratch.data();
   }
   if (N > 0) {
