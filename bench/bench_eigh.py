@@ -16,6 +16,7 @@ import os
 import pytest
 import torch
 
+from bench_ops import test_gemm_ceiling  # noqa: F401  (the GEMM ceiling, measured in this run too)
 from hsc import ops
 
 BLOCK_BYTES = int(os.environ.get("HSC_BENCH_EIGH_MIB", "16")) << 20
@@ -71,15 +72,3 @@ def test_eigh(benchmark, collector, dtype, b, method):
     benchmark.pedantic(fn, args=(H,), rounds=rounds, warmup_rounds=1)
     collector.add("eigh", (str(dtype), b), method, benchmark.stats.stats.median,
                   dtype=str(dtype).replace("torch.", ""), b=b, N=H.shape[0], itemsize=dtype.itemsize)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
-def test_gemm_ceiling(benchmark, collector, dtype):
-    """A large matrix product: the machine's practical FLOP/s ceiling for this dtype."""
-    n = 2048
-    g = torch.Generator().manual_seed(0)
-    A, B = torch.randn(n, n, dtype=dtype, generator=g), torch.randn(n, n, dtype=dtype, generator=g)
-    benchmark.group = "gemm"
-    benchmark.pedantic(torch.mm, args=(A, B), rounds=3, warmup_rounds=1)
-    collector.add("gemm", (str(dtype),), "gemm", benchmark.stats.stats.median,
-                  dtype=str(dtype).replace("torch.", ""), gflops=2 * n ** 3 / benchmark.stats.stats.median / 1e9)

@@ -93,9 +93,9 @@ class PreconditionerConfig:
         need(0 < self.scale < float("inf"), "scale", "a finite float > 0")
         need(self.mode in ops.MODES, "mode", f"one of {ops.MODES}")
         need(self.scale_rule in SCALE_RULES, "scale_rule", f"one of {SCALE_RULES}")
-        need(self.scale_rule == "absolute" or self.mode in ops.SPECTRAL_MODES, "scale_rule",
+        need(self.scale_rule == "absolute" or self.mode in ops.EIGH_MODES, "scale_rule",
              f"'absolute' in mode {self.mode!r} (the relative scale needs the eigenvalues of a "
-             f"spectral mode: {ops.SPECTRAL_MODES})")
+             f"spectral mode: {ops.EIGH_MODES})")
         need(is_int(self.max_tries) and self.max_tries >= 1, "max_tries", "an int >= 1")
         need(is_int(self.max_sweeps) and 1 <= self.max_sweeps <= 1000, "max_sweeps", "an int in [1, 1000]")
         need(self.factor_power == 1.0 or (self.factor_power == 0.5 and self.mode in ("saddle_free", "saddle_free_root")),

@@ -25,7 +25,7 @@ from . import _C  # noqa: F401  (loads the library that registers torch.ops.hsc)
 
 MODES = ("cholesky", "singular_safe", "spectral", "saddle_free", "saddle_free_root")
 # The modes that take the eigenpairs of S (docs/contract.md §2): no damping, a multiplier f(lambda).
-SPECTRAL_MODES = ("spectral", "saddle_free", "saddle_free_root")
+EIGH_MODES = ("spectral", "saddle_free", "saddle_free_root")
 # The eigensolver's default sweep limit (spectral modes and eigh): cyclic Jacobi converges
 # quadratically, in 4 to 10 sweeps on the blocks measured (docs/ops.md).
 MAX_SWEEPS = 30

@@ -19,7 +19,7 @@ from .distributed import BlockShards, RankGroup
 from .layout import BlockLayout
 
 # Spectrum summaries kept (one per refresh in a spectral mode; the oldest go first).
-SPECTRA_KEPT = 10_000
+SUMMARIES_KEPT = 10_000
 
 # Counters of blocks: each rank counts its own; checkpoints hold the sum over the ranks.
 BLOCK_COUNTERS = ("kept_previous_factor", "non_finite_estimate_blocks", "non_finite_gradient_blocks")
@@ -263,7 +263,7 @@ class Preconditioner:
 
     def _factorise(self) -> None:
         cfg = self.config
-        if cfg.mode in ops.SPECTRAL_MODES:
+        if cfg.mode in ops.EIGH_MODES:
             new = self._factorise_spectral()
         else:
             options = dict(damping=cfg.damping, scale=cfg.scale, mode=cfg.mode, max_tries=cfg.max_tries)
@@ -291,7 +291,7 @@ class Preconditioner:
                       if cfg.scale_rule == "relative" else cfg.scale)
         self.eigenvalues = values
         self.spectra.append(spectrum_summary(values, self.scale))
-        del self.spectra[:-SPECTRA_KEPT]
+        del self.spectra[:-SUMMARIES_KEPT]
         if self.correction is None:
             return ops.correct_from_eigh(eigen, scale=self.scale, mode=cfg.mode, power=cfg.factor_power)
         return ops.correct_from_eigh_(self.correction.factor, eigen, scale=self.scale, mode=cfg.mode,

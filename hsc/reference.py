@@ -11,7 +11,7 @@ from typing import Union
 
 import torch
 
-from .ops import SPECTRAL_MODES, Correction, Eigh, pack, unpack
+from .ops import EIGH_MODES, Correction, Eigh, pack, unpack
 
 Damping = Union[float, torch.Tensor]
 
@@ -109,7 +109,7 @@ def spectral_multiplier(mode: str, lam: torch.Tensor, scale: float) -> torch.Ten
         return lam.abs() / h2
     if mode == "saddle_free_root":
         return h2.rsqrt()
-    raise ValueError(f"mode must be one of {SPECTRAL_MODES}, got {mode!r}")
+    raise ValueError(f"mode must be one of {EIGH_MODES}, got {mode!r}")
 
 
 def eigh(H: torch.Tensor, *, dtype: torch.dtype = torch.float64) -> Eigh:
@@ -152,7 +152,7 @@ def corrected_inverse(H: torch.Tensor, *, damping: Damping = 1e-4, scale: float 
     """M^{-1} of every block as ``[N, b, b]`` (the fallback where status >= 2), the damping used
     and the status: hsc.ops.correct before its factor is packed."""
     N, b = H.shape[0], H.shape[1]
-    if mode in SPECTRAL_MODES:  # no damping: the eigenpairs of S
+    if mode in EIGH_MODES:  # no damping: the eigenpairs of S
         eigen = eigh(H, dtype=dtype)
         Minv = corrected_inverse_from_eigh(eigen, scale=scale, mode=mode, dtype=dtype)
         return Minv, torch.zeros(N, dtype=dtype), eigen.status
@@ -186,7 +186,7 @@ def precondition(H: torch.Tensor, G: torch.Tensor, *, damping: Damping = 1e-4, s
     """Reference of hsc.ops.precondition: (P, damping, status), P = M^{-1} G per block."""
     Gd = G.to(dtype)
     Gm = Gd.unsqueeze(-1) if G.dim() == 2 else Gd
-    if mode in SPECTRAL_MODES:
+    if mode in EIGH_MODES:
         Minv, used, status = corrected_inverse(H, scale=scale, mode=mode, dtype=dtype)
         P = Minv @ Gm
         return (P.squeeze(-1) if G.dim() == 2 else P), used, status

@@ -361,7 +361,7 @@ def test_cuda_correct_in_place_keep_mask(b, dtype, mode):
 
 # ---- eigh, correct_from_eigh_ and the spectral modes -------------------------------------------
 
-SPECTRAL = ops.SPECTRAL_MODES
+EIGH_MODES = ops.EIGH_MODES
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -379,7 +379,7 @@ def test_cuda_eigh_matches_cpu(b, dtype):
     assert (gpu.status[5::KINDS] == 2).all() and (gpu.status[0::KINDS] == 0).all()
 
 
-@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("mode", EIGH_MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("b", BLOCK_SIZES)
 def test_cuda_spectral_modes_match_cpu(b, dtype, mode):
@@ -438,7 +438,7 @@ def test_cuda_eigh_sweep_limit(b, dtype):
                                     scale=0.5, mode=mode)
 
 
-@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("mode", EIGH_MODES)
 @pytest.mark.parametrize("b,dtype", [(5, torch.float32), (40, torch.float64)], ids=["b5", "b40"])
 def test_cuda_correct_from_eigh_matches_cpu(b, dtype, mode):
     """correct_from_eigh_ on CUDA from the CPU's eigen-decomposition (the same input to both) into
@@ -546,7 +546,7 @@ def all_ops(x: dict) -> list:
     out += list(e)
     factor = x["factor"].clone()
     out += [ops.correct_from_eigh_(factor, e, scale=0.5, mode="saddle_free", keep_failed=x["keep"]).factor]
-    for mode in ops.SPECTRAL_MODES:
+    for mode in ops.EIGH_MODES:
         out += list(ops.precondition(x["H"], x["G"], scale=0.5, mode=mode))
         out += list(ops.correct(x["H"], scale=0.5, mode=mode))
     factor = x["factor"].clone()

@@ -342,7 +342,7 @@ def test_emulated_solve_matches_cpu(emulator, tmp_path, b, r, dtype):
 
 # ---- eigh and the spectral modes ---------------------------------------------------------------
 
-SPECTRAL_MODE_CODES = {"spectral": 2, "saddle_free": 3, "saddle_free_root": 4}  # Mode of block_rules.h
+EIGH_MODE_CODES = {"spectral": 2, "saddle_free": 3, "saddle_free_root": 4}  # Mode of block_rules.h
 EIGEN_NOT_WRITTEN = -7777.0  # run_kernel.cpp's sentinel for eigh's outputs (NaN is one of them)
 
 
@@ -384,7 +384,7 @@ def emulate_from_eigh(exe, tmp_path, eigen: ops.Eigh, *, mode, scale, G=None, fa
     dtype = eigen.eigenvalues.dtype
     r = 0 if G is None else (G.shape[2] if G.dim() == 3 else 1)
     params = dict(kernel=5, N=N, b=b, r=r, fused=int(G is not None), itemsize=dtype.itemsize, scale=scale,
-                  mode=SPECTRAL_MODE_CODES[mode], keep_failed=int(keep_failed is not None),
+                  mode=EIGH_MODE_CODES[mode], keep_failed=int(keep_failed is not None),
                   fallback=0 if rounding == "correct" else 1, power=power)
     inputs = dict(eigenvalues=eigen.eigenvalues, eigenvectors=eigen.eigenvectors, status=eigen.status)
     if G is not None:
@@ -490,7 +490,7 @@ def test_emulated_eigh_global_scratch(emulator, tmp_path):
         torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("mode", sorted(SPECTRAL_MODE_CODES))
+@pytest.mark.parametrize("mode", sorted(EIGH_MODE_CODES))
 @pytest.mark.parametrize("b,dtype", [(1, torch.float32), (5, torch.float64), (12, torch.float32)])
 def test_emulated_correct_from_eigh_matches_cpu(emulator, tmp_path, b, dtype, mode):
     """The kernels after eigh on the CPU's eigen-decomposition (the same input to both), over three

@@ -23,7 +23,7 @@ from hsc import ops
 from hsc import reference as ref
 
 FLOATS = (torch.float32, torch.float64)
-SPECTRAL = ops.SPECTRAL_MODES
+EIGH_MODES = ops.EIGH_MODES
 BLOCK_SIZES = (1, 2, 3, 5, 8, 16, 17, 31, 32, 33, 64)
 # Blocks per SIMD lane group of the CPU kernels (AVX-512): a block's result must not depend on
 # which blocks share its group.
@@ -422,7 +422,7 @@ def test_eigh_not_converged_within_max_sweeps(device, dtype):
     # The spectral modes of correct and precondition report it as status 3, with the fallback.
     G = torch.randn(20, 8, 2, dtype=dtype, generator=gen)
     H = random_blocks(20, 8, gen).to(dtype)
-    for mode in SPECTRAL:
+    for mode in EIGH_MODES:
         check_modes(H, G, mode=mode, scale=0.7, device=device, max_sweeps=1)
 
 
@@ -565,11 +565,11 @@ def test_spectral_modes_match_reference(device, family, b, n, dtype, scale, r, m
         H = inject_nonfinite(H, torch.rand(N, generator=gen) < 0.3, gen)
     H = H.to(dtype)
     G = torch.randn(*((N, b) if r is None else (N, b, r)), dtype=torch.float64, generator=gen).to(dtype)
-    for mode in SPECTRAL:
+    for mode in EIGH_MODES:
         check_modes(H, G, mode=mode, scale=scale_for(scale, H), device=device, max_sweeps=max_sweeps)
 
 
-@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("mode", EIGH_MODES)
 @pytest.mark.parametrize("b", BLOCK_SIZES)
 def test_spectral_modes_every_block_size(device, mode, b):
     """Fixed seeds, so every block size runs in every session: spd, indefinite and singular blocks,
@@ -583,7 +583,7 @@ def test_spectral_modes_every_block_size(device, mode, b):
             check_modes(H.to(dtype), G.to(dtype), mode=mode, scale=scale, device=device)
 
 
-@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("mode", EIGH_MODES)
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_spectral_modes_huge_and_tiny_scales(device, mode, dtype):
     """S of order 2^k ~ 1e+-30 (float32) or 1e+-300 (float64), mu relative to it: the result is
@@ -606,7 +606,7 @@ def test_spectral_modes_huge_and_tiny_scales(device, mode, dtype):
 
 
 @settings(max_examples=40)
-@given(mode=st.sampled_from(SPECTRAL), b=st.sampled_from([1, 2, 3, 8, 17]),
+@given(mode=st.sampled_from(EIGH_MODES), b=st.sampled_from([1, 2, 3, 8, 17]),
        dtype=st.sampled_from(FLOATS), scale=st.sampled_from([0.1, 1.0, 10.0]),
        seed=st.integers(0, 2 ** 31 - 1))
 def test_step_norm_bound_is_reached(device, mode, b, dtype, scale, seed):
@@ -713,7 +713,7 @@ def test_spectral_does_not_square_the_condition_number(device):
 
 # ---- spectral modes: damping, fallbacks and keep_failed ---------------------------------------
 
-@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("mode", EIGH_MODES)
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_spectral_modes_ignore_the_damping(device, mode, dtype):
     """No damping in the spectral modes: any damping (float or per-block tensor) gives
@@ -729,7 +729,7 @@ def test_spectral_modes_ignore_the_damping(device, mode, dtype):
                             ops.correct(H, damping=0.0, scale=0.5, mode=mode))
 
 
-@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("mode", EIGH_MODES)
 def test_spectral_nonfinite_blocks_do_not_touch_the_others(device, mode):
     """A block with a NaN or Inf gets status 2 and the fallback; the other blocks' steps and factors
     are bit-identical to a run without the bad blocks, in both paths."""
@@ -761,7 +761,7 @@ def mixed_status_blocks(dtype, gen):
     return inject_nonfinite(H, bad, gen).to(dtype)
 
 
-@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("mode", EIGH_MODES)
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_correct_in_place_keeps_failed_blocks(device, mode, dtype):
     """correct_ and correct_from_eigh_ with keep_failed: failed blocks (status 2 or 3) keep the
@@ -794,7 +794,7 @@ def test_correct_in_place_keeps_failed_blocks(device, mode, dtype):
             assert (result.factor[-1, :, 36 % ops.TILE:] == 0).all()  # lanes past the last block
 
 
-@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("mode", EIGH_MODES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_spectral_modes_half_precision_inputs(device, mode, dtype):
     """float16/bfloat16 are computed in float32: the factor is the float32 run's bit for bit, and
@@ -827,7 +827,7 @@ def test_opcheck(device, dtype):
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
     e = ops.eigh(H, max_sweeps=2)
     factor = torch.zeros(ops.factor_shape(7, 5), dtype=dtype, device=device)
-    for mode in SPECTRAL:
+    for mode in EIGH_MODES:
         for keep_failed in (None, torch.arange(7, device=device) % 2 == 0):
             for power in (1.0, 0.5) if mode != "spectral" else (1.0,):
                 torch.library.opcheck(torch.ops.hsc.correct_from_eigh_.default,
@@ -841,7 +841,7 @@ def test_opcheck(device, dtype):
     torch.library.opcheck(torch.ops.hsc.precondition.default, (H, G, damping, 0.5, "spectral", 32, 5))
 
 
-@pytest.mark.parametrize("mode", SPECTRAL)
+@pytest.mark.parametrize("mode", EIGH_MODES)
 def test_compile_fullgraph_matches_eager(device, mode):
     """A function calling eigh, correct_from_eigh and solve compiles into one graph and gives the
     eager results bit for bit (a NaN block included)."""

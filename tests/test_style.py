@@ -430,3 +430,22 @@ def test_relative_scale_rho_does_not_depend_on_the_image_size():
         opt.step(lambda: objective(image))
         pre = opt.preconditioners[0]
         assert pre.scale / relative_statistic(pre.eigenvalues) == pytest.approx(0.5, rel=1e-6), size
+
+
+# ---- robustness: every optimizer's defaults on several bundled pairs -------------------------------
+
+@pytest.mark.parametrize("content,style", [("astronaut", "china"), ("chelsea", "brick"), ("coffee", "grass"),
+                                           ("rocket", "gravel")])
+def test_every_optimizer_converges_with_its_defaults(content, style):
+    """The robustness matrix in small (bench/bench_style.py --robustness runs it at 64², 128² and
+    256² on every bundled pair): with the CLI's defaults every optimizer ends without diverging (no
+    step skipped, final loss finite) and below half the start's loss. The same random feature
+    network the CLI uses, at 32² so that the test stays quick."""
+    objective = StyleObjective(make_extractor("random"), load_image(content, 32), load_image(style, 32),
+                               LossWeights())
+    with torch.no_grad():
+        start = float(objective(objective.content))
+    for name in ("hsc-lbfgs", "hsc", "lbfgs", "adam"):
+        r = run(objective, RunConfig(optimizer=name, evaluations=40))
+        assert not r.diverged, (name, r.stats)
+        assert r.final_loss < 0.5 * start, (name, r.final_loss, start)

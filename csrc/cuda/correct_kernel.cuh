@@ -74,20 +74,26 @@ struct TeamScalars {
   int* flag;  // one broadcast flag
 };
 
-// The maximum of v over the team, returned to every thread.
-template <class T>
-__device__ T team_max(const Team& team, const TeamScalars<T>& sc, T v) {
+// combine(v of every thread of the team), returned to every thread.
+template <class T, class Combine>
+__device__ T team_reduce(const Team& team, const TeamScalars<T>& sc, T v, Combine combine) {
   sc.reduce[team.rank] = v;
   team.sync();
   if (team.rank == 0) {
     T m = sc.reduce[0];
-    for (int t = 1; t < team.size; ++t) m = LaneOps<T>::max(m, sc.reduce[t]);
+    for (int t = 1; t < team.size; ++t) m = combine(m, sc.reduce[t]);
     sc.value[0] = m;
   }
   team.sync();
   const T out = sc.value[0];
   team.sync();
   return out;
+}
+
+// The maximum of v over the team, returned to every thread.
+template <class T>
+__device__ T team_max(const Team& team, const TeamScalars<T>& sc, T v) {
+  return team_reduce(team, sc, v, [](T x, T y) { return LaneOps<T>::max(x, y); });
 }
 
 // In-place lower Cholesky of a's lower triangle; false (for the whole team) at the first pivot

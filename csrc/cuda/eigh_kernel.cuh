@@ -33,7 +33,7 @@
 
 #include "../block_rules.h"
 #include "../eigen_rules.h"
-#include "correct_kernel.cuh"  // Team, TeamScalars, team_max, from_lane, warp_max, Mapping
+#include "correct_kernel.cuh"  // Team, TeamScalars, team_reduce, team_max, from_lane, warp_max, Mapping
 
 namespace hsc::cuda {
 
@@ -258,22 +258,6 @@ __host__ __device__ size_t eigh_scalar_bytes(int team_size, int b) {
          scalar_bytes<T>(team_size);
 }
 
-// The sum of v over the team, the same bits on every thread (rank 0 adds in rank order).
-template <class T>
-__device__ T team_sum(const Team& team, const TeamScalars<T>& sc, T v) {
-  sc.reduce[team.rank] = v;
-  team.sync();
-  if (team.rank == 0) {
-    T s = sc.reduce[0];
-    for (int t = 1; t < team.size; ++t) s += sc.reduce[t];
-    sc.value[0] = s;
-  }
-  team.sync();
-  const T out = sc.value[0];
-  team.sync();
-  return out;
-}
-
 template <class T>
 __global__ void eigh_team_kernel(EighParams<T> p, int team_size, bool workspace_in_shared) {
   HSC_DYNAMIC_SHARED(smem);
@@ -323,7 +307,9 @@ __global__ void eigh_team_kernel(EighParams<T> p, int team_size, bool workspace_
     x *= scale;
     squares += x * x;
   }
-  const T threshold = rotation_threshold<T>(LaneOps<T>::sqrt(team_sum(team, sc, squares)), b);
+  // ||A||_F: rank 0 adds in rank order, the same bits on every thread
+  const T frobenius = LaneOps<T>::sqrt(team_reduce(team, sc, squares, [](T x, T y) { return x + y; }));
+  const T threshold = rotation_threshold<T>(frobenius, b);
 
   bool rotated = true;  // in the last sweep (uniform: from __syncthreads_or)
   for (int sweep = 0; sweep < p.max_sweeps && rotated; ++sweep) {
