@@ -5,6 +5,7 @@ Plain script (not collected by pytest)::
     python bench/bench_gan.py                          # ring8 30 s, grid25 60 s, digits 60 s, 5 seeds
     python bench/bench_gan.py --data ring8 --seeds 3 --scale 0.5   # fewer seeds, half the seconds
     python bench/bench_gan.py --sweep spectral --data ring8 --seeds 3   # an hsc option grid
+    python bench/bench_gan.py --markdown-only          # gan.md again from gan.json (after editing the notes)
 
 Runs go ``--workers`` at a time (default 2), each on one torch thread, so every method gets the
 same wall-clock of one core; seed-major order, so a change in the machine's load hits every
@@ -102,8 +103,8 @@ def run_named(variants: Dict[str, dict], data: str, seeds: List[int], seconds: f
 
 
 def verdict(summary: dict, method: str = "hsc") -> str:
-    """The modes / high-quality target against Adam and ACGD (mixtures): modes captured at least
-    both means, % high quality at least twice the better of the two."""
+    """hsc's target against Adam and ACGD (mixtures): modes captured at least both means, % high
+    quality at least twice the better of the two."""
     if "modes" not in summary.get(method, {}):
         return ""
     mean = lambda name, key: summary[name][key]["mean"]  # noqa: E731
@@ -117,46 +118,82 @@ def verdict(summary: dict, method: str = "hsc") -> str:
             f"against 2 x {best_hq:.1f} = {2 * best_hq:.1f} -> {'met' if hq_ok else 'missed'}.")
 
 
+def competitive_verdict(summary: dict) -> str:
+    """The competitive step's target (mixtures): modes and % high quality at least both ACGD's and
+    the best per-player hsc row's means."""
+    if "modes" not in summary.get("competitive", {}) or "acgd" not in summary:
+        return ""
+    mean = lambda name, key: summary[name][key]["mean"]  # noqa: E731
+    hsc_rows = [n for n in summary if n == "hsc" or n.startswith("hsc ")]
+    parts = []
+    for key, label in (("modes", "modes"), ("high_quality", "% high quality")):
+        best = max(hsc_rows, key=lambda n: mean(n, key))
+        ok = mean("competitive", key) >= mean("acgd", key) and mean("competitive", key) >= mean(best, key)
+        parts.append(f"{label} {mean('competitive', key):.2f} against acgd {mean('acgd', key):.2f} and "
+                     f"{best} {mean(best, key):.2f} -> {'met' if ok else 'missed'}")
+    return "Target (competitive): " + "; ".join(parts) + "."
+
+
+def competitive_cost(runs: dict) -> str:
+    """CG iterations and mixed products (D_xy or D_yx times a vector) per step of the competitive
+    runs, mean over seeds, beside ACGD's when its runs recorded them."""
+    def per_step(name: str, key: str):
+        values = [r["stats"]["game"][key] for r in runs.get(name, []) if "game" in r.get("stats", {})]
+        return sum(values) / len(values) if values else None
+    iterations, products = per_step("competitive", "cg_iterations_per_step"), per_step("competitive", "mixed_products_per_step")
+    if iterations is None:
+        return ""
+    capped = sum(r["stats"]["game"]["cg_capped"] for r in runs["competitive"])
+    return (f"Competitive cost: {iterations:.2f} CG iterations and {products:.2f} mixed products a step "
+            f"(mean over seeds; {capped} steps over all seeds hit the iteration cap).")
+
+
+def markdown(report: dict) -> str:
+    """gan.md from gan.json's report, with gan_notes.md appended."""
+    md = ["# GAN benchmark: hsc's modes against Adam and ACGD at equal wall-clock\n",
+          f"- machine: {report['machine']}; {report['workers']} runs at a time, one torch thread each",
+          f"- command: `{report['command']}`",
+          f"- seeds: {next(iter(report['data'].values()))['seeds'] if report['data'] else []}",
+          f"- hsc (the CLI's default): {report['hsc_defaults']}",
+          "- the other rows change: " + "; ".join(f"{n}: {c}" for n, c in report["methods"].items() if c), ""]
+    for data, entry in report["data"].items():
+        names = metric_names(make_dataset(data))
+        load = entry["load_average_1min_before_after"]
+        lines = [verdict(entry["summary"]), competitive_verdict(entry["summary"]), competitive_cost(entry["runs"])]
+        md += [f"## {data}: {entry['seconds']:g} s of training per run, {len(entry['seeds'])} seeds (mean ± std)", "",
+               f"1-min load average before / after: {load[0]:.1f} / {load[1]:.1f} "
+               f"(2 cores; above 2 means other work shared the machine)", "",
+               format_table(entry["summary"], names), ""] + [x + "\n" for x in lines if x] + [
+               f"Metrics against training seconds: `gan_{data}.png`.", ""]
+    notes = RESULTS / "gan_notes.md"
+    if notes.exists():
+        md += ["", notes.read_text()]
+    return "\n".join(md) + "\n"
+
+
 def benchmark(args) -> None:
     from hsc.gan.plots import plot_curves
 
     seeds = list(range(args.seeds))
     methods = {name: METHODS[name] for name in args.methods.split(",")}
-    defaults = dataclasses.asdict(HSCOptions())
     report = {"machine": machine(), "command": " ".join(sys.argv), "workers": args.workers,
-              "hsc_defaults": defaults, "methods": methods, "data": {}}
-    md = ["# GAN benchmark: hsc's modes against Adam and ACGD at equal wall-clock\n",
-          f"- machine: {machine()}; {args.workers} runs at a time, one torch thread each",
-          f"- command: `{' '.join(sys.argv)}`",
-          f"- seeds: {seeds}",
-          f"- hsc (the CLI's default): {defaults}",
-          "- the other rows change: " + "; ".join(f"{n}: {c}" for n, c in methods.items() if c), ""]
+              "hsc_defaults": dataclasses.asdict(HSCOptions()), "methods": methods, "data": {}}
     for data in args.data.split(","):
         seconds = SECONDS[data] * args.scale
         load_before = os.getloadavg()[0]
         t0 = time.time()
         by_name = run_named(methods, data, seeds, seconds, args.workers)
         dataset = make_dataset(data)
-        names = metric_names(dataset)
-        summary = summarise(by_name, list(names))
-        table = format_table(summary, names)
-        target = verdict(summary)
-        print(table + "\n" + target)
-        load = (load_before, os.getloadavg()[0])
+        summary = summarise(by_name, list(metric_names(dataset)))
+        print(format_table(summary, metric_names(dataset)) + "\n" + verdict(summary))
         report["data"][data] = {"seconds": seconds, "seeds": seeds, "summary": summary,
                                 "runs": {n: [r.to_dict() for r in rs] for n, rs in by_name.items()},
-                                "elapsed": time.time() - t0, "load_average_1min_before_after": load}
+                                "elapsed": time.time() - t0,
+                                "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
         RESULTS.mkdir(exist_ok=True)
         plot_curves(by_name, dataset, RESULTS / f"gan_{data}.png")
-        md += [f"## {data}: {seconds:g} s of training per run, {len(seeds)} seeds (mean ± std)", "",
-               f"1-min load average before / after: {load[0]:.1f} / {load[1]:.1f} "
-               f"(2 cores; above 2 means other work shared the machine)", "", table, "", target,
-               "", f"Metrics against training seconds: `gan_{data}.png`.", ""]
     (RESULTS / "gan.json").write_text(json.dumps(report, indent=1))
-    notes = RESULTS / "gan_notes.md"
-    if notes.exists():
-        md += ["", notes.read_text()]
-    (RESULTS / "gan.md").write_text("\n".join(md) + "\n")
+    (RESULTS / "gan.md").write_text(markdown(report))
 
 
 def sweep(args) -> None:
@@ -190,8 +227,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--sweep", default="", help=f"run an option grid instead: one of {list(SWEEPS)}")
     parser.add_argument("--only", default="", help="sweep: comma list of variant names")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="gan.md again from gan.json and gan_notes.md, running nothing")
     args = parser.parse_args()
-    sweep(args) if args.sweep else benchmark(args)
+    if args.markdown_only:
+        (RESULTS / "gan.md").write_text(markdown(json.loads((RESULTS / "gan.json").read_text())))
+    elif args.sweep:
+        sweep(args)
+    else:
+        benchmark(args)
 
 
 if __name__ == "__main__":

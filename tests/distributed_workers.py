@@ -96,6 +96,18 @@ def hsc_run(estimator: str, group=None, rank: int = 0, world_size: int = 1, **tr
     return flat_params(model)
 
 
+def spectral_run(group=None, rank: int = 0, world_size: int = 1) -> Dict[str, object]:
+    """The saddle-free root with mu relative to the median |eigenvalue|: the median must come from
+    every rank's blocks, so that all ranks (and one process) use one mu."""
+    model = make_model()
+    options = dict(OPTIONS, mode="saddle_free_root", scale_rule="relative", scale=0.5)
+    opt = hsc.HSC(model.parameters(), estimator="probe", process_group=group, **options)
+    train_hsc(model, opt, range(STEPS), rank, world_size)
+    pre = opt.preconditioners[0]
+    return {"params": flat_params(model), "scale": pre.scale,
+            "spectrum": pre.stats()["spectrum"]}
+
+
 def nan_loss_run(group=None, rank: int = 0, world_size: int = 1) -> Dict[str, object]:
     """A NaN loss at step 2 on rank 1's rows only: every rank skips the step."""
     model = make_model()
@@ -216,6 +228,8 @@ def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios
                 result[name] = hsc_run(name, group, rank, world_size)
             elif name == "subsampled_curvature":
                 result[name] = hsc_run("probe", group, rank, world_size, subsampled_curvature=True)
+            elif name == "spectral":
+                result[name] = spectral_run(group, rank, world_size)
             elif name == "nan_loss":
                 result[name] = nan_loss_run(group, rank, world_size)
             elif name == "more_ranks_than_blocks":

@@ -70,13 +70,13 @@ def workdir(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def two_ranks(workdir):
-    return spawn(2, ["exact", "probe", "ddp", "save", "failure", "subsampled_curvature", "nan_loss",
+    return spawn(2, ["exact", "probe", "spectral", "ddp", "save", "failure", "subsampled_curvature", "nan_loss",
                      "more_ranks_than_blocks"], workdir / "r2")
 
 
 @pytest.fixture(scope="module")
 def three_ranks(workdir, two_ranks):  # loads the checkpoint two_ranks saved
-    return spawn(3, ["exact", "probe", "load", "subsampled_curvature"], workdir / "r3")
+    return spawn(3, ["exact", "probe", "spectral", "load", "subsampled_curvature"], workdir / "r3")
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -95,6 +95,22 @@ def test_ranks_match_one_process_on_the_concatenated_batch(estimator, ranks, req
     # every rank holds the same parameters, bit for bit (they apply the same update)
     for result in results[1:]:
         assert torch.equal(result[estimator], results[0][estimator])
+
+
+@pytest.mark.parametrize("ranks", ["two_ranks", "three_ranks"])
+def test_relative_scale_is_one_mu_over_all_ranks(ranks, request):
+    """saddle_free_root with mu relative to the median |eigenvalue| of every block: each rank owns
+    part of the blocks, yet every rank uses the mu of all of them, as one process does."""
+    results = request.getfixturevalue(ranks)
+    single = work.spectral_run()
+    start = work.flat_params(work.make_model())
+    assert (single["params"] - start).abs().max() > 1e-2
+    for result in results:
+        _close(result["spectral"]["params"], single["params"])
+        assert result["spectral"]["scale"] == pytest.approx(single["scale"], rel=RTOL)
+        assert result["spectral"]["scale"] == results[0]["spectral"]["scale"]  # one mu, bit for bit
+    # stats() describe this rank's view of every block's spectrum: the same summary everywhere
+    assert results[0]["spectral"]["spectrum"]["eigenvalues"] == single["spectrum"]["eigenvalues"]
 
 
 @pytest.mark.parametrize("ranks", ["two_ranks", "three_ranks"])
