@@ -29,15 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from hsc.gan.cli import format_table, machine, summarise  # noqa: E402
-from hsc.gan.data import make_dataset  # noqa: E402
-from hsc.gan.metrics import metric_names  # noqa: E402
-from hsc.gan.train import HSCOptions, RunResult, TrainConfig, train  # noqa: E402
+from hsc import config  # noqa: E402
+from hsc.apps import machine  # noqa: E402
+from hsc.gan.cli import format_table, summarise  # noqa: E402
+from hsc.gan.data import DATASETS  # noqa: E402
+from hsc.gan.metrics import protocol_of  # noqa: E402
+from hsc.gan.train import HSCSettings, RunResult, TrainConfig, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECONDS = {"ring8": 30.0, "grid25": 60.0, "digits": 60.0}
 
-# name -> changes to TrainConfig (method, lr, ...), HSCOptions or PreconditionerConfig fields.
+# name -> changes to TrainConfig (method, adam_lr, ...), HSCSettings or PreconditionerConfig fields.
 # "hsc" is the CLI's default configuration; the others name what they change.
 METHODS: Dict[str, dict] = {
     "hsc": {},
@@ -69,11 +70,9 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
 
 
 def variant_config(changes: dict, seed: int, seconds: float, data: str = "ring8") -> TrainConfig:
-    """An hsc run on ``data`` with ``changes``: TrainConfig fields (method, lr, ...) and HSCOptions fields."""
-    top = {k: v for k, v in changes.items() if k in TrainConfig.__dataclass_fields__}
-    inner = {k: v for k, v in changes.items() if k not in top}
-    return TrainConfig(**{"data": data, "method": "hsc", "seed": seed, "seconds": seconds, **top,
-                          "hsc": HSCOptions().with_changes(**inner)})
+    """An hsc run on ``data`` with ``changes``: fields of TrainConfig (method, adam_lr, ...), of
+    its HSCSettings or of the preconditioner, by name."""
+    return config.replace(TrainConfig(data=data, method="hsc", seed=seed, seconds=seconds), **changes)
 
 
 def _run(config: TrainConfig) -> RunResult:
@@ -157,7 +156,7 @@ def markdown(report: dict) -> str:
           f"- hsc (the CLI's default): {report['hsc_defaults']}",
           "- the other rows change: " + "; ".join(f"{n}: {c}" for n, c in report["methods"].items() if c), ""]
     for data, entry in report["data"].items():
-        names = metric_names(make_dataset(data))
+        names = protocol_of(data).names
         load = entry["load_average_1min_before_after"]
         lines = [verdict(entry["summary"]), competitive_verdict(entry["summary"]), competitive_cost(entry["runs"])]
         md += [f"## {data}: {entry['seconds']:g} s of training per run, {len(entry['seeds'])} seeds (mean ± std)", "",
@@ -177,21 +176,21 @@ def benchmark(args) -> None:
     seeds = list(range(args.seeds))
     methods = {name: METHODS[name] for name in args.methods.split(",")}
     report = {"machine": machine(), "command": " ".join(sys.argv), "workers": args.workers,
-              "hsc_defaults": dataclasses.asdict(HSCOptions()), "methods": methods, "data": {}}
+              "hsc_defaults": dataclasses.asdict(HSCSettings()), "methods": methods, "data": {}}
     for data in args.data.split(","):
-        seconds = SECONDS[data] * args.scale
+        seconds = DATASETS[data].seconds * args.scale
         load_before = os.getloadavg()[0]
         t0 = time.time()
         by_name = run_named(methods, data, seeds, seconds, args.workers)
-        dataset = make_dataset(data)
-        summary = summarise(by_name, list(metric_names(dataset)))
-        print(format_table(summary, metric_names(dataset)) + "\n" + verdict(summary))
+        protocol = protocol_of(data)
+        summary = summarise(by_name, list(protocol.names))
+        print(format_table(summary, protocol.names) + "\n" + verdict(summary))
         report["data"][data] = {"seconds": seconds, "seeds": seeds, "summary": summary,
                                 "runs": {n: [r.to_dict() for r in rs] for n, rs in by_name.items()},
                                 "elapsed": time.time() - t0,
                                 "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
         RESULTS.mkdir(exist_ok=True)
-        plot_curves(by_name, dataset, RESULTS / f"gan_{data}.png")
+        plot_curves(by_name, protocol, RESULTS / f"gan_{data}.png")
     (RESULTS / "gan.json").write_text(json.dumps(report, indent=1))
     (RESULTS / "gan.md").write_text(markdown(report))
 
@@ -202,9 +201,9 @@ def sweep(args) -> None:
     if args.only:
         variants = {n: variants[n] for n in args.only.split(",")}
     for data in args.data.split(","):
-        seconds = SECONDS[data] * args.scale
+        seconds = DATASETS[data].seconds * args.scale
         by_name = run_named(variants, data, seeds, seconds, args.workers)
-        names = metric_names(make_dataset(data))
+        names = protocol_of(data).names
         table = format_table(summarise(by_name, list(names)), names)
         print(table)
         RESULTS.mkdir(exist_ok=True)
@@ -214,7 +213,7 @@ def sweep(args) -> None:
         (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
         (RESULTS / f"{stem}.md").write_text(
             f"# hsc sweep '{args.sweep}' on {data}, {seconds:g} s, seeds {seeds}\n\n- machine: {machine()}\n"
-            f"- command: `{' '.join(sys.argv)}`\n- variants (changes to {dataclasses.asdict(HSCOptions())}):\n"
+            f"- command: `{' '.join(sys.argv)}`\n- variants (changes to {dataclasses.asdict(HSCSettings())}):\n"
             + "".join(f"  - {n}: {c}\n" for n, c in variants.items()) + "\n" + table + "\n")
 
 

@@ -1,39 +1,19 @@
 """Collects the op benchmarks' medians and writes the summary table at the end of the session."""
 from __future__ import annotations
 
-import json
 import os
-import platform
-import subprocess
 import sys
 
 import pytest
-import torch
 
 from bench_report import RESULTS  # noqa: F401  (HSC_BENCH_RESULTS moves it; bench_distributed writes there)
 
 
 def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import hsc
-    from hsc import _C
+    """The machine (hsc.apps.machine_info) and the command that measured on it."""
+    from hsc.apps import machine_info
 
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "hsc": hsc.__version__,
-        "hsc_simd": _C.simd,
-        "python": platform.python_version(),
-        "command": command(),
-    }
+    return {**machine_info(), "command": command()}
 
 
 def command() -> str:

@@ -30,7 +30,8 @@ enum Status : int32_t {
 };
 
 // How M^-1 is formed (docs/contract.md §2): the two Cholesky routes, and the spectral modes, which
-// apply a multiplier f(lambda) to the eigenpairs of S (no damping).
+// apply a multiplier f(lambda) to the eigenpairs of S (no damping). The values are the rows of
+// kModes below.
 enum class Mode : int {
   kCholesky = 0,
   kSingularSafe = 1,
@@ -39,7 +40,55 @@ enum class Mode : int {
   kSaddleFreeRoot = 4,  // f = 1 / sqrt(lambda^2 + mu^2)
 };
 
-HSC_HD bool is_spectral(Mode mode) { return mode >= Mode::kSpectral; }
+// One row per mode: the only list of the modes. The ops parse their `mode` argument with it and
+// build the messages that list modes from it (checks.h); hsc._C.modes exports it to Python
+// (hsc/ops.py: MODES, EIGH_MODES, NONNEGATIVE_MODES, which hsc/config.py reads).
+//   name:        the `mode` argument of the ops
+//   spectral:    takes the eigenpairs of S and applies a multiplier f(lambda), no damping
+//                (hsc::eigh, correct_from_eigh_)
+//   nonnegative: a spectral mode whose f >= 0, so that M^-1 has a square root: correct_from_eigh_
+//                accepts power 0.5 (M^-1/2 = V f(Lambda)^1/2 V^T)
+// Adding a spectral mode f(lambda): its Mode value above (next in line), its row here, its case of
+// spectral_multiplier below; outside C++, its f in hsc/reference.py (spectral_multiplier), its
+// definition in docs/contract.md §2, and tests (tests/test_spectral.py). The backends, checks.h,
+// hsc/ops.py and hsc/config.py take it from here.
+// Host code reads the rows; device code only the bit masks and is_spectral / is_nonnegative.
+struct ModeRule {
+  const char* name;
+  Mode mode;
+  bool spectral;
+  bool nonnegative;
+};
+inline constexpr ModeRule kModes[] = {
+    // name              mode                   spectral  nonnegative
+    {"cholesky",         Mode::kCholesky,       false,    false},
+    {"singular_safe",    Mode::kSingularSafe,   false,    false},
+    {"spectral",         Mode::kSpectral,       true,     false},
+    {"saddle_free",      Mode::kSaddleFree,     true,     true},
+    {"saddle_free_root", Mode::kSaddleFreeRoot, true,     true},
+};
+inline constexpr int kModeCount = static_cast<int>(sizeof(kModes) / sizeof(kModes[0]));
+
+// Bit m set where the row of Mode m has `flag`.
+constexpr uint32_t mode_mask(bool ModeRule::*flag) {
+  uint32_t mask = 0;
+  for (const ModeRule& row : kModes)
+    if (row.*flag) mask |= uint32_t(1) << static_cast<int>(row.mode);
+  return mask;
+}
+constexpr bool mode_rows_in_order() {
+  for (int m = 0; m < kModeCount; ++m)
+    if (static_cast<int>(kModes[m].mode) != m) return false;
+  return true;
+}
+static_assert(mode_rows_in_order(), "kModes: row m is Mode m");
+static_assert(kModeCount <= 32, "kModes: one bit per mode in a uint32_t");
+inline constexpr uint32_t kSpectralModes = mode_mask(&ModeRule::spectral);
+inline constexpr uint32_t kNonnegativeModes = mode_mask(&ModeRule::nonnegative);
+static_assert((kNonnegativeModes & ~kSpectralModes) == 0, "kModes: only a spectral mode has f >= 0");
+
+HSC_HD bool is_spectral(Mode mode) { return (kSpectralModes >> static_cast<int>(mode)) & 1u; }
+HSC_HD bool is_nonnegative(Mode mode) { return (kNonnegativeModes >> static_cast<int>(mode)) & 1u; }
 
 // Operations on a lane value. Specialised here for scalars (one block per thread) and in
 // cpu/lanes.h for SIMD vectors (one block per lane).
@@ -103,9 +152,9 @@ HSC_HD V fallback_step(V g, V mu2) {
   return g / (LaneOps<V>::splat(1) + mu2);
 }
 
-// The multiplier of a spectral mode at eigenvalue lambda (docs/contract.md §2), without overflow or
-// 0/0: h = sqrt(lambda^2 + mu^2) as max * sqrt(1 + (min/max)^2), and |lambda| / h <= 1 taken as 1
-// where both are infinite.
+// The multiplier f(lambda) of a spectral mode (the rows of kModes with `spectral`; docs/contract.md
+// §2), without overflow or 0/0: h = sqrt(lambda^2 + mu^2) as max * sqrt(1 + (min/max)^2), and
+// |lambda| / h <= 1 taken as 1 where both are infinite.
 template <class V, class Ops = LaneOps<V>>
 HSC_HD V spectral_multiplier(Mode mode, V lambda, V mu) {
   const V one = Ops::splat(1), a = Ops::abs(lambda);
@@ -113,10 +162,12 @@ HSC_HD V spectral_multiplier(Mode mode, V lambda, V mu) {
   const V r = small / big;
   const V h = big * Ops::sqrt(one + r * r);
   const V inv_h = one / h;
-  if (mode == Mode::kSaddleFreeRoot) return inv_h;
+  // One case per spectral mode of kModes.
+  if (mode == Mode::kSaddleFreeRoot) return inv_h;            // 1 / h
   const V ratio = Ops::select(Ops::less(a, h), a / h, one);  // |lambda| / h
   const V f = ratio * inv_h;
-  return mode == Mode::kSaddleFree ? f : Ops::select(Ops::less(lambda, Ops::splat(0)), -f, f);
+  if (mode == Mode::kSaddleFree) return f;                    // |lambda| / h^2
+  return Ops::select(Ops::less(lambda, Ops::splat(0)), -f, f);  // Mode::kSpectral: lambda / h^2
 }
 
 HSC_HD int32_t status_code(bool finite, bool factorised, bool raised) {

@@ -5,20 +5,33 @@
 #include <ATen/ATen.h>
 
 #include <string>
+#include <vector>
 
 #include "block_rules.h"
 #include "factor_layout.h"
 
 namespace hsc {
 
+// The quoted names of the modes (kModes, block_rules.h) whose row `pick` accepts, in table order:
+// "'a', 'b', 'c'", or "'a', 'b' or 'c'" with last_separator " or ".
+template <class Pick>
+std::string mode_names(Pick pick, const char* last_separator = ", ") {
+  std::vector<const char*> names;
+  for (const ModeRule& row : kModes)
+    if (pick(row)) names.push_back(row.name);
+  std::string out;
+  for (size_t k = 0; k < names.size(); ++k) {
+    if (k > 0) out += k + 1 == names.size() ? last_separator : ", ";
+    out += std::string("'") + names[k] + "'";
+  }
+  return out;
+}
+
 inline Mode parse_mode(const std::string& mode) {
-  if (mode == "cholesky") return Mode::kCholesky;
-  if (mode == "singular_safe") return Mode::kSingularSafe;
-  if (mode == "spectral") return Mode::kSpectral;
-  if (mode == "saddle_free") return Mode::kSaddleFree;
-  if (mode == "saddle_free_root") return Mode::kSaddleFreeRoot;
-  TORCH_CHECK_VALUE(false, "hsc: mode must be one of 'cholesky', 'singular_safe', 'spectral', "
-                    "'saddle_free', 'saddle_free_root', got '", mode, "'");
+  for (const ModeRule& row : kModes)
+    if (mode == row.name) return row.mode;
+  TORCH_CHECK_VALUE(false, "hsc: mode must be one of ", mode_names([](const ModeRule&) { return true; }),
+                    ", got '", mode, "'");
 }
 
 // mu: finite, > 0, and 1/mu finite in the compute dtype (the spectral modes' multipliers reach
@@ -165,8 +178,9 @@ inline void check_from_eigh_args(const at::Tensor& factor, const at::Tensor& eig
                                  const at::Tensor& eigenvectors, const at::Tensor& status,
                                  double scale, Mode mode, const std::string& mode_name,
                                  const c10::optional<at::Tensor>& keep_failed, double power) {
-  TORCH_CHECK_VALUE(is_spectral(mode), "hsc: correct_from_eigh_ takes a spectral mode ('spectral', "
-                    "'saddle_free' or 'saddle_free_root'), got '", mode_name, "'");
+  TORCH_CHECK_VALUE(is_spectral(mode), "hsc: correct_from_eigh_ takes a spectral mode (",
+                    mode_names([](const ModeRule& row) { return row.spectral; }, " or "), "), got '",
+                    mode_name, "'");
   TORCH_CHECK_VALUE(eigenvectors.dim() == 3 && eigenvectors.size(1) == eigenvectors.size(2) &&
                     eigenvectors.size(1) >= 1,
                     "hsc: eigenvectors must have shape [N, b, b] (the eigenvectors of hsc.ops.eigh), got ",
@@ -189,10 +203,10 @@ inline void check_from_eigh_args(const at::Tensor& factor, const at::Tensor& eig
                    eigenvalues.scalar_type(), " (the eigenvalues'), got ", factor.scalar_type());
   TORCH_CHECK_VALUE(factor.is_contiguous(), "hsc: factor must be contiguous (it is written in place)");
   check_scale(scale, eigenvalues.scalar_type());
-  TORCH_CHECK_VALUE(power == 1.0 || (power == 0.5 && mode != Mode::kSpectral),
-                    "hsc: power must be 1 (M^-1), or 0.5 (M^-1/2) in mode 'saddle_free' or "
-                    "'saddle_free_root' (whose M^-1 is positive definite), got ", power, " in mode '",
-                    mode_name, "'");
+  TORCH_CHECK_VALUE(power == 1.0 || (power == 0.5 && is_nonnegative(mode)),
+                    "hsc: power must be 1 (M^-1), or 0.5 (M^-1/2) in mode ",
+                    mode_names([](const ModeRule& row) { return row.nonnegative; }, " or "),
+                    " (whose M^-1 is positive definite), got ", power, " in mode '", mode_name, "'");
   for (const at::Tensor* t : {&eigenvalues, &eigenvectors, &status})
     TORCH_CHECK_VALUE(t->device() == factor.device(), "hsc: eigenvalues, eigenvectors and status "
                       "must be on factor's device ", factor.device(), ", got ", t->device());

@@ -3,7 +3,11 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
+#include "block_rules.h"
 #include "checks.h"
+#include "factor_layout.h"
 
 namespace hsc {
 
@@ -15,12 +19,13 @@ at::Tensor solve(const at::Tensor& factor, const at::Tensor& G) {
   check_solve_args(factor, G);
   const int64_t N = G.size(0), b = G.size(1);
   const auto ct = compute_dtype(at::promote_types(factor.scalar_type(), G.scalar_type()));
-  // Entry (i, j) of a block is packed entry max(i, j) (max(i, j) + 1) / 2 + min(i, j); the index
-  // is built on the factor's device (a copy from the host would wait for the device).
-  const at::Tensor i = at::arange(b, factor.options().dtype(at::kLong));
-  const at::Tensor hi = at::maximum(i.unsqueeze(1), i.unsqueeze(0));
-  const at::Tensor lo = at::minimum(i.unsqueeze(1), i.unsqueeze(0));
-  const at::Tensor where = (hi * (hi + 1)).floor_divide(2).add(lo).flatten();
+  // Entry (i, j) of a block is packed entry packed_index(max(i, j), min(i, j)) (factor_layout.h):
+  // the b * b indices are made on the host and copied without waiting for the device.
+  at::Tensor index = at::empty({b * b}, at::TensorOptions().dtype(at::kLong));
+  int64_t* at_ij = index.data_ptr<int64_t>();
+  for (int i = 0; i < b; ++i)
+    for (int j = 0; j < b; ++j) at_ij[i * b + j] = packed_index(std::max(i, j), std::min(i, j));
+  const at::Tensor where = index.to(factor.device(), /*non_blocking=*/true);
   const at::Tensor rows = factor.to(ct).transpose(1, 2).reshape({-1, packed_size(b)}).narrow(0, 0, N);
   const at::Tensor f = rows.index_select(1, where).view({N, b, b});
   const at::Tensor g = G.to(ct);
@@ -66,4 +71,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("simd") = "baseline";
 #endif
+  // The mode table (block_rules.h) as (name, spectral, nonnegative) rows in its order, and the
+  // factor's tile (factor_layout.h): hsc.ops reads its MODES, EIGH_MODES, NONNEGATIVE_MODES and
+  // TILE from them.
+  pybind11::list modes;
+  for (const hsc::ModeRule& row : hsc::kModes)
+    modes.append(pybind11::make_tuple(row.name, row.spectral, row.nonnegative));
+  m.attr("modes") = pybind11::tuple(modes);
+  m.attr("factor_tile") = hsc::kTile;
 }

@@ -9,12 +9,13 @@ from .ops import Correction, Status
 from .optim import HSC, StepControl
 from .config import PreconditionerConfig
 from .game import CompetitiveHSC, GameConfig
+from .grafting import GraftedAdam
 from .lbfgs import PreconditionedLBFGS
 from .preconditioner import Preconditioner
 
 __version__ = "0.1.0"
 __all__ = ["ops", "optim", "Correction", "Status", "BlockLayout", "Preconditioner", "PreconditionerConfig", "HSC", "StepControl",
-           "PreconditionedLBFGS", "CompetitiveHSC", "GameConfig",
+           "PreconditionedLBFGS", "CompetitiveHSC", "GameConfig", "GraftedAdam",
            "info", "__version__"]
 
 

@@ -12,7 +12,7 @@ and it needs M^-1/2 only, which the spectral modes give from the same eigen-deco
 The regulariser B is one of:
 
 - ``"block"``: lr x the preconditioner's M^-1 (a spectral mode whose M^-1 is positive definite:
-  saddle_free or saddle_free_root; the factor holds M^-1/2);
+  ``ops.NONNEGATIVE_MODES``, the saddle-free ones; the factor holds M^-1/2);
 - ``"adam"``: ACGD's diagonal, lr sqrt(1 - beta^t) / (sqrt(v) + eps) with v the moving average of
   the squared gradient (so the step is ACGD's);
 - ``"identity"``: lr I (so the step is CGD's with eta = lr).
@@ -24,39 +24,43 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional
 
 import torch
 
-from .config import PreconditionerConfig
+from . import ops
+from .config import PreconditionerConfig, nested, option
 from .preconditioner import Preconditioner
 
 REGULARISERS = ("block", "adam", "identity")
 COUPLINGS = ("cg", "ridge")
 SOLVE_SIDES = ("auto", "x", "y")
 
-# The preconditioner of the block regulariser, unless given: the saddle-free root with mu relative
-# to each player's eigenvalues, refreshed every 50 steps; the factor holds M^-1/2.
-GAME_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=16, update_every=50,
-                                          mode="saddle_free_root", scale_rule="relative", scale=1.0,
-                                          factor_power=0.5)
+# The block regulariser's preconditioner: the library's default (the saddle-free root with mu
+# relative to each player's eigenvalues) with the factor holding M^-1/2.
+GAME_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), factor_power=0.5)
 
 
 @dataclass
 class GameConfig:
     """Options of :class:`CompetitiveHSC`."""
 
-    lr: float = 3e-3                 # the step scale: B = lr M^-1 (block), ACGD's lr (adam), CGD's eta
-    regulariser: str = "block"
-    coupling: str = "cg"
-    preconditioner: PreconditionerConfig = field(default_factory=lambda: dataclasses.replace(GAME_PRECONDITIONER))
-    beta: float = 0.99               # adam: the squared gradient's moving average (ACGD's default)
-    eps: float = 1e-5                # adam: added to its square root (ACGD's default)
-    cg_tol: float = 1e-2             # relative residual ||r|| <= cg_tol ||rhs|| ends the solve
-    cg_max_iter: int = 10
-    warm_start: bool = True          # start CG from the last step's solution
-    solve_side: str = "auto"         # "x", "y", or the player with fewer parameters
+    lr: float = option(3e-3, "the step scale: the regulariser is lr M^-1 (block), ACGD's lr (adam), "
+                       "CGD's eta (identity)")
+    regulariser: str = option("block", "block: each player's block curvature; adam: ACGD's diagonal; "
+                              "identity: CGD's", choices=REGULARISERS)
+    coupling: str = option("cg", "cg: solve the coupled step; ridge: one mixed product, no solve",
+                           choices=COUPLINGS)
+    preconditioner: PreconditionerConfig = nested(lambda: dataclasses.replace(GAME_PRECONDITIONER),
+                                                  "each player's preconditioner (block regulariser)")
+    beta: float = option(0.99, "adam: the squared gradient's moving average (ACGD's default)")
+    eps: float = option(1e-5, "adam: added to its square root (ACGD's default)")
+    cg_tol: float = option(1e-2, "CG ends at a relative residual ||r|| <= cg_tol ||rhs||")
+    cg_max_iter: int = option(10, "CG's iteration cap")
+    warm_start: bool = option(True, "start CG from the last step's solution")
+    solve_side: str = option("auto", "the player whose system CG solves: x, y, or auto (the one with "
+                             "fewer parameters)", choices=SOLVE_SIDES)
 
     def validate(self) -> "GameConfig":
         def need(ok: bool, name: str, expected: str):
@@ -73,7 +77,7 @@ class GameConfig:
         need(self.solve_side in SOLVE_SIDES, "solve_side", f"one of {SOLVE_SIDES}")
         if self.regulariser == "block":
             need(self.preconditioner.factor_power == 0.5, "preconditioner",
-                 "a PreconditionerConfig with factor_power=0.5 (and mode saddle_free or saddle_free_root)")
+                 f"a PreconditionerConfig with factor_power=0.5 (and a mode of {ops.NONNEGATIVE_MODES})")
             self.preconditioner.validate()
         return self
 
@@ -116,22 +120,15 @@ class _Player:
             eta = math.sqrt(1 - cfg.beta ** self.steps) * cfg.lr / self.square_average.sqrt().add(cfg.eps)
             self.half_diagonal = eta.sqrt()
             return False
-        pre = self.preconditioner
-        if not pre.tick():
-            return False
         with torch.enable_grad():
-            pre.refresh(grads)
-        return True
+            return self.preconditioner.refresh_if_due(grads)
 
     def half(self, v: torch.Tensor) -> torch.Tensor:
         """B^1/2 v for a flat vector."""
         if self.preconditioner is None:
             return self.half_diagonal * v
-        pre = self.preconditioner
-        if pre.correction is None:  # before the first refresh: B = lr I
-            return math.sqrt(self.config.lr) * v
-        blocks = pre.solve_blocks(pre.layout.gather(_split(v, self.params)), finite=True)
-        return math.sqrt(self.config.lr) * _flat(pre.layout.scatter(blocks))
+        # before the first refresh the solve returns v: B = lr I
+        return math.sqrt(self.config.lr) * self.preconditioner.solve_flat(v, finite=True)
 
     def inverse(self, v: torch.Tensor) -> torch.Tensor:
         """B v = M^-1 v."""
@@ -218,7 +215,7 @@ class CompetitiveHSC:
         return loss.detach()
 
     def _hvps(self) -> int:
-        return sum(p.preconditioner.counters["hvps"] for p in (self.x, self.y) if p.preconditioner is not None)
+        return sum(p.preconditioner.hvps for p in (self.x, self.y) if p.preconditioner is not None)
 
     def _solve(self, gx, gy, fx, fy):
         """(dx, dy, CG iterations, relative residual) of the coupled step."""

@@ -100,10 +100,7 @@ class PreconditionedLBFGS(torch.optim.Optimizer):
         """M^-1 q for a flat vector (q itself without a preconditioner)."""
         if self.preconditioner is None:
             return q
-        pre = self.preconditioner
-        pieces = [v.view_as(p) for v, p in zip(q.split([p.numel() for p in self._params]), self._params)]
-        blocks = pre.solve_blocks(pre.layout.gather(pieces), finite=True)
-        return torch.cat([x.reshape(-1) for x in pre.layout.scatter(blocks)])
+        return self.preconditioner.solve_flat(q, finite=True)
 
     def _refresh(self, curvature_closure: Optional[Callable[[], torch.Tensor]]) -> bool:
         """Refreshes the preconditioner when due; returns whether it did."""

@@ -21,18 +21,23 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
-from . import _C  # noqa: F401  (loads the library that registers torch.ops.hsc)
+from . import _C  # loads the library that registers torch.ops.hsc
 
-MODES = ("cholesky", "singular_safe", "spectral", "saddle_free", "saddle_free_root")
+# The modes, read from the one table of them (csrc/block_rules.h: kModes, exported as _C.modes,
+# rows (name, spectral, nonnegative)): "cholesky", "singular_safe", "spectral", "saddle_free",
+# "saddle_free_root".
+MODES = tuple(name for name, _, _ in _C.modes)
 # The modes that take the eigenpairs of S (docs/contract.md §2): no damping, a multiplier f(lambda).
-EIGH_MODES = ("spectral", "saddle_free", "saddle_free_root")
+EIGH_MODES = tuple(name for name, spectral, _ in _C.modes if spectral)
+# The spectral modes whose f(lambda) >= 0: correct_from_eigh_ takes power 0.5 (M^-1/2) in them.
+NONNEGATIVE_MODES = tuple(name for name, _, nonnegative in _C.modes if nonnegative)
 # The eigensolver's default sweep limit (spectral modes and eigh): cyclic Jacobi converges
 # quadratically, in 4 to 10 sweeps on the blocks measured (docs/ops.md).
 MAX_SWEEPS = 30
 Damping = Union[float, torch.Tensor]
 
 
-TILE = 16  # blocks per tile of a factor (csrc/factor_layout.h: kTile)
+TILE = _C.factor_tile  # blocks per tile of a factor (csrc/factor_layout.h: kTile), 16
 
 
 class Status(enum.IntEnum):
@@ -99,7 +104,7 @@ def unpack(factor: torch.Tensor, N: int) -> torch.Tensor:
     i = torch.arange(b, device=factor.device)
     hi, lo = torch.maximum(i[:, None], i[None, :]), torch.minimum(i[:, None], i[None, :])
     rows = factor.transpose(1, 2).reshape(-1, entries)[:N]
-    return rows[:, hi * (hi + 1) // 2 + lo]
+    return rows[:, hi * (hi + 1) // 2 + lo]  # csrc/factor_layout.h: packed_index(hi, lo)
 
 
 def _damping_tensor(damping: Damping, H: torch.Tensor) -> torch.Tensor:
@@ -204,7 +209,7 @@ def solve(correction: Correction, G: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"hsc: correction must be the Correction returned by hsc.ops.correct, "
                         f"got {type(correction).__name__}")
     _check_tensor(G, "G")
-    # The factor's tiles hold up to 16 blocks each: the block count is the correction's.
+    # The factor's tiles hold up to TILE blocks each: the block count is the correction's.
     N = correction.status.shape[0]
     if G.dim() in (2, 3) and G.shape[0] != N:
         raise ValueError(f"hsc: G must have shape [N, b] or [N, b, r] with N = {N} to match the "
@@ -282,11 +287,13 @@ def correct_from_eigh_(
             eigenvalues' dtype, on their device. Lanes past the last block are set to 0.
         eigen: the :class:`Eigh` of the blocks.
         scale: mu > 0.
-        mode: ``"spectral"``, ``"saddle_free"`` or ``"saddle_free_root"``.
+        mode: a spectral mode (:data:`EIGH_MODES`): ``"spectral"``, ``"saddle_free"`` or
+            ``"saddle_free_root"``.
         keep_failed: as in :func:`correct_`.
         power: 1 (the factor is M^{-1}) or 0.5 (M^{-1/2} = V f(Lambda)^{1/2} V^T, fallback
-            I / sqrt(1 + mu^2); modes saddle_free and saddle_free_root, whose f >= 0): two half
-            factors give M^{-1}, and a coupled solve splits its matrix symmetrically with them.
+            I / sqrt(1 + mu^2); the modes whose f >= 0, :data:`NONNEGATIVE_MODES`: saddle_free and
+            saddle_free_root): two half factors give M^{-1}, and a coupled solve splits its matrix
+            symmetrically with them.
     Returns:
         ``Correction(factor, damping, status)``: damping 0 (no damping in the spectral modes),
         status ``eigen.status``.

@@ -14,8 +14,9 @@ from typing import Callable, Optional
 import torch
 
 from .distributed import RankGroup
-from .config import CONFIG_FIELDS, PreconditionerConfig
-from .preconditioner import Preconditioner, all_finite
+from .config import CONFIG_FIELDS, PreconditionerConfig, option
+from .numerics import all_finite
+from .preconditioner import Preconditioner
 
 
 STEP_RULES = ("trust", "armijo")
@@ -43,14 +44,17 @@ class StepControl:
     itself where that is not descent either.
     """
 
-    rule: str = "trust"
-    undo_above: float = 0.0
-    shrink: float = 0.5
-    grow: float = 2.0
-    low: float = 0.1
-    high: float = 0.5
-    armijo: float = 1e-4
-    max_backtracks: int = 12
+    rule: str = option("trust", "trust: a step that raises the loss is undone and the next one shortened; "
+                       "armijo: backtracking within the step", choices=STEP_RULES)
+    undo_above: float = option(0.0, "trust: undo a step whose loss rises above the last by more than "
+                               "this fraction of |loss|")
+    shrink: float = option(0.5, "alpha's factor after an undone step or a poor ratio (trust), per "
+                           "backtrack (armijo)")
+    grow: float = option(2.0, "alpha's factor after a good ratio (trust), at the start of a step (armijo)")
+    low: float = option(0.1, "trust: a ratio of actual to predicted decrease below this shrinks alpha")
+    high: float = option(0.5, "trust: a ratio above this grows alpha back towards 1")
+    armijo: float = option(1e-4, "armijo: the sufficient decrease, a fraction of the predicted one")
+    max_backtracks: int = option(12, "armijo: trials before the step is given up")
 
     def validate(self) -> "StepControl":
         if self.rule not in STEP_RULES:
@@ -67,14 +71,16 @@ class HSC(torch.optim.Optimizer):
 
     Args:
         params: parameters or parameter groups; a group may override any option below.
-        lr: learning rate.
+        lr: learning rate. The default, 0.01, is the largest of a grid from 0.001 to 1 that
+            diverged on none of five problems with the library's preconditioner defaults
+            (bench/results/defaults.md); on a deterministic loss, ``step_control`` allows 0.1.
         momentum: heavy-ball momentum on the preconditioned gradient.
         weight_decay: decoupled weight decay (p <- p (1 - lr wd)).
         process_group: a ``torch.distributed`` group for data-parallel training, or ``None``.
         step_control: a :class:`StepControl` (needs ``step(closure)`` on a deterministic loss, one
             process), or None: every step at the full lr.
-        **preconditioner_options: fields of :class:`PreconditionerConfig` (block_size, estimator,
-            samples, ema, update_every, damping, scale, mode, max_tries, chunk_size, patch, seed).
+        **preconditioner_options: fields of :class:`PreconditionerConfig` by name (``CONFIG_FIELDS``;
+            the defaults are its own: the saddle-free root, relative mu, b = 16, every 50 steps).
 
     ``step(closure)``: ``closure()`` recomputes and returns the loss and does not call backward;
     the optimizer differentiates it and, when a refresh is due, takes the HVPs from the same graph.
@@ -93,7 +99,7 @@ class HSC(torch.optim.Optimizer):
     the loss (detached); without a group, the closure's loss itself.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
                  *, process_group=None, step_control: Optional[StepControl] = None, **preconditioner_options):
         if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
             raise ValueError(f"hsc: lr must be a finite number > 0, got {lr!r}")
@@ -302,7 +308,7 @@ class HSC(torch.optim.Optimizer):
     def _write_grads(self, groups, blocks: list) -> None:
         """``.grad`` of each parameter: a view of its group's gradient blocks."""
         for ps, pc, G in zip(groups, self.preconditioners, blocks):
-            for p, g in zip(ps, pc.layout.scatter(G)):
+            for p, g in zip(ps, pc.scatter(G)):
                 if p.requires_grad:  # the blocks have the group's promoted dtype
                     p.grad = g if g.dtype == p.dtype else g.to(p.dtype)
 
@@ -317,7 +323,7 @@ class HSC(torch.optim.Optimizer):
         # concatenation: autograd's outputs may alias one another or be expanded); .grad are views
         # of it, and the solve needs no gather of its own. Each rank's HVPs come from its own
         # graph, averaged by the refresh.
-        blocks = [pc.layout.gather([g.detach() for g in gs]) for pc, gs in zip(self.preconditioners, grads)]
+        blocks = [pc.gather([g.detach() for g in gs]) for pc, gs in zip(self.preconditioners, grads)]
         if self.ranks.distributed:
             loss = self._rank_mean(loss, blocks)
             if not bool(torch.isfinite(loss).all()):
@@ -331,7 +337,7 @@ class HSC(torch.optim.Optimizer):
                 for pc, gs in zip(self.preconditioners, curvature_grads):
                     pc.refresh_if_due(gs)
         self._write_grads(groups, blocks)
-        return loss, [pc.layout.scatter(pc.solve_blocks(G, finite=True))  # checked above
+        return loss, [pc.scatter(pc.solve_blocks(G, finite=True))  # checked above
                       for pc, G in zip(self.preconditioners, blocks)]
 
     def _directions_from_grad(self):

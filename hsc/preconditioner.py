@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from .config import PreconditionerConfig
 from .curvature import draw_signs, exact_blocks, probe_hvps
 from .distributed import BlockShards, RankGroup
 from .layout import BlockLayout
+from .numerics import all_finite, finite_rows
 
 # Spectrum summaries kept (one per refresh in a spectral mode; the oldest go first).
 SUMMARIES_KEPT = 10_000
@@ -74,24 +75,6 @@ def spectrum_summary(values: torch.Tensor, scale: float) -> dict:
     return {"eigenvalues": n, "min": float(values.min()), "median": lower_median(values),
             "max": float(values.max()), "fraction_negative": int((values < 0).sum()) / n,
             "fraction_below_scale": int((values.abs() < scale).sum()) / n, "scale": scale}
-
-
-def all_finite(tensors) -> bool:
-    """Whether every entry of every tensor is finite: one host synchronisation, not one per tensor.
-
-    Each tensor's min and max (NaN propagates through both; one pass) instead of ``isfinite``,
-    which costs several passes and a temporary as large as the tensor."""
-    extremes = [torch.stack(torch.aminmax(t)) for t in tensors if t.numel()]
-    return not extremes or bool(torch.isfinite(torch.cat(extremes)).all())
-
-
-def finite_rows(t: torch.Tensor) -> torch.Tensor:
-    """``[N]`` bool: whether every entry of ``t[k]`` is finite. Row max and min (NaN propagates
-    through both): a tenth of the time of ``isfinite(t).all(...)``, which is not vectorised."""
-    rows = t.flatten(1) if t.dim() > 1 else t[:, None]
-    if rows.shape[1] == 0 or rows.shape[0] == 0:
-        return torch.ones(t.shape[0], dtype=torch.bool, device=t.device)
-    return torch.isfinite(rows.amax(1)) & torch.isfinite(rows.amin(1))
 
 
 class Preconditioner:
@@ -342,17 +325,65 @@ class Preconditioner:
         self.timings["apply"] += time.perf_counter() - t0
         return out
 
+    def solve_flat(self, v: torch.Tensor, *, finite: bool = False) -> torch.Tensor:
+        """M^-1 v for a flat vector ``v`` (``[n]``: the params flattened and concatenated in
+        order, as ``torch.cat([p.reshape(-1) for p in params])``); a copy of ``v`` before the
+        first refresh. ``finite`` as in :meth:`solve_blocks`."""
+        if v.dim() != 1 or v.shape[0] != self.layout.numel:
+            raise ValueError(f"hsc: v must be a flat vector of the {self.layout.numel} parameter entries, "
+                             f"got shape {list(v.shape)}")
+        pieces = [x.view(shape) for x, shape in zip(v.split([p.numel() for p in self.params]), self.layout.shapes)]
+        blocks = self.solve_blocks(self.layout.gather(pieces), finite=finite)
+        return torch.cat([x.reshape(-1) for x in self.layout.scatter(blocks)])
+
+    def gather(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Tensors shaped like the params (their gradients, say) as ``[N, b]`` blocks, the form
+        :meth:`solve_blocks` takes (``BlockLayout.gather``)."""
+        return self.layout.gather(tensors)
+
+    def scatter(self, blocks: torch.Tensor) -> list:
+        """``[N, b]`` blocks back to tensors shaped like the params (``BlockLayout.scatter``:
+        views of ``blocks`` where the layout allows)."""
+        return self.layout.scatter(blocks)
+
     @torch.no_grad()
-    def precondition_(self) -> None:
+    def precondition_(self, *, graft: bool = False) -> None:
         """Rewrites each parameter's ``.grad`` with M^-1 g, in place (parameters without a
-        gradient count as zero and are left without one)."""
+        gradient count as zero and are left without one).
+
+        ``graft``: then rescales each tensor's M^-1 g to the norm of its raw gradient g, so that
+        the optimizer after it keeps its own step length and the preconditioner only turns the
+        direction (per-tensor norm grafting, as Shampoo grafts; ``hsc gan``'s per-player method)."""
         if self.correction is None:
             return
         t0 = time.perf_counter()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        raw_norms = [g.norm() for g in grads] if graft else None
         # Parameters without a gradient receive their (discarded) share in a temporary.
         self.layout.scatter_(self._solve_owned(self.layout.gather(grads)), grads)
+        if raw_norms is not None:
+            for g, norm in zip(grads, raw_norms):
+                g.mul_(norm / g.norm().clamp_min(1e-30))
         self.timings["apply"] += time.perf_counter() - t0
+
+    # ---- what optimizers and applications read --------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether the first refresh has happened: before it, every solve returns its input."""
+        return self.correction is not None
+
+    @property
+    def hvps(self) -> int:
+        """Hessian-vector products taken so far (by this rank)."""
+        return self.counters["hvps"]
+
+    def spectrum(self) -> Optional[Tuple[torch.Tensor, float]]:
+        """In a spectral mode, after a refresh: (the eigenvalues of every block's real slots at
+        the last refresh, flattened, and mu of that refresh); otherwise None."""
+        if self.eigenvalues is None:
+            return None
+        return self.eigenvalues, self.scale
 
     # ---- reporting and checkpoints ---------------------------------------------------------
 

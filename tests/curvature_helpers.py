@@ -15,6 +15,9 @@ from torch.func import functional_call
 from hsc.layout import BlockLayout
 
 DT = torch.float64
+# The Cholesky route with an absolute mu (the library defaults to the spectral root with a relative
+# mu): the options of tests that compare with reference.correct's damping search.
+CHOLESKY = {"mode": "cholesky", "scale_rule": "absolute"}
 
 
 # ---- small float64 models --------------------------------------------------------------------

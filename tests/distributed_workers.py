@@ -210,6 +210,23 @@ def refresh_failure_then_refresh(model, group=None, rank: int = 0, world_size: i
     return out
 
 
+def gan_run(group=None, rank: int = 0, world_size: int = 1, architecture: str = "dcgan-plain",
+            method: str = "hsc") -> Dict[str, torch.Tensor]:
+    """Three steps of the MNIST GAN (hsc.gan.Trainer), data-parallel over ``group``: the hsc method
+    with base SGD (an update linear in the averaged gradient) and a refresh every 2 steps."""
+    from hsc import config
+    from hsc.gan.train import HSCSettings, TrainConfig, Trainer
+
+    settings = config.replace(HSCSettings(), base="sgd", lr=0.05, momentum=0.0, update_every=2)
+    trainer = Trainer(TrainConfig(data="mnist", architecture=architecture, method=method, steps=3, batch_size=8,
+                                  hsc=settings), group)
+    for _ in range(3):
+        trainer.train_step()
+    stats = trainer.stats()
+    return {"G": flat_params(trainer.G), "D": flat_params(trainer.D),
+            "refreshes": [stats[f"{p}_preconditioner"]["refreshes"] for p in "GD"] if method == "hsc" else []}
+
+
 def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios: list) -> None:
     """Entry point of a spawned rank: runs ``scenarios`` and saves ``{name: result}`` to
     ``out_dir/rank<r>.pt``; on an unexpected error saves its traceback and exits with 1."""
@@ -239,6 +256,10 @@ def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios
             elif name in ("save", "load"):
                 result[name] = checkpoint_run(os.path.join(out_dir, "..", "checkpoint.pt"), group, rank,
                                               world_size, save=name == "save")
+            elif name == "gan":
+                result[name] = gan_run(group, rank, world_size)
+            elif name == "gan_batch_norm":
+                result[name] = gan_run(group, rank, world_size, architecture="dcgan", method="adam")
             elif name == "failure":
                 result[name] = failure_run(group, rank, world_size)
             else:

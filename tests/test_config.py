@@ -141,8 +141,9 @@ def has_flag(text: str, name: str) -> bool:
 
 
 @pytest.mark.parametrize("command,skipped", [
-    # gan: the seed comes from --seeds (one per run and player); its networks have no image-like tensors
-    ("gan", {"seed", "patch"}),
+    # gan: the seed comes from --seeds (one per run and player); its networks have no image-like
+    # tensors; the hsc method steps with M^-1 and the competitive step needs M^-1/2
+    ("gan", {"seed", "patch", "factor_power"}),
     # style: b is 3 ph pw (from --hsc-patch); the seed is --seed; factor_power is the coupled
     # solve's (hsc.game), not a step's
     ("style", {"block_size", "seed", "factor_power"}),
@@ -151,7 +152,7 @@ def test_application_help_lists_every_field_with_its_help(command, skipped, caps
     raw = help_of(command, capsys)
     text = squeeze(raw)
     if command == "gan":
-        from hsc.gan.train import GAN_PRECONDITIONER as defaults
+        defaults = PreconditionerConfig()  # the GAN takes the library's
     else:
         from hsc.style.run import STYLE_PRECONDITIONER as defaults
     for name in CONFIG_FIELDS:
@@ -189,3 +190,55 @@ def test_missing_extra_at_run_time_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match=r"\[gan\].*tqdm"):
         hsc_main(["gan", "--optim", "adam", "--steps", "1", "--seeds", "0", "--batch-size", "8",
                   "--out", str(tmp_path)])
+
+
+# ---- every option of the applications' configs has a flag ------------------------------------------
+
+def _options(config, skipped, path=""):
+    """(flag, field) of every option of ``config`` and of the configs nested in it."""
+    from hsc.config import _flag, _flag_name, _nested_prefix
+
+    def walk(cfg, prefix, switch):
+        for f in dataclasses.fields(cfg):
+            if f.name in skipped or "help" not in f.metadata:
+                continue
+            if f.metadata.get("nested"):
+                yield from walk(getattr(cfg, f.name) or f.default_factory(), _nested_prefix(prefix, f),
+                                f.metadata["switch"])
+            else:
+                yield _flag(prefix, "" if f.name == switch else _flag_name(f)), f
+    return list(walk(config, path, None))
+
+
+@pytest.mark.parametrize("command", ["gan", "style"])
+def test_every_run_setting_game_option_and_step_control_field_has_a_flag(command, capsys):
+    """The GAN's TrainConfig (its hsc settings, GameConfig and both preconditioners) and the style
+    RunConfig (hsc's settings, StepControl, hsc-lbfgs's): every field a run reads has a flag with
+    its help, and giving the flag changes the config the CLI builds."""
+    if command == "gan":
+        from hsc.gan.cli import SKIPPED, build_configs
+        from hsc.gan.train import TrainConfig as Run
+    else:
+        from hsc.style.cli import SKIPPED, build_configs
+        from hsc.style.run import RunConfig as Run
+    text = squeeze(help_of(command, capsys))
+    options = _options(Run(), set(SKIPPED))
+    names = {f.name for _, f in options}
+    if command == "gan":
+        assert {"beta", "eps", "warm_start", "solve_side", "cg_tol", "betas", "acgd_lr", "graft"} <= names
+    else:
+        assert {"shrink", "armijo", "max_backtracks", "keep_pairs", "history", "adam_lr"} <= names
+    for flag_text, f in options:
+        assert squeeze(flag_text) in text and squeeze(f.metadata["help"]) in text, flag_text
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"hsc.{command}.cli").add_arguments(parser)
+    changes = ["--game-beta", "0.5", "--game-warm-start", "off", "--game-solve-side", "x"] if command == "gan" \
+        else ["--hsc-step-control", "armijo", "--hsc-step-control-shrink", "0.25", "--hsc-lbfgs-keep-pairs", "off"]
+    built = build_configs(parser.parse_args(["--steps", "1", *changes]))[0]
+    if command == "gan":
+        assert (built.game.beta, built.game.warm_start, built.game.solve_side) == (0.5, False, "x")
+    else:
+        assert (built.hsc.step_control.rule, built.hsc.step_control.shrink, built.hsc_lbfgs.keep_pairs) == \
+            ("armijo", 0.25, False)
+        off = build_configs(parser.parse_args(["--steps", "1", "--hsc-step-control", "none"]))[0]
+        assert off.hsc.step_control is None

@@ -71,7 +71,7 @@ def workdir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def two_ranks(workdir):
     return spawn(2, ["exact", "probe", "spectral", "ddp", "save", "failure", "subsampled_curvature", "nan_loss",
-                     "more_ranks_than_blocks"], workdir / "r2")
+                     "more_ranks_than_blocks", "gan", "gan_batch_norm"], workdir / "r2")
 
 
 @pytest.fixture(scope="module")
@@ -226,20 +226,62 @@ def test_padded_pieces_and_real_rows_invert_each_other(numel, world_size):
     assert torch.equal(torch.cat(pieces)[shards._real_rows], blocks)
 
 
-def test_ddp_gan_example_runs_under_torchrun(tmp_path):
+def test_image_gan_on_two_ranks_follows_one_process_on_the_whole_batch(two_ranks, monkeypatch):
+    """hsc.gan.Trainer data-parallel (MNIST, the DCGAN players without batch norm, the hsc method):
+    each rank trains on its half of the batch with averaged gradients and sharded preconditioners;
+    in float32 the players stay within rounding of the one-process run on the whole batch."""
+    single = work.gan_run()
+    for result in two_ranks:
+        r = result["gan"]
+        assert r["refreshes"] == single["refreshes"] == [2, 2]  # steps 0 and 2, on every rank
+        for player in ("G", "D"):
+            torch.testing.assert_close(r[player], single[player], rtol=1e-4, atol=1e-6)
+    assert torch.equal(two_ranks[0]["gan"]["G"], two_ranks[1]["gan"]["G"])  # one update on every rank
+    # the comparison has teeth: half of the batch alone trains elsewhere
+    from hsc.gan.train import Trainer
+
+    draw = Trainer.draw
+
+    def first_half(self):
+        real, z = draw(self)
+        return real[:4], z[:4]
+
+    monkeypatch.setattr(Trainer, "draw", first_half)
+    half = work.gan_run()
+    assert (half["G"] - single["G"]).abs().max() > 100 * (1e-6 + 1e-4 * single["G"].abs().max())
+
+
+def test_image_gan_with_batch_norm_keeps_the_ranks_identical(two_ranks):
+    """With batch norm each rank normalises by its own half's statistics (so the run is not the
+    one-process run), yet the averaged gradients keep the ranks' players bit for bit equal."""
+    a, b = (result["gan_batch_norm"] for result in two_ranks)
+    assert torch.equal(a["G"], b["G"]) and torch.equal(a["D"], b["D"])
+    single = work.gan_run(architecture="dcgan", method="adam")
+    assert not torch.equal(a["G"], single["G"])
+
+
+def test_hsc_gan_distributed_runs_under_torchrun(tmp_path):
     import os
     import subprocess
     import sys
 
     root = pathlib.Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(_free_port()), str(root / "examples" / "ddp_gan.py"), "--steps", "60", "--batch-size", "16",
-           "--out", str(tmp_path / "ddp_gan.pt")]
+           str(_free_port()), "-m", "hsc", "gan", "--distributed", "--data", "ring8", "--optim", "hsc",
+           "--steps", "60", "--seeds", "0", "--batch-size", "16", "--eval-samples", "500", "--checkpoint",
+           "--out", str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=JOIN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 ranks, 60 steps" in done.stdout and "owns blocks (0, " in done.stdout
-    state = torch.load(tmp_path / "ddp_gan.pt", weights_only=False)
-    g_state = state["preconditioners"][0]
+    assert done.stdout.count("| hsc |") == 1  # rank 0 reports, once
+    import json
+
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["runs"][0]["steps"] == 60
+    state = torch.load(out / "checkpoint-hsc-seed0.pt", weights_only=False)
+    g_state = state["players"]["G"]["preconditioner"]
     assert g_state["counters"]["refreshes"] == 2  # steps 0 and 50 (update_every 50)
     assert g_state["estimate"].shape[0] == g_state["num_blocks"]  # every block, gathered
+    n = g_state["num_blocks"]
+    assert g_state["ranges"] == [(0, (n + 1) // 2), ((n + 1) // 2, n)]  # the run's split over the two ranks

@@ -1,21 +1,25 @@
 """hsc.gan: metrics on constructed samples, short runs of each optimizer, the CLI, resume."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import sys
 
+import matplotlib.image as plt_image
 import pytest
 import torch
+from torch.nn import functional as F
 
 from conftest import FakeClock
 from hsc.__main__ import main as hsc_main
+from hsc import config
 from hsc.gan.data import make_dataset
 from hsc.gan.metrics import digits_classifier, digits_metrics, kl_to_uniform, mixture_metrics
-from hsc.gan.train import HSCOptions, TrainConfig, Trainer, train
+from hsc.gan.train import HSCSettings, TrainConfig, Trainer, train
 
-FAST_HSC = HSCOptions().with_changes(block_size=8, update_every=3)
+FAST_HSC = config.replace(HSCSettings(), block_size=8, update_every=3)
 
 
 # ---- metrics --------------------------------------------------------------------------------
@@ -96,13 +100,20 @@ def test_hsc_one_player_preconditioned(players):
 
 
 def test_digits_short_run():
+    """Three steps from a random generator: tanh samples in [-1, 1], and far from the real digits
+    by every metric (real digits score about 0 on each, see the classifier test)."""
     cfg = TrainConfig(data="digits", method="hsc", steps=3, batch_size=32, eval_samples=300,
-                      hsc=FAST_HSC.with_changes(block_size=32))
+                      hsc=config.replace(FAST_HSC, block_size=32))
     result = train(cfg)
-    assert result.samples.shape == (300, 64) and set(result.final) >= {"classes", "class_kl", "frechet"}
+    assert result.samples.shape == (300, 64) and result.samples.abs().max() <= 1
+    final = result.final
+    assert 1 <= final["classes"] <= 10 and 0 <= final["class_kl"] <= math.log(10) + 1e-9
+    assert final["frechet"] > 10
+    # the snapshot's metrics are those of the samples it returned
+    assert digits_metrics(result.samples) == final
 
 
-@pytest.mark.parametrize("method", ["adam", "hsc", "acgd"])
+@pytest.mark.parametrize("method", ["adam", "hsc", "acgd", "competitive"])
 def test_resume_equals_uninterrupted_run(method, tmp_path):
     cfg = TrainConfig(method=method, steps=10, batch_size=64, eval_samples=100, eval_every_steps=5,
                       hsc=FAST_HSC)
@@ -116,6 +127,9 @@ def test_resume_equals_uninterrupted_run(method, tmp_path):
     assert torch.equal(_flat(whole.G), _flat(resumed.G))
     assert torch.equal(_flat(whole.D), _flat(resumed.D))
     assert [s.metrics for s in whole.history] == [s.metrics for s in resumed.history]
+    if method == "competitive":
+        assert whole.game.stats()["steps"] == resumed.game.stats()["steps"] == 10
+        assert torch.equal(whole.game.warm, resumed.game.warm)
     if method == "hsc":
         for name in ("G", "D"):
             a = whole.players[name].preconditioner.state_dict()
@@ -136,17 +150,29 @@ def test_same_seed_same_run_other_seed_other_run():
 
 def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = hsc_main(["gan", "--data", "ring8", "--optim", "hsc,adam,acgd", "--steps", "6", "--seeds", "0,1",
-                   "--batch-size", "32", "--out", str(out), "--hsc-block-size", "8", "--checkpoint"])
+    rc = hsc_main(["gan", "--data", "ring8", "--optim", "hsc,adam,acgd,competitive", "--steps", "6",
+                   "--seeds", "0,1", "--batch-size", "32", "--out", str(out), "--hsc-block-size", "8",
+                   "--game-cg-tol", "0.05", "--game-solve-side", "y", "--checkpoint"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "| hsc |" in printed and "| acgd |" in printed and "±" in printed
+    assert "| hsc |" in printed and "| acgd |" in printed and "| competitive |" in printed and "±" in printed
     report = json.loads((out / "metrics.json").read_text())
-    assert set(report["summary"]) == {"hsc", "adam", "acgd"}
-    assert len(report["runs"]) == 6 and report["summary"]["adam"]["modes"]["values"]
-    for name in ("samples-hsc.png", "samples-adam.png", "samples-acgd.png", "metrics-vs-time.png",
-                 "checkpoint-hsc-seed1.pt"):
-        assert (out / name).stat().st_size > 0
+    assert set(report["summary"]) == {"hsc", "adam", "acgd", "competitive"}
+    assert len(report["runs"]) == 8
+    # the flags reached the runs, and the summary is the mean over the seeds' final metrics
+    competitive = [r for r in report["runs"] if r["method"] == "competitive"]
+    assert all(r["stats"]["game"]["solve_side"] == "y" and r["steps"] == 6 for r in competitive)
+    assert all(c["game"]["cg_tol"] == 0.05 and c["hsc"]["preconditioner"]["block_size"] == 8
+               for c in report["configs"])
+    for method, row in report["summary"].items():
+        finals = [r["final"]["modes"] for r in report["runs"] if r["method"] == method]
+        assert row["modes"]["values"] == finals and row["modes"]["mean"] == pytest.approx(sum(finals) / 2)
+    for name in ("samples-hsc.png", "samples-adam.png", "samples-acgd.png", "samples-competitive.png",
+                 "metrics-vs-time.png"):
+        picture = plt_image.imread(out / name)
+        assert picture.ndim == 3 and picture.shape[0] > 100 and picture[..., :3].std() > 0.01, name
+    resumed = Trainer.load(out / "checkpoint-competitive-seed1.pt")
+    assert resumed.step_count == 6 and resumed.config.game.cg_tol == 0.05
 
 
 def test_cli_seconds_budget_counts_training_time_only(tmp_path):
@@ -201,7 +227,7 @@ def test_info_still_works(capsys):
     assert "hsc" in capsys.readouterr().out
 
 
-# ---- spectral modes in the CLI, HSCOptions --------------------------------------------------
+# ---- spectral modes in the CLI, HSCSettings --------------------------------------------------
 
 def test_cli_spectral_mode_with_relative_scale_writes_the_spectrum(tmp_path, capsys):
     out = tmp_path / "run"
@@ -228,46 +254,76 @@ def test_cli_spectrum_outside_the_spectral_modes_says_so(tmp_path, capsys):
     assert not (out / "spectrum-hsc.png").exists()
 
 
-def test_hsc_options_with_changes_and_preconditioner_config():
-    base = HSCOptions()
-    changed = base.with_changes(players="G", lr=1e-3, block_size=8, mode="spectral", colour_radius=2)
+def test_hsc_settings_replace_and_preconditioner_config():
+    base = HSCSettings()
+    changed = config.replace(base, players="G", lr=1e-3, block_size=8, mode="spectral", colour_radius=2)
     assert (changed.players, changed.lr, changed.preconditioner.block_size, changed.preconditioner.mode,
             changed.preconditioner.colour_radius) == ("G", 1e-3, 8, "spectral", 2)
-    assert base == HSCOptions()  # a copy: the original is untouched
+    assert base == HSCSettings()  # a copy: the original is untouched
     assert changed.preconditioner_config(7) == dataclasses.replace(changed.preconditioner, seed=7)
-    with pytest.raises(TypeError):
-        base.with_changes(blocksize=8)
+    with pytest.raises(TypeError, match="blocksize"):
+        config.replace(base, blocksize=8)
 
 
-def test_hsc_options_from_dict_of_asdict_and_of_json():
-    options = HSCOptions().with_changes(players="D", base="sgd", graft=False, block_size=8, estimator="coloured",
-                                        mode="saddle_free", scale_rule="relative", chunk_size=4, patch=(2, 2),
-                                        max_sweeps=12)
-    assert HSCOptions.from_dict(dataclasses.asdict(options)) == options
-    # a checkpoint's config goes through JSON-like forms: the patch comes back as a list
-    assert HSCOptions.from_dict(json.loads(json.dumps(dataclasses.asdict(options)))) == options
+def test_train_config_from_dict_of_asdict_and_of_json():
+    cfg = config.replace(TrainConfig(data="digits", method="competitive", steps=3), players="D", base="sgd",
+                         graft=False, block_size=8, estimator="coloured", mode="saddle_free", chunk_size=4,
+                         patch=(2, 2), max_sweeps=12, betas=(0.4, 0.9))
+    cfg = dataclasses.replace(cfg, game=config.replace(cfg.game, cg_tol=0.05, solve_side="y", warm_start=False))
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    # a checkpoint's config goes through JSON-like forms: tuples come back as lists
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-# The flat form of the HSCOptions before PreconditionerConfig (older checkpoints), in a spectral mode.
-FLAT_OPTIONS = {"players": "D", "block_size": 8, "update_every": 5, "scale": 0.5, "damping": 1e-3,
-                "estimator": "exact", "samples": 2, "ema": 0.5, "mode": "saddle_free", "base": "sgd",
-                "lr": 1e-3, "momentum": 0.5, "graft": False}
+# ---- the competitive and graft-adam methods ----------------------------------------------------
+
+def _first_draws(cfg: TrainConfig, trainer: Trainer):
+    sampler = torch.Generator().manual_seed(cfg.seed + 1)
+    real = trainer.dataset.sample(trainer.batch_size, sampler)
+    return real, torch.randn(trainer.batch_size, trainer.latent, generator=sampler)
 
 
-def test_hsc_options_from_a_flat_dict():
-    """The flat form is an older checkpoint's: its missing fields take the GAN defaults of its time
-    (the library's, with b = 16 and update_every = 50), not today's."""
-    from hsc import PreconditionerConfig
+def test_competitive_step_is_the_game_with_g_minimising_the_zero_sum_loss():
+    """A training step of ``competitive`` equals hsc.CompetitiveHSC with G as the minimising
+    player of f = log D(real) + log(1 - D(G(z))) and D as the maximising one, written here from
+    the log-sigmoid form on the run's own draws: a wrong sign or player order moves elsewhere."""
+    from hsc import CompetitiveHSC
 
-    options = HSCOptions.from_dict(FLAT_OPTIONS)
-    assert (options.players, options.base, options.lr, options.momentum, options.graft) == ("D", "sgd", 1e-3, 0.5,
-                                                                                             False)
-    inner = {k: v for k, v in FLAT_OPTIONS.items() if k in dataclasses.asdict(options.preconditioner)}
-    then = dataclasses.replace(PreconditionerConfig(), block_size=16, update_every=50)
-    assert options.preconditioner == dataclasses.replace(then, **inner)
+    cfg = TrainConfig(method="competitive", steps=2, batch_size=32, eval_samples=100, seed=3)
+    trainer = Trainer(cfg)
+    G, D = copy.deepcopy(trainer.G), copy.deepcopy(trainer.D)
+    start = [_flat(G), _flat(D)]
+    real, z = _first_draws(cfg, trainer)
+    game = CompetitiveHSC(G.parameters(), D.parameters(), dataclasses.replace(
+        cfg.game, preconditioner=dataclasses.replace(cfg.game.preconditioner, seed=2 * cfg.seed)))
+
+    def f():
+        return torch.log(torch.sigmoid(D(real))).mean() + torch.log(1 - torch.sigmoid(D(G(z)))).mean()
+
+    game.step(f)
+    trainer.train_step()
+    for mine, theirs, before in ((G, trainer.G, start[0]), (D, trainer.D, start[1])):
+        assert float((_flat(mine) - before).abs().max()) > 1e-4  # it moved: the comparison has teeth
+        torch.testing.assert_close(_flat(theirs), _flat(mine), rtol=1e-4, atol=1e-6)
 
 
-def test_hsc_options_from_an_old_cholesky_checkpoint_is_valid():
-    options = HSCOptions.from_dict({**FLAT_OPTIONS, "mode": "cholesky", "scale": 1.0})
-    options.validate()
-    assert options.preconditioner.mode == "cholesky" and options.preconditioner.scale_rule == "absolute"
+def test_graft_adam_moves_each_tensor_by_adams_length_along_the_preconditioned_gradient():
+    """base graft-adam: after the first step each tensor of G has moved by Adam's first-step length
+    lr ||g / (|g| + eps)|| (Adam's bias-corrected moments at step 1 are g and g^2) along -M^-1 g."""
+    cfg = config.replace(TrainConfig(method="hsc", steps=1, batch_size=32, eval_samples=100),
+                         base="graft-adam", graft=False, block_size=8, update_every=5)
+    trainer = Trainer(cfg)
+    G0, D0 = copy.deepcopy(trainer.G), copy.deepcopy(trainer.D)
+    real, z = _first_draws(cfg, trainer)
+    trainer.train_step()
+    with torch.enable_grad():  # the generator's loss at the start point (simultaneous update)
+        grads = torch.autograd.grad(F.softplus(-D0(G0(z))).mean(), list(G0.parameters()))
+    directions = trainer.players["G"].preconditioner.solve(grads)
+    lr, eps = cfg.hsc.lr, 1e-8
+    for p, b, g, d in zip(trainer.G.parameters(), G0.parameters(), grads, directions):
+        step = (p - b).detach()
+        assert float(step.norm()) == pytest.approx(lr * float((g / (g.abs() + eps)).norm()), rel=1e-4)
+        cosine = float(-(step * d).sum() / (step.norm() * d.norm()))
+        assert cosine == pytest.approx(1.0, abs=1e-5)
+    # M^-1 g is not g's direction here, so the check above tells grafting from plain Adam
+    assert min(float((g * d).sum() / (g.norm() * d.norm())) for g, d in zip(grads, directions)) < 0.99

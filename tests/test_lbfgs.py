@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import hsc
-from curvature_helpers import DT, diagonal_blocks
+from curvature_helpers import CHOLESKY, DT, diagonal_blocks
 from hsc import BlockLayout, PreconditionerConfig, reference
 from hsc.lbfgs import PreconditionedLBFGS
 
@@ -52,7 +52,25 @@ def logistic_regression(seed: int = 0):
     return start, loss_of
 
 
-PROBLEMS = {"quadratic_plus_quartic": quadratic_plus_quartic, "logistic_regression": logistic_regression}
+def double_well(seed: int = 0):
+    """sum (x_i^2 - 1)^2 / 4 + 0.5 x^T C x + 0.1 sum x over two tensors (3 + 3 entries), from near the
+    saddle at 0, where the Hessian (about C - I) is indefinite: not convex. Without a line search
+    L-BFGS meets pairs with s^T y < 0 there; converging into a well, pairs whose s^T y falls below
+    1e-10 (tests below count them). Returns (start, loss_of)."""
+    g = torch.Generator().manual_seed(seed)
+    R = torch.randn(6, 6, generator=g, dtype=DT)
+    C = 0.15 * (R + R.T)
+    start = [0.05 * torch.randn(3, generator=g, dtype=DT), 0.05 * torch.randn(3, generator=g, dtype=DT)]
+
+    def loss_of(ps):
+        x = torch.cat([p.reshape(-1) for p in ps])
+        return 0.25 * ((x ** 2 - 1) ** 2).sum() + 0.5 * x @ C @ x + 0.1 * x.sum()
+
+    return start, loss_of
+
+
+PROBLEMS = {"quadratic_plus_quartic": quadratic_plus_quartic, "logistic_regression": logistic_regression,
+            "double_well": double_well}
 
 
 def run(make_opt: Callable, start, loss_of, steps: int, curvature: bool = False):
@@ -94,9 +112,12 @@ SETTINGS = [
 @pytest.mark.parametrize("problem", sorted(PROBLEMS))
 @pytest.mark.parametrize("options", SETTINGS, ids=lambda o: f"{o['line_search_fn']}-max_iter{o['max_iter']}")
 def test_without_preconditioner_every_iterate_equals_torch_lbfgs(problem, options):
+    # pair_tolerance 0: the pair rule is torch's alone (s^T y > 1e-10); the default 1e-8 also skips
+    # pairs torch keeps (test_default_pair_tolerance_is_not_torch_s_rule below).
     start, loss_of = PROBLEMS[problem]()
     steps = 6
-    ours, our_losses, opt = run(lambda p: PreconditionedLBFGS(p, **options), start, loss_of, steps)
+    ours, our_losses, opt = run(lambda p: PreconditionedLBFGS(p, pair_tolerance=0.0, **options), start, loss_of,
+                                steps)
     theirs, their_losses, ref = run(lambda p: torch.optim.LBFGS(p, **options), start, loss_of, steps)
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
@@ -105,11 +126,101 @@ def test_without_preconditioner_every_iterate_equals_torch_lbfgs(problem, option
     assert (mine["n_iter"], mine["func_evals"]) == (torchs["n_iter"], torchs["func_evals"])
     assert torch.equal(mine["d"], torchs["d"]) and float(mine["t"]) == float(torchs["t"])
     assert torch.equal(mine["prev_flat_grad"], torchs["prev_flat_grad"])
-    assert len(mine["old_dirs"]) == len(torchs["old_dirs"]) == 3  # the history was trimmed
+    assert len(mine["old_dirs"]) == len(torchs["old_dirs"])
     assert all(torch.equal(a, b) for a, b in zip(mine["old_stps"], torchs["old_stps"]))
+    if problem != "double_well":  # (whose pairs near the saddle have s^T y < 0 and are skipped)
+        assert len(torchs["old_dirs"]) == 3  # the history was trimmed
     # the run moved, and the counters follow torch's
     assert their_losses[-1] < their_losses[0]
     assert opt.counters["iterations"] == torchs["n_iter"] and opt.counters["evaluations"] == torchs["func_evals"]
+
+
+def torch_lbfgs_with_pairs(start, loss_of, options: dict, steps: int):
+    """``steps`` steps of torch.optim.LBFGS with max_iter 1 (one iteration a step, so at most one new
+    curvature pair a step), and s^T y of every pair it considers, computed here from its state
+    before each step as torch forms it: s = t d, y = the new gradient - prev_flat_grad (no pair
+    on the first step, nor where the step returns at once because |g|_max <= tolerance_grad).
+    Returns (params, losses, opt, [s^T y, ...])."""
+    assert options.get("max_iter") == 1
+    params = [torch.nn.Parameter(p.clone()) for p in start]
+    opt = torch.optim.LBFGS(params, **options)
+    tolerance_grad = opt.param_groups[0]["tolerance_grad"]
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_of(params)
+        loss.backward()
+        return loss
+
+    losses, pairs = [], []
+    for _ in range(steps):
+        state = lbfgs_state(opt)
+        if "d" in state:
+            with torch.enable_grad():
+                closure()
+            g = torch.cat([p.grad.reshape(-1) for p in params])
+            if g.abs().max() > tolerance_grad:
+                pairs.append(float((g - state["prev_flat_grad"]) @ (state["d"] * state["t"])))
+        losses.append(float(opt.step(closure).detach()))
+    return params, losses, opt, pairs
+
+
+# (line search, lr): without a line search the run starts on the saddle's negative curvature
+# (pairs with s^T y < 0); strong Wolfe guarantees s^T y > 0 for the pairs of a successful search, but
+# with both tolerances 0 it runs on into its well until s^T y is below torch's 1e-10.
+NON_CONVEX_CASES = {"no_line_search": dict(line_search_fn=None, lr=0.2),
+                    "strong_wolfe": dict(line_search_fn="strong_wolfe")}
+
+
+@pytest.mark.parametrize("case", sorted(NON_CONVEX_CASES))
+def test_without_preconditioner_skips_exactly_torch_s_pairs_on_a_non_convex_problem(case):
+    """The double well, one iteration a step for 40 steps (history 3): every iterate and the kept
+    pairs equal torch's, and the pairs skipped are exactly those torch skips (s^T y <= 1e-10, counted
+    here from torch's own state), of which the run has several: negative curvature pairs without a
+    line search, positive ones below 1e-10 with strong Wolfe."""
+    start, loss_of = double_well()
+    options = dict(max_iter=1, max_eval=10, history_size=3, tolerance_grad=0.0, tolerance_change=0.0,
+                   **NON_CONVEX_CASES[case])
+    ours, our_losses, opt = run(lambda p: PreconditionedLBFGS(p, pair_tolerance=0.0, **options), start, loss_of, 40)
+    theirs, their_losses, ref, pairs = torch_lbfgs_with_pairs(start, loss_of, options, 40)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    assert our_losses == their_losses
+    mine, torchs = lbfgs_state(opt), lbfgs_state(ref)
+    assert len(mine["old_dirs"]) == len(torchs["old_dirs"])
+    assert all(torch.equal(a, b) for a, b in zip(mine["old_stps"], torchs["old_stps"]))
+    assert all(torch.equal(a, b) for a, b in zip(mine["old_dirs"], torchs["old_dirs"]))
+    assert len(pairs) == 39  # every step after the first considered a pair
+    skipped = [ys for ys in pairs if not ys > 1e-10]
+    assert opt.counters["skipped_pairs"] == len(skipped), pairs
+    if case == "no_line_search":
+        assert sum(ys < 0 for ys in pairs) >= 5, pairs
+    else:
+        assert sum(0 < ys <= 1e-10 for ys in pairs) >= 3, pairs  # a rule s^T y > 0 would keep these
+    assert sum(ys > 1e-10 for ys in pairs) >= 10, pairs  # and the history is used
+    assert their_losses[-1] < their_losses[0]
+
+
+def test_default_pair_tolerance_is_not_torch_s_rule():
+    # 0.5 x^T D x with D = diag(1, -1 + 1e-9), a saddle, from (1, 1), no line search, lr 1: the
+    # first step is s = -t D x with t = 1 / |D x|_1 = 1/2, y = D s, so s^T y = t^2 (1 - (1 - 1e-9)^3)
+    # = 7.5e-10 > 1e-10 (torch keeps the pair) while cos(s, y) = 1.5e-9 < 1e-8 (the default
+    # pair_tolerance skips it). With pair_tolerance 0 the next iterate is torch's; with the
+    # default it is not (and the skip is counted).
+    D = torch.diag(torch.tensor([1.0, -1.0 + 1e-9], dtype=DT))
+    start = [torch.ones(2, dtype=DT)]
+    loss_of = lambda ps: 0.5 * ps[0] @ D @ ps[0]  # noqa: E731
+    options = dict(max_iter=1, line_search_fn=None, lr=1.0)
+    theirs, _, _, pairs = torch_lbfgs_with_pairs(start, loss_of, options, 2)
+    s, y = -0.5 * (D @ start[0]), -0.5 * (D @ D @ start[0])
+    assert pairs[0] == pytest.approx(float(s @ y), rel=1e-6) and 1e-10 < pairs[0] < 1e-9
+    assert 0 < float(s @ y) / float(s.norm() * y.norm()) < 1e-8
+    ours, _, opt = run(lambda p: PreconditionedLBFGS(p, pair_tolerance=0.0, **options), start, loss_of, 2)
+    assert torch.equal(ours[0], theirs[0]) and opt.counters["skipped_pairs"] == 0
+    assert len(lbfgs_state(opt)["old_dirs"]) == 1
+    default, _, opt = run(lambda p: PreconditionedLBFGS(p, **options), start, loss_of, 2)
+    assert opt.counters["skipped_pairs"] == 1 and lbfgs_state(opt)["old_dirs"] == []
+    assert not torch.equal(default[0], theirs[0])
 
 
 # ---- the preconditioner as H_0 ------------------------------------------------------------------
@@ -162,7 +273,8 @@ def test_preconditioner_cuts_iterations_on_an_ill_conditioned_block_problem(seed
     # only catch the rank-2 coupling. Measured over seeds 0-9 and 20-25: 2-3 iterations with the
     # preconditioner, 523-971 without (history 20); the bounds below leave a margin of 25x.
     H, x_star, x0 = block_quadratic_with_coupling(seed)
-    config = PreconditionerConfig(block_size=8, estimator="exact", update_every=10 ** 6, scale=1e-2, damping=0.0)
+    config = PreconditionerConfig(block_size=8, estimator="exact", update_every=10 ** 6, scale=1e-2, damping=0.0,
+                                  **CHOLESKY)
     with_pre = iterations_to_target(H, x_star, x0, config, limit=4)
     without = iterations_to_target(H, x_star, x0, None, limit=100)
     assert with_pre is not None and with_pre <= 4, with_pre
@@ -176,7 +288,7 @@ def test_first_direction_is_minus_m_inverse_g_and_gamma_matches_the_newest_pair(
     H, x_star, x0 = block_quadratic_with_coupling(3, blocks=3, b=4)
     x = torch.nn.Parameter(x0.clone())
     loss_of = lambda: 0.5 * (x - x_star) @ H @ (x - x_star)  # noqa: E731
-    config = PreconditionerConfig(block_size=4, estimator="exact", update_every=100, scale=0.5)
+    config = PreconditionerConfig(block_size=4, estimator="exact", update_every=100, scale=0.5, **CHOLESKY)
     opt = PreconditionedLBFGS([x], lr=0.7, max_iter=1, line_search_fn=None, preconditioner=config)
 
     def closure():
@@ -354,6 +466,33 @@ def test_nan_trial_loss_with_a_finite_gradient_is_undone():
 
     opt.step(closure)
     assert bool(torch.isfinite(x).all()) and float(x.detach()) <= 1
+
+
+def test_step_into_a_non_finite_region_without_line_search_is_undone():
+    # ((a - 5)^2).sum() + (b - 5)^2 + 0 sqrt(1 - a_0): NaN beyond a_0 = 1. From 0, no line search,
+    # lr 1.5: iteration 1 moves every entry to 0.5 (t = lr / |g|_1 = 1.5 / 30, d = -g = 10), which
+    # is finite; iteration 2 takes the Newton step of its pair, t d = 1.5 x 4.5 per entry, to
+    # 7.25: NaN. torch.optim.LBFGS keeps that point; this optimizer restores the point the
+    # iteration started from (torch's after one iteration), counts the undo and starts afresh.
+    start = [torch.zeros(2, dtype=DT), torch.zeros(1, dtype=DT)]
+
+    def loss_of(ps):
+        a, b = ps
+        return ((a - 5) ** 2).sum() + ((b - 5) ** 2).sum() + 0 * torch.sqrt(1 - a[0])
+
+    after_one, _, _ = run(lambda p: torch.optim.LBFGS(p, lr=1.5, max_iter=1), start, loss_of, 1)
+    assert all(torch.equal(p.detach(), torch.full_like(p, 0.5)) for p in after_one)
+    after_two, _, _ = run(lambda p: torch.optim.LBFGS(p, lr=1.5, max_iter=2, max_eval=10), start, loss_of, 1)
+    assert float(after_two[0][0].detach()) > 1  # torch's second iteration lands in the NaN region
+    ours, losses, opt = run(lambda p: PreconditionedLBFGS(p, lr=1.5, max_iter=5, line_search_fn=None),
+                            start, loss_of, 1)
+    assert all(torch.equal(p, q) for p, q in zip(ours, after_one))
+    assert opt.counters["undone_line_searches"] == 1 and opt.counters["evaluations"] == 3
+    assert opt.counters["iterations"] == 2 and opt.counters["skipped_non_finite"] == 0
+    state = lbfgs_state(opt)
+    # afresh: the next step's first iteration is a first iteration again, with no history
+    assert state["n_iter"] == 0 and state["old_dirs"] is None and state["prev_flat_grad"] is None
+    assert losses == [float(loss_of(start))]
 
 
 # ---- checkpoints --------------------------------------------------------------------------------

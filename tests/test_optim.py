@@ -12,9 +12,9 @@ from typing import Callable, List, Optional
 import pytest
 import torch
 
-from curvature_helpers import (DT, diagonal_blocks, full_hessian, ill_conditioned_block_quadratic,
+from curvature_helpers import (CHOLESKY, DT, diagonal_blocks, full_hessian, ill_conditioned_block_quadratic,
                                regression_data, tiny_mlp)
-from hsc import HSC, Preconditioner, PreconditionerConfig, ops, reference
+from hsc import HSC, BlockLayout, Preconditioner, PreconditionerConfig, ops, reference
 from hsc.optim import StepControl
 
 
@@ -109,7 +109,8 @@ def test_hsc_beats_sgd_and_adam_on_rosenbrock():
 
 # ---- checkpoints ------------------------------------------------------------------------------------
 
-OPTIONS = dict(lr=0.05, momentum=0.9, block_size=6, estimator="probe", update_every=3, ema=0.8, scale=0.3)
+OPTIONS = dict(lr=0.05, momentum=0.9, block_size=6, estimator="probe", update_every=3, ema=0.8, scale=0.3,
+               **CHOLESKY)
 
 
 def _train(model, opt, x, y, steps):
@@ -275,7 +276,7 @@ def test_param_groups_with_own_lr_and_block_size():
     w2 = torch.zeros(6, dtype=DT, requires_grad=True)
     loss_fn = lambda: 0.5 * (torch.cat([w1, w2]) - c) @ H @ (torch.cat([w1, w2]) - c)  # noqa: E731
     opt = HSC([{"params": [w1], "lr": 0.5, "block_size": 2}, {"params": [w2], "block_size": 4}],
-              lr=0.1, momentum=0.0, estimator="exact", damping=1e-3, scale=0.5)
+              lr=0.1, momentum=0.0, estimator="exact", damping=1e-3, scale=0.5, **CHOLESKY)
     assert [pc.layout.block_size for pc in opt.preconditioners] == [2, 4]
     g = H @ (torch.zeros(11, dtype=DT) - c)
     opt.step(loss_fn)
@@ -289,7 +290,7 @@ def test_step_lr_scheduler_changes_take_effect():
     H, c = _coupled_quadratic(6, seed=1)
     w = torch.zeros(6, dtype=DT, requires_grad=True)
     loss_fn = lambda: 0.5 * (w - c) @ H @ (w - c)  # noqa: E731
-    opt = HSC([w], lr=1.0, momentum=0.0, block_size=3, estimator="exact", damping=1e-3, scale=0.5)
+    opt = HSC([w], lr=1.0, momentum=0.0, block_size=3, estimator="exact", damping=1e-3, scale=0.5, **CHOLESKY)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
     for lr in [1.0, 1.0, 0.1, 0.1, 0.01]:  # StepLR(step_size=2, gamma=0.1) from lr 1
         start = w.detach().clone()
@@ -302,7 +303,7 @@ def test_step_lr_scheduler_changes_take_effect():
 def test_step_without_closure_uses_grad_and_last_factors():
     H, c = _coupled_quadratic(7, seed=2)
     w = torch.zeros(7, dtype=DT, requires_grad=True)
-    opt = HSC([w], lr=0.3, momentum=0.0, block_size=3, estimator="exact", damping=1e-3, scale=0.5)
+    opt = HSC([w], lr=0.3, momentum=0.0, block_size=3, estimator="exact", damping=1e-3, scale=0.5, **CHOLESKY)
     pc = opt.preconditioners[0]
     # Before any refresh the gradient passes through unchanged: a plain SGD step.
     g0 = torch.arange(7, dtype=DT)
@@ -330,7 +331,7 @@ def test_curvature_closure_supplies_the_hvps_and_the_closure_the_step():
     H1, c = _coupled_quadratic(7, seed=3)
     H2, _ = _coupled_quadratic(7, seed=4)
     w = torch.zeros(7, dtype=DT, requires_grad=True)
-    opt = HSC([w], lr=0.3, momentum=0.0, block_size=3, estimator="exact", damping=1e-3, scale=0.5,
+    opt = HSC([w], lr=0.3, momentum=0.0, block_size=3, estimator="exact", damping=1e-3, scale=0.5, **CHOLESKY,
               update_every=2)
     pc = opt.preconditioners[0]
     calls = []
@@ -445,7 +446,7 @@ def smooth_loss(x: torch.Tensor) -> torch.Tensor:
 
 
 SMOOTH_MIN = 2.8823006527495547  # torch.optim.LBFGS to |g| < 1e-8 from the start below
-STEP_OPTIONS = dict(momentum=0.9, block_size=3, estimator="exact", update_every=10, scale=0.1)
+STEP_OPTIONS = dict(momentum=0.9, block_size=3, estimator="exact", update_every=10, scale=0.1, **CHOLESKY)
 
 
 def controlled_run(lr: float, control: Optional[StepControl], steps: int, record: Optional[list] = None):
@@ -660,3 +661,128 @@ def test_an_undone_step_counts_one_call_of_the_refresh_schedule():
     offsets.append(1e6)
     opt.step(closure)
     assert opt.counters["undone_steps"] == 1 and opt.preconditioners[0].calls == 3
+
+
+# ---- step control against an independent prediction ---------------------------------------------
+# The tests above take the predicted decrease from the optimizer itself. Here it is computed from
+# the definition (StepControl's docstring: lr alpha g^T u, u = momentum * u_last + M^-1 g) on a
+# quadratic, whose exact curvature blocks are A's diagonal blocks, with M^-1 from the float64
+# reference (hsc.reference) of those blocks: nothing of it comes from the optimizer.
+
+def coupled_quadratic():
+    """0.5 x^T A x - c^T x on 6 entries, A SPD and coupled across the two blocks of 3, so that M^-1
+    (from A's diagonal blocks only) is not A^-1 and the momentum update u is not along M^-1 g.
+    Returns (A, c, x0)."""
+    g = torch.Generator().manual_seed(7)
+    R = torch.randn(6, 6, generator=g, dtype=DT)
+    A = R @ R.T / 6 + 0.5 * torch.eye(6, dtype=DT)
+    return A, torch.randn(6, generator=g, dtype=DT), 2 * torch.randn(6, generator=g, dtype=DT)
+
+
+QUADRATIC_OPTIONS = dict(block_size=3, estimator="exact", update_every=1000, mode="cholesky", damping=1e-4,
+                         scale_rule="absolute", scale=0.1)
+
+
+def reference_m_inverse(A: torch.Tensor, x: torch.Tensor, block_size: int, scale: float) -> Callable:
+    """v -> M^-1 v from the float64 reference of A's diagonal blocks (cholesky, damping 1e-4)."""
+    layout = BlockLayout([x], block_size)
+    corr = reference.correct(diagonal_blocks(A, layout), damping=1e-4, scale=scale)
+    return lambda v: layout.scatter(reference.solve(corr, layout.gather([v])))[0]
+
+
+def scripted_closure(x: torch.Tensor, loss_of: Callable, script: list, seen: list) -> Callable:
+    """loss_of(x), with its value replaced by script.pop(0) while the script lasts (None: the
+    natural value); the gradient is always the natural one. ``seen`` collects the parameters at
+    each call."""
+    def closure():
+        seen.append(x.detach().clone())
+        loss = loss_of(x)
+        target = script.pop(0) if script else None
+        return loss if target is None else loss - loss.detach() + target
+    return closure
+
+
+def test_trust_prediction_is_lr_alpha_g_dot_u_computed_independently():
+    # Each step: u = 0.9 u_last + M^-1 g (the momentum buffer holds u_last, not scaled by alpha),
+    # x <- x - lr alpha u, predicted = lr alpha g^T u. The loss the next step sees is scripted at a
+    # ratio of actual to predicted decrease just either side of low (0.1) and high (0.5), from
+    # this prediction, so that alpha's moves (x 0.5 below low, x 2 above high, else kept) hold
+    # only if the optimizer's own prediction is this one to within 1e-6.
+    A, c, x0 = coupled_quadratic()
+    loss_of = lambda x: 0.5 * x @ A @ x - c @ x  # noqa: E731
+    lr, momentum = 0.1, 0.9
+    x = torch.nn.Parameter(x0.clone())
+    opt = HSC([x], lr=lr, momentum=momentum, step_control=StepControl(rule="trust"), **QUADRATIC_OPTIONS)
+    m_inverse = reference_m_inverse(A, x, 3, 0.1)
+    script, seen = [], []
+    closure = scripted_closure(x, loss_of, script, seen)
+    ratios = [0.05, 0.1 * (1 + 1e-6), 0.1 * (1 - 1e-6), 0.5 * (1 + 1e-6), 0.5 * (1 - 1e-6)]
+    expected_alphas = [0.5, 0.5, 0.25, 0.5, 0.5]  # after each judgement
+    xk, u_last, alpha = x0.clone(), None, 1.0
+    with torch.no_grad():
+        value = float(loss_of(xk))  # the loss the first step sees
+    gaps = []
+    for k, ratio in enumerate(ratios + [None]):
+        g = A @ xk - c
+        d = m_inverse(g)
+        u = d if u_last is None else momentum * u_last + d
+        assert float(g @ u) > 0  # descent: the update is not replaced
+        gaps.append(abs(float(g @ u) - float(g @ d)) / float(g @ u))
+        predicted = lr * alpha * float(g @ u)
+        opt.step(closure)
+        assert opt.alpha == alpha, k
+        torch.testing.assert_close(seen[-1], xk, rtol=1e-12, atol=1e-14)
+        state = opt.state_dict()["step_control"]["before"]
+        assert state["loss"] == pytest.approx(value, rel=1e-14, abs=1e-14)
+        assert state["predicted"] == pytest.approx(predicted, rel=1e-10), k
+        xk, u_last = xk - lr * alpha * u, u
+        torch.testing.assert_close(x.detach(), xk, rtol=1e-12, atol=1e-14)
+        if ratio is None:
+            break
+        value = value - ratio * predicted  # what the next step sees at xk
+        script.append(value)
+        alpha = expected_alphas[k]
+    assert opt.counters["undone_steps"] == 0 and opt.counters["non_descent_updates"] == 0
+    # Test construction: with momentum, g^T u and g^T M^-1 g differ by far more than 1e-6.
+    assert min(gaps[1:]) > 0.01, gaps
+
+
+def test_armijo_coefficient_decides_acceptance():
+    # armijo 0.3: a trial at alpha is kept iff its loss <= value - 0.3 alpha lr g^T u. The trial
+    # losses are scripted a relative 1e-6 of the required decrease above (rejected) or below
+    # (accepted) that bound, with g^T u computed here; a rule that accepts any decrease, or whose
+    # slope is not g^T u, takes another path. The trial points lie along -lr u (u computed here).
+    A, c, x0 = coupled_quadratic()
+    loss_of = lambda x: 0.5 * x @ A @ x - c @ x  # noqa: E731
+    lr, momentum, armijo = 0.1, 0.9, 0.3
+    x = torch.nn.Parameter(x0.clone())
+    opt = HSC([x], lr=lr, momentum=momentum, step_control=StepControl(rule="armijo", armijo=armijo),
+              **QUADRATIC_OPTIONS)
+    m_inverse = reference_m_inverse(A, x, 3, 0.1)
+    script, seen = [], []
+    closure = scripted_closure(x, loss_of, script, seen)
+    xk, u_last, backtracks, alpha = x0.clone(), None, 0, 1.0
+    # per step: how many trials fail before one passes; the first trial is at min(1, 2 alpha)
+    for k, failures in enumerate((1, 2, 0, 1)):
+        g = A @ xk - c
+        u = m_inverse(g) if u_last is None else momentum * u_last + m_inverse(g)
+        slope = lr * float(g @ u)
+        with torch.no_grad():
+            value = float(loss_of(xk))
+        alphas = [min(1.0, 2 * alpha) * 0.5 ** i for i in range(failures + 1)]
+        script.extend([None] + [value - armijo * a * slope * (1 - 1e-6) for a in alphas[:-1]]
+                      + [value - armijo * alphas[-1] * slope * (1 + 1e-6)])
+        seen.clear()
+        opt.step(closure)
+        assert not script, k
+        assert len(seen) == 2 + failures
+        torch.testing.assert_close(seen[0], xk, rtol=1e-12, atol=1e-14)
+        for a, trial in zip(alphas, seen[1:]):
+            torch.testing.assert_close(trial, xk - lr * a * u, rtol=1e-12, atol=1e-14)
+        backtracks, alpha = backtracks + failures, alphas[-1]
+        assert opt.counters["backtracks"] == backtracks and opt.alpha == alpha, k
+        xk, u_last = xk - lr * alpha * u, u
+        torch.testing.assert_close(x.detach(), xk, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(opt.state[x]["momentum_buffer"], u, rtol=1e-12, atol=1e-14)
+    assert opt.counters["steps"] == 4 and opt.counters["undone_steps"] == 0
+    assert opt.counters["non_descent_updates"] == 0

@@ -13,10 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curvature_helpers import (DT, diagonal_blocks, flat_loss, flat_params, full_hessian, regression_data,
+from curvature_helpers import (CHOLESKY, DT, diagonal_blocks, flat_loss, flat_params, full_hessian, regression_data,
                                tiny_mlp)
 from hsc import HSC, BlockLayout, Preconditioner, PreconditionerConfig, ops, reference
-from hsc.preconditioner import all_finite, finite_rows, real_eigenvalues, relative_statistic
+from hsc.numerics import all_finite, finite_rows
+from hsc.preconditioner import real_eigenvalues, relative_statistic
 
 
 def quadratic(w: torch.Tensor, H: torch.Tensor, c: torch.Tensor):
@@ -98,7 +99,7 @@ def test_precondition_rewrites_grads_with_m_inverse_g(estimator):
     x, y = regression_data(model)
     loss_fn = lambda: ((model(x) - y) ** 2).mean()  # noqa: E731
     params = list(model.parameters())
-    pre = Preconditioner(params, block_size=7, estimator=estimator, damping=1e-3, scale=0.5)
+    pre = Preconditioner(params, block_size=7, **CHOLESKY, estimator=estimator, damping=1e-3, scale=0.5)
     assert pre.update_curvature(loss_fn)
     loss_fn().backward()
     grads = [p.grad.clone() for p in params]
@@ -127,7 +128,7 @@ def test_stats_reports_status_damping_and_timings():
     w = torch.zeros(6, dtype=DT, requires_grad=True)
     # Blocks 0 and 2 positive definite; block 1 indefinite (eigenvalue -2), so its damping is raised.
     H, c = block_diag_quadratic(0, [(1.0, 3.0), (-2.0, 5.0), (0.5, 4.0)])
-    pre = Preconditioner([w], block_size=2, estimator="exact", damping=1e-4)
+    pre = Preconditioner([w], **CHOLESKY, block_size=2, estimator="exact", damping=1e-4)
     s0 = pre.stats()
     assert s0["blocks"] == 3 and s0["block_size"] == 2 and s0["calls"] == 0
     assert set(s0["seconds"]) == {"hvp", "assembly", "communication", "factorisation", "apply"}
@@ -153,7 +154,7 @@ def test_nan_curvature_block_keeps_previous_factor(estimator):
     H1, c1 = block_diag_quadratic(1, [(1.0, 3.0), (2.0, 5.0), (0.5, 4.0)])
     H2, c2 = block_diag_quadratic(2, [(7.0, 9.0), (6.0, 8.0), (3.0, 10.0)])
     # ema 0: each refresh replaces the estimate, so refreshed blocks visibly change.
-    pre = Preconditioner([w], block_size=2, estimator=estimator, ema=0.0, update_every=1)
+    pre = Preconditioner([w], **CHOLESKY, block_size=2, estimator=estimator, ema=0.0, update_every=1)
     pre.update_curvature(quadratic(w, H1, c1))
     old = ops.unpack(pre.correction.factor, 3)
     good2 = quadratic(w, H2, c2)
@@ -176,7 +177,7 @@ def test_failed_factorisation_keeps_previous_factor_and_counts_it(estimator):
     H1, c1 = block_diag_quadratic(3, [(1.0, 3.0), (2.0, 5.0), (0.5, 4.0)])
     H2, c2 = block_diag_quadratic(4, [(7.0, 9.0), (-6.0, 8.0), (3.0, 10.0)])  # block 1 indefinite
     # damping 0 and one try: an indefinite block cannot be factorised (status 3).
-    pre = Preconditioner([w], block_size=2, estimator=estimator, ema=0.0, update_every=1, damping=0.0,
+    pre = Preconditioner([w], **CHOLESKY, block_size=2, estimator=estimator, ema=0.0, update_every=1, damping=0.0,
                          max_tries=1)
     pre.update_curvature(quadratic(w, H1, c1))
     assert pre.correction.status.tolist() == [0, 0, 0]
@@ -194,7 +195,7 @@ def test_block_never_factorised_gets_the_current_fallback():
     the refresh, also after mu changed (the factor buffer is refactorised in place)."""
     w = torch.zeros(6, dtype=DT, requires_grad=True)
     H, c = block_diag_quadratic(4, [(7.0, 9.0), (-6.0, 8.0), (3.0, 10.0)])  # block 1 indefinite
-    pre = Preconditioner([w], block_size=2, estimator="exact", ema=0.0, update_every=1, damping=0.0,
+    pre = Preconditioner([w], **CHOLESKY, block_size=2, estimator="exact", ema=0.0, update_every=1, damping=0.0,
                          max_tries=1)
     pre.update_curvature(quadratic(w, H, c))
     assert pre.correction.status.tolist() == [0, 3, 0]
@@ -414,7 +415,7 @@ def test_relative_scale_is_rho_times_the_median_real_eigenvalue(mode):
 def test_absolute_scale_rule_keeps_mu_and_still_reports_the_spectrum():
     H, c = _indefinite_quadratic(10, seed=8)
     w = torch.zeros(10, dtype=DT, requires_grad=True)
-    pre = Preconditioner([w], block_size=4, estimator="exact", mode="saddle_free", scale=0.7, update_every=1)
+    pre = Preconditioner([w], block_size=4, estimator="exact", mode="saddle_free", scale_rule="absolute", scale=0.7, update_every=1)
     for _ in range(2):
         pre.update_curvature(quadratic(w, H, c))
     assert pre.scale == 0.7 and len(pre.stats()["spectra"]) == 2 and pre.stats()["spectrum"]["scale"] == 0.7

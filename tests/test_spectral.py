@@ -811,6 +811,128 @@ def test_spectral_modes_half_precision_inputs(device, mode, dtype):
     assert (fro(P.cpu().float() - P32.cpu()) <= torch.finfo(dtype).eps * fro(P32.cpu())).all()
 
 
+# ---- power 0.5: M^-1/2 ------------------------------------------------------------------------
+# correct_from_eigh(_) with power=0.5 forms M^-1/2 = V g(Lambda) V^T, g = f^1/2, in the modes whose
+# f >= 0, and the fallback I / sqrt(1 + mu^2) for status 2 and 3. Error model, per block:
+# - From the op's own eigenpairs (the float64 reference's V g V^T of the same V and Lambda): the
+#   rounding of g (a few ulps) and of the product, within C_PRODUCT b eps |V| g |V|^T entrywise,
+#   as for power 1 (test_cuda_emulation.py's bound) [0.47].
+# - Against the float64 reference of H (ref.eigh, then V_ref g(Lambda_ref) V_ref^T), in the
+#   Frobenius norm of the whole factor: the computed eigenpairs are exact for S + E with
+#   ||E||_F <= 8 sqrt(b) eps ||S||_F (above); V's departure from orthogonality and the product's
+#   rounding add about b eps max g (||V V^T - I||_F was measured at up to 1.0 b eps, b <= 64: the
+#   Frobenius norm of b^2 entries, where the step's check above sees sqrt(b)). Then
+#   saddle_free_root: g = (lambda^2 + mu^2)^-1/4 is Lipschitz with max |g'| = 0.216 mu^-3/2 (at
+#   lambda^2 = 2 mu^2 / 3), and max g = mu^-1/2; as for f (a Lipschitz function is
+#   operator-Lipschitz in the Frobenius norm with its constant):
+#     ||F - F_ref||_F <= 8 eps (sqrt(b) ||S||_F / (4 mu^3/2) + b / sqrt(mu))        [0.36]
+#   saddle_free: g = sqrt(|lambda| / (lambda^2 + mu^2)) is not Lipschitz at 0 (an eigenvalue of a
+#   singular block moved by delta moves g by sqrt(delta) / mu), but g(S) = f(S)^1/2 with f(S) PSD
+#   and f Lipschitz with 1/mu^2, and Powers-Stormer (||A^1/2 - B^1/2||_F^2 <= ||A - B||_1 <=
+#   sqrt(b) ||A - B||_F for PSD A, B) turns ||E||_F into sqrt(sqrt(b) ||E||_F) / mu; max g is
+#   1 / sqrt(2 mu):
+#     ||F - F_ref||_F <= sqrt(8 b eps ||S||_F) / mu + 8 b eps / sqrt(2 mu)          [0.26, singular blocks]
+# (largest ratios measured over 400 seeds of every family, b = 1..33, mu = 1e-3..10 and relative,
+# both dtypes, in brackets).
+HALF_MODES = ("saddle_free", "saddle_free_root")
+HALF_BLOCK_SIZES = (1, 2, 3, 7, 16, 33)
+
+
+def half_factor_bound(S: torch.Tensor, mode: str, scale: float, eps: float) -> torch.Tensor:
+    """The error model of M^-1/2 per block against the float64 reference of H (above)."""
+    b = S.shape[-1]
+    if mode == "saddle_free_root":
+        return C_STEP * eps * (math.sqrt(b) * fro(S) / (4 * scale ** 1.5) + b / math.sqrt(scale))
+    return (C_STEP * b * eps * fro(S)).sqrt() / scale + C_STEP * b * eps / math.sqrt(2 * scale)
+
+
+def check_half_power(H, *, mode, scale, device="cpu", max_sweeps=ops.MAX_SWEEPS, keep=None):
+    """correct_from_eigh(power=0.5) on ops.eigh(H), and correct_from_eigh_ into a used buffer
+    (``keep``: a keep_failed mask), against the float64 reference and the error model above.
+    Returns the status."""
+    N, b = H.shape[0], H.shape[-1]
+    eps = eps_of(H.dtype)
+    e = ops.eigh(H.to(device), max_sweeps=max_sweeps)
+    F = cpu(ops.correct_from_eigh(e, scale=scale, mode=mode, power=0.5))
+    previous = torch.randn(F.factor.shape, dtype=F.factor.dtype, generator=generator(N + b))
+    kept = keep if keep is not None else torch.zeros(N, dtype=torch.bool)
+    in_place = cpu(ops.correct_from_eigh_(previous.clone().to(device), e, scale=scale, mode=mode,
+                                          keep_failed=to_device(kept, device), power=0.5))
+    e = cpu(e)
+    s = e.status
+    assert torch.equal(F.status, s) and torch.equal(in_place.status, s) and (F.damping == 0).all()
+    assert F.factor.shape == ops.factor_shape(N, b) and F.factor.dtype == ref.compute_dtype(H.dtype)
+    if N == 0:
+        return s
+    assert (F.factor[-1, :, (N - 1) % ops.TILE + 1:] == 0).all()  # lanes past the last block
+    blocks = ops.unpack(F.factor, N)
+    failed, ok = s >= 2, s == 0
+    # correct_from_eigh_ writes what correct_from_eigh returns, but where a failed block is kept
+    assert torch.equal(ops.unpack(in_place.factor, N)[~(failed & kept)], blocks[~(failed & kept)])
+    assert torch.equal(ops.unpack(in_place.factor, N)[failed & kept], ops.unpack(previous, N)[failed & kept])
+    assert (in_place.factor[-1, :, (N - 1) % ops.TILE + 1:] == 0).all()
+    # Fallback: I / sqrt(1 + mu^2), within 2 ulps (mu and its square rounded, a sum, a square root).
+    eye = torch.eye(b, dtype=torch.float64) / math.sqrt(1.0 + scale ** 2)
+    torch.testing.assert_close(blocks[failed].double(), eye.expand(int(failed.sum()), b, b),
+                               rtol=2 * torch.finfo(blocks.dtype).eps, atol=0)
+    assert torch.isfinite(blocks).all()
+    if not ok.any():
+        return s
+    got = blocks[ok].double()
+    # The same eigenpairs: V g V^T in float64, within the rounding of g and of the product.
+    V, lam = e.eigenvectors[ok].double(), e.eigenvalues[ok].double()
+    g = ref.spectral_multiplier(mode, lam, scale).sqrt()
+    same = ref.corrected_inverse_from_eigh(ops.Eigh(*(t[ok] for t in e)), scale=scale, mode=mode, power=0.5)
+    torch.testing.assert_close(same, (V * g[:, None, :]) @ V.mT, rtol=1e-12, atol=1e-300)  # the reference's power
+    unit = C_PRODUCT * b * eps * (V.abs() * g[:, None, :]) @ V.abs().mT
+    err = (got - same).abs()
+    ratio = torch.where(err == 0, 0.0, err / unit)  # (zero blocks: 0 of 0)
+    assert (err <= unit).all(), f"{mode}: {ratio.max().item():.3g} x the rounding of the product"
+    # Against the float64 reference of H: M^-1/2 of the exact symmetric part.
+    F_ref = ref.corrected_inverse_from_eigh(ref.eigh(H[ok]), scale=scale, mode=mode, power=0.5)
+    ratio = fro(got - F_ref) / half_factor_bound(ref.symmetrise(H[ok]), mode, scale, eps)
+    assert (ratio <= 1).all(), f"{mode}: {ratio.max().item():.3g} x the error model"
+    return s
+
+
+@settings(max_examples=25)
+@given(family=st.sampled_from(sorted(MODE_FAMILIES)), b=st.sampled_from(HALF_BLOCK_SIZES),
+       n=st.integers(0, 24), dtype=st.sampled_from(FLOATS), scale=st.sampled_from(SCALES),
+       max_sweeps=st.sampled_from([ops.MAX_SWEEPS, ops.MAX_SWEEPS, 2]), nonfinite=st.booleans(),
+       seed=st.integers(0, 2 ** 31 - 1))
+def test_half_power_matches_reference(device, family, b, n, dtype, scale, max_sweeps, nonfinite, seed):
+    """M^-1/2 (power 0.5) of both modes whose f >= 0 on each example, against the float64
+    reference per block; failed blocks (NaN/Inf, or the sweep limit) hold the fallback, or their
+    previous factor where keep_failed says so."""
+    gen = generator(seed)
+    N = min(n, max_blocks(b))
+    H = MODE_FAMILIES[family](N, b, gen)
+    if nonfinite:
+        H = inject_nonfinite(H, torch.rand(N, generator=gen) < 0.3, gen)
+    H = H.to(dtype)
+    keep = torch.rand(N, generator=gen) < 0.5
+    for mode in HALF_MODES:
+        check_half_power(H, mode=mode, scale=scale_for(scale, H), device=device, max_sweeps=max_sweeps, keep=keep)
+
+
+@pytest.mark.parametrize("mode", HALF_MODES)
+@pytest.mark.parametrize("b", HALF_BLOCK_SIZES)
+def test_half_power_every_block_size(device, mode, b):
+    """Fixed seeds, so that every block size meets the blocks where g = f^1/2 is hardest in every
+    session: ill-conditioned (cond 1e6), singular (half the eigenvalues 0; rank one; zero, where
+    saddle_free's g is 0 and its derivative infinite) and indefinite blocks, both dtypes,
+    mu = 1e-3, 0.1, 1, 10, and one block with a NaN."""
+    gen = generator(4000 + b)
+    N = 4 if b <= 16 else 1
+    H = torch.cat([ill_blocks(N, b, gen), psd_singular_blocks(N, b, gen), rank_one_blocks(N, b, gen),
+                   zero_blocks(N, b, gen), indefinite_blocks(N, b, gen)])
+    H[-1, 0, b - 1] = float("nan")
+    for dtype in FLOATS:
+        for scale in (1e-3, 0.1, 1.0, 10.0):
+            s = check_half_power(H.to(dtype), mode=mode, scale=scale, device=device)
+            assert s[-1] == 2 and (s[:-1] == 0).all()
+
+
 # ---- torch.library integration ----------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", FLOATS)

@@ -50,15 +50,6 @@ __global__ void multiplier_kernel(const T* eigenvalues, const int32_t* status, T
   f[t] = x;
 }
 
-// Row i and column j of the packed entry e (e = i (i + 1) / 2 + j, j <= i).
-HSC_HD void packed_position(int64_t e, int& i, int& j) {
-  int r = static_cast<int>((::sqrt(8.0 * static_cast<double>(e) + 1.0) - 1.0) / 2.0);
-  while (int64_t(r) * (r + 1) / 2 > e) --r;  // the square root may round either way
-  while (int64_t(r + 1) * (r + 2) / 2 <= e) ++r;
-  i = r;
-  j = static_cast<int>(e - int64_t(r) * (r + 1) / 2);
-}
-
 // factor entry (i, j) of block n = sum_k V(i, k) (f_k V(j, k)), summed in the CPU's order
 // (cpu/lane_eigh.h, compose_spectral); `fallback` is the diagonal of I / (1 + mu^2) (or of its
 // square root) as the calling op rounds it.
@@ -72,7 +63,7 @@ __global__ void compose_kernel(T* factor, const T* eigenvectors, const T* f, con
   const bool ok = decomposed(status[n]);
   if (!ok && keep_failed != nullptr && keep_failed[n]) return;  // correct_: keeps its factor
   int i, j;
-  packed_position(e, i, j);
+  packed_position(e, i, j);  // factor_layout.h
   T out = i == j ? fallback : T(0);
   if (ok) {
     const T* vi = eigenvectors + (n * b + i) * b;  // row i of V

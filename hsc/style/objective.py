@@ -22,6 +22,7 @@ from typing import Dict
 
 import torch
 
+from ..config import option
 from .features import FeatureExtractor
 
 
@@ -59,10 +60,10 @@ def out_of_range(image: torch.Tensor) -> torch.Tensor:
 class LossWeights:
     """Weights of the terms of the loss."""
 
-    content: float = 1.0
-    style: float = 1e4
-    tv: float = 1.0
-    range: float = 100.0
+    content: float = option(1.0, "weight of the content term", flag="content-weight")
+    style: float = option(1e4, "weight of the style term", flag="style-weight")
+    tv: float = option(1.0, "weight of the total variation", flag="tv-weight")
+    range: float = option(100.0, "penalty on pixels outside [0, 1]", flag="range-weight")
 
 
 def _check_image(image: torch.Tensor, name: str) -> None:

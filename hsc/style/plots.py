@@ -10,15 +10,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .run import RunResult  # noqa: E402
-
-COLORS = {"hsc": "tab:red", "lbfgs": "tab:blue", "adam": "tab:green"}
+from .run import OPTIMIZERS, RunResult  # noqa: E402
 
 
 def _draw_loss(axes, results: Dict[str, RunResult], title: str = "", target: Optional[float] = None) -> None:
     """Loss against wall-clock seconds on ``axes[0]`` and against evaluations on ``axes[1]``."""
     for label, result in results.items():
-        color = COLORS.get(result.config.optimizer)
+        color = OPTIMIZERS[result.config.optimizer].color
         seconds = [r.seconds for r in result.history]
         evaluations = [r.evaluations for r in result.history]
         losses = [r.loss for r in result.history]

@@ -34,19 +34,21 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..config import CONFIG_FIELDS, PreconditionerConfig
+from ..config import PreconditionerConfig, nested, option
 from ..lbfgs import PreconditionedLBFGS
 from ..optim import HSC, StepControl
 from .objective import StyleObjective
 
-OPTIMIZERS = ("hsc", "hsc-lbfgs", "lbfgs", "adam")
 INITS = ("content", "noise")
 
 
 # The preconditioner's defaults over the pixels (the library's, where not set here): blocks of
-# 1x1-pixel patches (b = 3), refreshed every 100 steps; scale and damping per pixel (see HSCSettings).
+# 1x1-pixel patches (b = 3) in the Cholesky mode with an absolute mu, refreshed every 100 steps;
+# scale and damping per pixel (see HSCSettings). bench/results/style_notes.md holds the grid
+# that chose them; the library's spectral default diverged on pixels with momentum 0.97.
 STYLE_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=3, patch=(1, 1),
-                                           update_every=100, scale=500.0, damping=1.0)
+                                           update_every=100, scale=500.0, damping=1.0, mode="cholesky",
+                                           scale_rule="absolute")
 
 
 @dataclass
@@ -63,18 +65,13 @@ class HSCSettings:
     the ratio rho to the blocks' median |eigenvalue|, free of the size already.
     """
 
-    lr: float = 0.1
-    momentum: float = 0.97
-    preconditioner: PreconditionerConfig = field(default_factory=lambda: dataclasses.replace(STYLE_PRECONDITIONER))
+    lr: float = option(0.1, "learning rate")
+    momentum: float = option(0.97, "heavy-ball momentum")
+    preconditioner: PreconditionerConfig = nested(lambda: dataclasses.replace(STYLE_PRECONDITIONER),
+                                                  "hsc: the preconditioner over the pixels (hsc.PreconditionerConfig)")
     # a step that raises the loss is undone (docs/contract.md §5); None: every step at the full lr
-    step_control: Optional[StepControl] = field(default_factory=StepControl)
-
-    def with_changes(self, **changes) -> "HSCSettings":
-        """A copy with ``changes`` applied: this class's fields, or the preconditioner's by name."""
-        own = {k: v for k, v in changes.items() if k not in CONFIG_FIELDS}
-        inner = {k: v for k, v in changes.items() if k in CONFIG_FIELDS}
-        return dataclasses.replace(self, **own,
-                                   preconditioner=dataclasses.replace(self.preconditioner, **inner))
+    step_control: Optional[StepControl] = nested(StepControl, "hsc: step control (hsc.StepControl); none: "
+                                                 "every step at the full lr", flatten=False, switch="rule")
 
     @property
     def patch(self) -> tuple:
@@ -96,13 +93,13 @@ class HSCSettings:
                    **dataclasses.asdict(cfg))
 
 
-# hsc-lbfgs: the preconditioner over the pixels, per pixel-block (b = 3): the saddle-free root with
-# mu relative to the blocks' median |eigenvalue|, refreshed every 60 iterations. Each refresh replaces
-# the estimate (ema 0): L-BFGS moves far in 60 iterations, and an average with the last point's
-# blocks cost evaluations on every pair and size tried (bench/results/style_lbfgs_grid_*.md).
+# hsc-lbfgs: the preconditioner over the pixels, per pixel-block (b = 3): the library's spectral
+# default (saddle-free root, mu relative to the blocks' median |eigenvalue|), refreshed every 60
+# iterations. Each refresh replaces the estimate (ema 0): L-BFGS moves far in 60 iterations, and an
+# average with the last point's blocks cost evaluations on every pair and size tried
+# (bench/results/style_lbfgs_grid_*.md).
 LBFGS_PRECONDITIONER = dataclasses.replace(PreconditionerConfig(), block_size=3, patch=(1, 1),
-                                           update_every=60, ema=0.0, mode="saddle_free_root",
-                                           scale_rule="relative", scale=1.0)
+                                           update_every=60, ema=0.0)
 
 
 @dataclass
@@ -110,15 +107,11 @@ class LBFGSSettings:
     """``hsc-lbfgs``: hsc.PreconditionedLBFGS over the pixels (history, pairs kept across a
     refresh or not, the preconditioner's options; patches as in HSCSettings, b = 3 ph pw)."""
 
-    history: int = 100
-    keep_pairs: bool = True
-    preconditioner: PreconditionerConfig = field(default_factory=lambda: dataclasses.replace(LBFGS_PRECONDITIONER))
-
-    def with_changes(self, **changes) -> "LBFGSSettings":
-        own = {k: v for k, v in changes.items() if k not in CONFIG_FIELDS}
-        inner = {k: v for k, v in changes.items() if k in CONFIG_FIELDS}
-        return dataclasses.replace(self, **own,
-                                   preconditioner=dataclasses.replace(self.preconditioner, **inner))
+    history: int = option(100, "pairs kept")
+    keep_pairs: bool = option(True, "keep the pairs across a refresh")
+    preconditioner: PreconditionerConfig = nested(lambda: dataclasses.replace(LBFGS_PRECONDITIONER),
+                                                  "hsc-lbfgs: L-BFGS with the pixel blocks' M^-1 as initial "
+                                                  "inverse Hessian (hsc.PreconditionerConfig)")
 
     def optimizer(self, image: torch.Tensor, seed: int) -> PreconditionedLBFGS:
         ph, pw = self.preconditioner.patch
@@ -137,16 +130,16 @@ class RunConfig:
     steps: Optional[int] = None
     evaluations: Optional[int] = None
     seconds: Optional[float] = None
-    init: str = "content"            # start from the content image or from uniform noise
-    seed: int = 0                    # the noise start and hsc's probe signs
-    adam_lr: float = 0.1
-    lbfgs_history: int = 100
-    hsc: HSCSettings = field(default_factory=HSCSettings)
-    hsc_lbfgs: LBFGSSettings = field(default_factory=LBFGSSettings)
+    init: str = option("content", "start from the content image or from uniform noise", choices=INITS)
+    seed: int = option(0, "the noise start and hsc's probe signs")
+    adam_lr: float = option(0.1, "adam: the learning rate")
+    lbfgs_history: int = option(100, "lbfgs: pairs kept")
+    hsc: HSCSettings = nested(HSCSettings, "hsc: momentum SGD on the preconditioned gradient", flatten=False)
+    hsc_lbfgs: LBFGSSettings = nested(LBFGSSettings, "hsc-lbfgs", flatten=False)
 
     def validate(self) -> "RunConfig":
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"hsc: --optim must name optimizers among {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ValueError(f"hsc: --optim must name optimizers among {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.init not in INITS:
             raise ValueError(f"hsc: --init must be one of {INITS}, got {self.init!r}")
         if self.steps is None and self.evaluations is None and self.seconds is None:
@@ -212,42 +205,39 @@ def initial_image(content: torch.Tensor, init: str, seed: int) -> torch.Tensor:
     return torch.rand(content.shape, generator=generator)
 
 
-class _Stepper:
-    """One optimizer's step over ``image``; counts evaluations and HVPs."""
+class StyleOptimizer:
+    """One optimizer's steps over the image: counts evaluations; an entry of :data:`OPTIMIZERS`.
+    A new optimizer is one subclass and one entry (``color`` is its colour in the plots)."""
+
+    color = "tab:grey"
 
     def __init__(self, objective: StyleObjective, image: torch.Tensor, config: RunConfig):
         self.objective, self.image, self.config = objective, image, config
         self.evaluations = 0
-        name = config.optimizer
-        self._cache: List[tuple] = []
-        if name == "hsc":
-            self.optimizer = config.hsc.optimizer(image, config.seed)
-        elif name == "hsc-lbfgs":
-            self.optimizer = config.hsc_lbfgs.optimizer(image, config.seed)
-        elif name == "lbfgs":
-            # max_eval: the start evaluation (cached, see the module docstring) plus torch's default
-            # line-search limit of 25.
-            self.optimizer = torch.optim.LBFGS([image], lr=1, max_iter=1, max_eval=26,
-                                               history_size=config.lbfgs_history,
-                                               line_search_fn="strong_wolfe")
-        else:
-            self.optimizer = torch.optim.Adam([image], lr=config.adam_lr)
+        self.optimizer = self.make(image, config)
 
-    def _preconditioner(self):
-        name = self.config.optimizer
-        return (self.optimizer.preconditioners[0] if name == "hsc"
-                else self.optimizer.preconditioner if name == "hsc-lbfgs" else None)
+    def make(self, image: torch.Tensor, config: RunConfig) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def step(self) -> Optional[float]:
+        """One step; returns the loss to record, or None when the optimizer cannot move any more."""
+        raise NotImplementedError
 
     @property
     def hvps(self) -> int:
-        pre = self._preconditioner()
-        return 0 if pre is None else pre.counters["hvps"]
+        return 0
 
     @property
     def skipped(self) -> int:
         """Steps skipped for a non-finite value (a diverged run)."""
         c = getattr(self.optimizer, "counters", {})
         return sum(v for k, v in c.items() if k.startswith("skipped_non_finite"))
+
+    def spectra(self) -> Dict[str, Tuple[torch.Tensor, float]]:
+        return {}
+
+    def stats(self) -> dict:
+        return {}
 
     def _loss(self) -> torch.Tensor:
         self.evaluations += 1
@@ -259,6 +249,69 @@ class _Stepper:
         loss.backward()
         return loss
 
+
+class _Preconditioned(StyleOptimizer):
+    """The hsc optimizers: HVPs and the pixel blocks' spectrum from their preconditioner."""
+
+    def _preconditioner(self):
+        raise NotImplementedError
+
+    @property
+    def hvps(self) -> int:
+        return self._preconditioner().hvps
+
+    def spectra(self) -> Dict[str, Tuple[torch.Tensor, float]]:
+        spectrum = self._preconditioner().spectrum()
+        return {} if spectrum is None else {"pixels": spectrum}
+
+    def stats(self) -> dict:
+        return self.optimizer.stats()
+
+
+class HSCOptimizer(_Preconditioned):
+    """``hsc``: hsc.HSC over the pixels (HSCSettings)."""
+
+    color = "tab:red"
+
+    def make(self, image, config):
+        return config.hsc.optimizer(image, config.seed)
+
+    def _preconditioner(self):
+        return self.optimizer.preconditioners[0]
+
+    def step(self):
+        return float(self.optimizer.step(self._loss).detach())
+
+
+class AdamOptimizer(StyleOptimizer):
+    """``adam``: torch.optim.Adam at ``adam_lr``."""
+
+    color = "tab:green"
+
+    def make(self, image, config):
+        return torch.optim.Adam([image], lr=config.adam_lr)
+
+    def step(self):
+        loss = self._gradient_closure()
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+class LBFGSOptimizer(StyleOptimizer):
+    """``lbfgs``: torch.optim.LBFGS, strong Wolfe, one call per iteration; each call's first
+    evaluation (the point the last line search accepted) comes from a cache (module docstring)."""
+
+    color = "tab:blue"
+
+    def __init__(self, objective, image, config):
+        self._cache: List[tuple] = []
+        super().__init__(objective, image, config)
+
+    def make(self, image, config):
+        # max_eval: the start evaluation (cached) plus torch's default line-search limit of 25.
+        return torch.optim.LBFGS([image], lr=1, max_iter=1, max_eval=26, history_size=config.lbfgs_history,
+                                 line_search_fn="strong_wolfe")
+
     def _cached_closure(self) -> torch.Tensor:
         for image, loss, grad in self._cache:
             if torch.equal(image, self.image):
@@ -268,38 +321,45 @@ class _Stepper:
         self._cache.append((self.image.detach().clone(), loss, self.image.grad.clone()))
         return loss
 
-    def step(self) -> Optional[float]:
-        """One step; returns the loss to record, or None when the optimizer cannot move any more."""
-        name = self.config.optimizer
-        if name == "hsc":
-            return float(self.optimizer.step(self._loss).detach())
-        if name == "adam":
-            loss = self._gradient_closure()
-            self.optimizer.step()
-            return float(loss.detach())
+    def _call(self) -> None:
+        self.optimizer.step(self._cached_closure)
+
+    def step(self):
         evaluations_before = self.evaluations
         before = self.image.detach().clone()
-        if name == "hsc-lbfgs":
-            self.optimizer.step(self._cached_closure, self._loss)
-        else:
-            self.optimizer.step(self._cached_closure)
+        self._call()
         # Keep only the accepted point: the next call's first evaluation.
         self._cache = [entry for entry in self._cache if torch.equal(entry[0], self.image)][:1]
         if self.evaluations == evaluations_before and torch.equal(before, self.image):
-            return None  # converged: torch's LBFGS found no descent direction
+            return None  # converged: L-BFGS found no descent direction
         return float(self._cached_closure())  # the accepted point: cached, evaluated if ever missing
 
-    def spectra(self) -> Dict[str, Tuple[torch.Tensor, float]]:
-        pre = self._preconditioner()
-        return {"pixels": (pre.eigenvalues, pre.scale)} if pre is not None and pre.eigenvalues is not None else {}
+    def stats(self):
+        state = self.optimizer.state[self.image]
+        return {"iterations": state.get("n_iter", 0), "func_evals": state.get("func_evals", 0)}
 
-    def stats(self) -> dict:
-        if self.config.optimizer in ("hsc", "hsc-lbfgs"):
-            return self.optimizer.stats()
-        if self.config.optimizer == "lbfgs":
-            state = self.optimizer.state[self.image]
-            return {"iterations": state.get("n_iter", 0), "func_evals": state.get("func_evals", 0)}
-        return {}
+
+class HSCLBFGSOptimizer(LBFGSOptimizer, _Preconditioned):
+    """``hsc-lbfgs``: hsc.PreconditionedLBFGS (LBFGSSettings), stepped as ``lbfgs``; its
+    refreshes evaluate the loss once more (counted) for their HVPs."""
+
+    color = "tab:purple"
+
+    def make(self, image, config):
+        return config.hsc_lbfgs.optimizer(image, config.seed)
+
+    def _preconditioner(self):
+        return self.optimizer.preconditioner
+
+    def _call(self) -> None:
+        self.optimizer.step(self._cached_closure, self._loss)
+
+    def stats(self):
+        return self.optimizer.stats()
+
+
+OPTIMIZERS: Dict[str, type] = {"hsc": HSCOptimizer, "hsc-lbfgs": HSCLBFGSOptimizer, "lbfgs": LBFGSOptimizer,
+                               "adam": AdamOptimizer}
 
 
 def run(objective: StyleObjective, config: RunConfig,
@@ -307,7 +367,7 @@ def run(objective: StyleObjective, config: RunConfig,
     """Optimises the image from ``config.init`` until the budget is spent; ``progress`` gets each record."""
     config.validate()
     image = initial_image(objective.content, config.init, config.seed).requires_grad_(True)
-    stepper = _Stepper(objective, image, config)
+    stepper = OPTIMIZERS[config.optimizer](objective, image, config)
     history: List[Record] = []
     seconds, steps = 0.0, 0
 

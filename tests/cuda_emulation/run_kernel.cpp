@@ -3,7 +3,8 @@
 //   run_kernel DIR     reads DIR/params.txt; kernel 0 (correct / correct_ / precondition) reads
 //                      the raw arrays H.bin, damping.bin (one value per block) and G.bin
 //                      (precondition) or factor.bin (correct, updated in place) and writes
-//                      damping_out.bin, status.bin and P.bin or factor.bin; kernel 1
+//                      damping_out.bin, status.bin, P.bin or factor.bin and scratch.bin (the
+//                      global workspace, if used); kernel 1
 //                      (accumulate_probes) reads state.bin, hvps.bin, signs.bin and mask.bin and
 //                      writes state.bin and accepted.bin; kernel 2 (solve) reads factor.bin and
 //                      G.bin and writes P.bin; kernel 3 (fold_estimate_) reads state.bin,
@@ -103,7 +104,7 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
     const int64_t used = N % kTile, entries = packed_size(b);
     if (used != 0)
       for (int64_t e = 0; e < entries; ++e)
-        for (int64_t l = used; l < kTile; ++l) factor[((tile_count(N) - 1) * entries + e) * kTile + l] = T(0);
+        for (int64_t l = used; l < kTile; ++l) factor[tiled_offset((tile_count(N) - 1) * kTile + l, e, entries)] = T(0);
     p.factor = factor.data();
     if (prm["keep_failed"] != 0) {
       keep = read_array<uint8_t>(dir + "/keep_failed.bin", N);
@@ -117,9 +118,12 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
   p.mode = prm["mode"] == 0 ? Mode::kCholesky : Mode::kSingularSafe;
   p.max_tries = static_cast<int>(prm["max_tries"]);
   const Mapping m = choose_mapping<T>(N, b, static_cast<size_t>(prm["max_shared"]));
+  // Sentinel-filled (NaN: the op's scratch is at::empty, it holds anything) and written out, as
+  // eigh's: an entry a kernel reads before writing it turns its block's result NaN, and the test
+  // checks that each block wrote its own region.
   std::vector<T> scratch;
   if (!m.in_shared) {
-    scratch.assign(N * workspace_entries(b), T(0));
+    scratch.assign(N * workspace_entries(b), kNotWritten<T>);
     p.scratch = scratch.data();
   }
   if (N > 0) {
@@ -139,6 +143,7 @@ int run(const std::string& dir, std::map<std::string, double>& prm) {
   } else {
     write_array(dir + "/factor.bin", factor);
   }
+  write_array(dir + "/scratch.bin", scratch);
   std::printf("mapping warp=%d rows=%d team=%d teams_per_block=%d in_shared=%d blocks=%lld\n",
               m.warp, m.rows, m.team_size, m.teams_per_block, m.in_shared,
               static_cast<long long>(m.blocks));
@@ -281,7 +286,7 @@ int run_from_eigh(const std::string& dir, std::map<std::string, double>& prm) {
   const int64_t used = N % kTile, entries = packed_size(b);
   if (used != 0)
     for (int64_t e = 0; e < entries; ++e)
-      for (int64_t l = used; l < kTile; ++l) factor[((tile_count(N) - 1) * entries + e) * kTile + l] = T(0);
+      for (int64_t l = used; l < kTile; ++l) factor[tiled_offset((tile_count(N) - 1) * kTile + l, e, entries)] = T(0);
   std::vector<uint8_t> keep;
   if (prm["keep_failed"] != 0) keep = read_array<uint8_t>(dir + "/keep_failed.bin", N);
   T fallback = prm["fallback"] == 0 ? fallback_step<T>(T(1), mu2) : fallback_step<T>(T(1), mu * mu);

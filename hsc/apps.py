@@ -1,0 +1,138 @@
+"""What the applications (``hsc gan``, ``hsc style``, ``hsc style-net``) and the benchmarks share:
+the machine's description, strict JSON, comma lists and budgets on the command line, progress
+bars and the histogram of block eigenvalues.
+
+tqdm and matplotlib are imported where they are used: the library itself does not need them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+
+def machine_info() -> dict:
+    """The CPU model, cores, torch threads, torch and hsc versions and the SIMD level built."""
+    import hsc
+    from hsc import _C
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    info = {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "hsc": hsc.__version__, "hsc_simd": _C.simd,
+            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def machine() -> str:
+    """:func:`machine_info` in one line, for reports."""
+    m = machine_info()
+    gpu = f", {m['gpu']}" if "gpu" in m else ""
+    return (f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s), torch {m['torch']}, "
+            f"hsc {m['hsc']} ({m['hsc_simd']}){gpu}")
+
+
+def finite_or_none(obj):
+    """``obj`` with every non-finite float replaced by None and tensors by lists, so that the JSON
+    is strict."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.tolist()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    """``obj`` as strict JSON (no NaN or Infinity)."""
+    Path(path).write_text(json.dumps(finite_or_none(obj), indent=1, allow_nan=False))
+
+
+def comma_list(text: str, flag: str, allowed: Optional[Sequence[str]] = None,
+               parse: Callable[[str], object] = str) -> list:
+    """The items of a comma list given to ``flag``, each parsed; with ``allowed``, each must be one
+    of them, and none may repeat. A bad list raises ValueError naming the flag."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"hsc: {flag} needs at least one item, got {text!r}")
+    if allowed is not None:
+        unknown = [t for t in items if t not in allowed]
+        if unknown:
+            raise ValueError(f"hsc: {flag} must name items among {tuple(allowed)}, got {', '.join(unknown)}")
+        if len(set(items)) != len(items):
+            raise ValueError(f"hsc: {flag} must not repeat an item, got {text!r}")
+    try:
+        return [parse(t) for t in items]
+    except ValueError:
+        raise ValueError(f"hsc: {flag} must be a comma list of {parse.__name__}s, got {text!r}") from None
+
+
+def add_budget(parser: argparse.ArgumentParser, units: Mapping[str, Tuple[type, str]]) -> None:
+    """Mutually exclusive budget flags, one per unit: ``units[name] = (type, help)``."""
+    group = parser.add_mutually_exclusive_group()
+    for name, (kind, text) in units.items():
+        group.add_argument(f"--{name}", type=kind, help=text)
+
+
+def progress_bar(total: float, unit: str, desc: str = "", disable: bool = False):
+    """The applications' tqdm bar over a budget (steps, evaluations or seconds)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, disable=disable, dynamic_ncols=True, mininterval=0.5,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}]")
+
+
+def plot_spectra(spectra: Dict[str, Tuple[torch.Tensor, float]], path: Path, title: str) -> None:
+    """One panel per entry ``name -> (eigenvalues, mu)`` (``Preconditioner.spectrum()``): a
+    histogram of the eigenvalues on a symmetric logarithmic axis (linear within mu of 0), with
+    -mu and +mu marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(spectra), figsize=(5 * len(spectra), 3.5), squeeze=False)
+    for ax, (name, (values, mu)) in zip(axes[0], spectra.items()):
+        v = values.double().cpu()
+        top = float(v.abs().max()) if v.numel() else 1.0
+        # Bins uniform in the symlog coordinate: linear within mu, logarithmic beyond.
+        edges = torch.logspace(torch.log10(torch.tensor(mu)), torch.log10(torch.tensor(max(top, 2 * mu))), 40)
+        bins = torch.cat([-edges.flip(0), torch.linspace(-mu, mu, 9)[1:-1], edges]).numpy()
+        ax.hist(v.numpy(), bins=bins, color="tab:blue")
+        ax.set_xscale("symlog", linthresh=mu)
+        ax.set_yscale("log")
+        for x in (-mu, mu):
+            ax.axvline(x, color="tab:red", lw=1, ls="--")
+        negative = float((v < 0).double().mean()) if v.numel() else 0.0
+        ax.set_title(f"{name}: {v.numel()} eigenvalues, {100 * negative:.0f} % negative, mu = {mu:.3g}",
+                     fontsize=9)
+        ax.set_xlabel("eigenvalue (symlog; dashed: ±mu)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def mean_std(values: List[float]) -> Dict[str, object]:
+    """{mean, std (sample; 0 for one value), values}."""
+    import statistics
+
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": list(values)}
