@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
 
 # The top-level modules each application's extra installs (pyproject.toml).
-EXTRA_PACKAGES = {"gan": ("matplotlib", "tqdm", "sklearn", "torchmetrics", "CGDs"),
+EXTRA_PACKAGES = {"gan": ("matplotlib", "tqdm", "sklearn", "mlxtend", "torchmetrics", "CGDs"),
                   "style": ("matplotlib", "tqdm", "skimage", "sklearn")}
 
 
