@@ -1,8 +1,10 @@
 """Images for style transfer: a file path (PNG, JPEG, ...) or a bundled name, as ``[1, 3, H, W]`` in [0, 1].
 
 Bundled names come from packages that ship real photographs and textures, so everything works
-offline: scikit-image (``astronaut``, ``chelsea``, ``coffee``, ``rocket`` and the grey textures
-``brick``, ``grass``, ``gravel``) and scikit-learn (``china``, ``flower``).
+offline: scikit-image's photographs (``astronaut``, ``chelsea``, ``coffee``, ``rocket``,
+``motorcycle``, ``hubble``, ``ihc``, ``retina``, and the grey ``camera``, ``coins``, ``moon``,
+``clock``) and grey textures (``brick``, ``grass``, ``gravel``), and scikit-learn's paintings-like
+photographs ``china`` and ``flower``. ``PHOTOS`` and ``STYLES`` name the two kinds.
 """
 from __future__ import annotations
 
@@ -32,17 +34,35 @@ def _sklearn(filename: str) -> Callable[[], np.ndarray]:
     return load
 
 
+def _motorcycle() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.stereo_motorcycle()[0]
+
+
 BUNDLED: Dict[str, Callable[[], np.ndarray]] = {
     "astronaut": _skimage("astronaut"),
     "chelsea": _skimage("chelsea"),
     "coffee": _skimage("coffee"),
     "rocket": _skimage("rocket"),
+    "motorcycle": _motorcycle,
+    "hubble": _skimage("hubble_deep_field"),
+    "ihc": _skimage("immunohistochemistry"),
+    "retina": _skimage("retina"),
+    "camera": _skimage("camera"),
+    "coins": _skimage("coins"),
+    "moon": _skimage("moon"),
+    "clock": _skimage("clock"),
     "brick": _skimage("brick"),
     "grass": _skimage("grass"),
     "gravel": _skimage("gravel"),
     "china": _sklearn("china.jpg"),
     "flower": _sklearn("flower.jpg"),
 }
+# The photographs among them (the rest are textures and paintings: the styles).
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble", "ihc", "retina", "camera", "coins",
+          "moon", "clock")
+STYLES = ("china", "flower", "brick", "grass", "gravel")
 
 
 def _read_file(path: str, argument: str) -> np.ndarray:
@@ -83,6 +103,16 @@ def resize(image: torch.Tensor, size: int) -> torch.Tensor:
     return image[..., top:top + size, left:left + size].clamp(0, 1).contiguous()
 
 
+def read_image(source: str, argument: str = "image") -> torch.Tensor:
+    """``source`` (a bundled name or a file path) at its own size, ``[1, 3, H, W]`` float32 in [0, 1]."""
+    if source in BUNDLED:
+        return to_tensor(BUNDLED[source]())
+    if os.path.isfile(source):
+        return to_tensor(_read_file(source, argument))
+    raise FileNotFoundError(f"hsc: {argument} must be an image file or one of {sorted(BUNDLED)}, "
+                            f"got {source!r} (no such file or bundled name)")
+
+
 def load_image(source: str, size: int, argument: str = "image") -> torch.Tensor:
     """``source`` (a bundled name or a file path) as a ``[1, 3, size, size]`` float32 tensor in [0, 1].
 
@@ -90,14 +120,7 @@ def load_image(source: str, size: int, argument: str = "image") -> torch.Tensor:
     """
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"hsc: --size must be an int >= 1, got {size!r}")
-    if source in BUNDLED:
-        array = BUNDLED[source]()
-    elif os.path.isfile(source):
-        array = _read_file(source, argument)
-    else:
-        raise FileNotFoundError(f"hsc: {argument} must be an image file or one of {sorted(BUNDLED)}, "
-                                f"got {source!r} (no such file or bundled name)")
-    return resize(to_tensor(array), size)
+    return resize(read_image(source, argument), size)
 
 
 def save_image(image: torch.Tensor, path: str) -> None:

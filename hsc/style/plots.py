@@ -73,3 +73,48 @@ def plot_side_by_side(content: torch.Tensor, style: torch.Tensor, results: Dict[
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_held_out_loss(results, path: Path, title: str = "") -> None:
+    """The held-out loss of each stylising-network run against training seconds (log scale)."""
+    from .network_train import METHODS
+
+    colors = dict(zip(METHODS, ("tab:green", "tab:red")))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    seen = set()
+    for r in results:
+        label = None if r.config.method in seen else r.config.method
+        seen.add(r.config.method)
+        ax.plot([s.seconds for s in r.history], [s.held_out_loss for s in r.history],
+                color=colors.get(r.config.method), alpha=0.8, label=label)
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("held-out loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_stylised(photos: torch.Tensor, style: torch.Tensor, outputs: Dict[str, torch.Tensor], path: Path,
+                  title: str = "") -> None:
+    """One row per photograph: the photograph, then each network's stylisation; the style on top."""
+    rows, cols = len(photos), 1 + len(outputs)
+    fig, axes = plt.subplots(rows + 1, cols, figsize=(2.6 * cols, 2.6 * (rows + 1)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    axes[0][0].imshow(_as_array(style))
+    axes[0][0].set_title("style", fontsize=9)
+    for i, photo in enumerate(photos):
+        axes[i + 1][0].imshow(_as_array(photo[None]))
+        for j, (name, out) in enumerate(outputs.items(), 1):
+            axes[i + 1][j].imshow(_as_array(out[i][None]))
+            if i == 0:
+                axes[i + 1][j].set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

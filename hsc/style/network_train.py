@@ -1,0 +1,270 @@
+"""Training a stylising network (hsc.style.network) on photographs: one run, its budget,
+held-out loss snapshots, checkpoints that resume bit for bit on the CPU.
+
+Methods, same network, data and budget:
+
+- ``adam``: Adam at Johnson's lr 1e-3.
+- ``hsc``: hsc.Preconditioner (the library's defaults) rewrites the gradient to M^-1 g, each
+  tensor grafted to its raw gradient's norm, then Adam takes the step (the GAN's per-player method).
+
+Randomness: the network's init from ``seed``, the crops from the photo sampler's generator
+(``seed`` + 1), the probe signs from the preconditioner's (``seed``). The held-out loss is the
+mean of the perceptual loss over the held-out photographs, each resized to ``eval_size``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+
+from ..config import PreconditionerConfig, from_dict, nested, option
+from ..numerics import all_finite
+from ..preconditioner import Preconditioner
+from .features import make_extractor
+from .images import STYLES, load_image
+from .network import PerceptualLoss, TransformNet
+from .objective import LossWeights
+from .photos import PhotoSampler, held_out_images, split_sources
+
+METHODS = ("adam", "hsc")
+
+
+def _optional_int(text: str) -> Optional[int]:
+    return None if text.lower() == "none" else int(text)
+
+
+@dataclass
+class NetHSCSettings:
+    """The ``hsc`` method: Adam on each tensor's grafted M^-1 g."""
+
+    lr: float = option(1e-3, "the base Adam's lr")
+    graft: bool = option(True, "rescale each tensor's M^-1 g to its raw gradient's norm")
+    curvature_batch: Optional[int] = option(None, "photographs of the batch a refresh's HVPs see (the "
+                                            "first ones); none: the whole batch", _optional_int)
+    preconditioner: PreconditionerConfig = nested(PreconditionerConfig, "hsc: the preconditioner over the "
+                                                  "network's weights (hsc.PreconditionerConfig)")
+
+
+@dataclass
+class NetConfig:
+    """One training run; the budget is ``steps`` or ``seconds`` of training (snapshots excluded)."""
+
+    style: str = "flower"
+    method: str = "adam"
+    seed: int = 0
+    steps: Optional[int] = None
+    seconds: Optional[float] = None
+    size: int = option(128, "side of the training crops in pixels (a multiple of 4)")
+    batch_size: int = option(4, "crops per step")
+    width: int = option(16, "channels of the network's first layer (doubled twice)")
+    blocks: int = option(3, "residual blocks")
+    adam_lr: float = option(1e-3, "adam: the learning rate (Johnson's)")
+    photos: str = option("", "a folder of training photographs (every fifth held out); empty: the bundled "
+                         "photographs")
+    eval_size: int = option(128, "side of the held-out photographs the snapshots evaluate")
+    feature_seed: int = option(0, "seed of the random feature network of the loss")
+    eval_every_seconds: Optional[float] = None   # default: a 15th of the budget
+    eval_every_steps: Optional[int] = None       # default: a tenth of the budget
+    weights: LossWeights = nested(LossWeights, "the loss (hsc.style.objective)")
+    hsc: NetHSCSettings = nested(NetHSCSettings, "hsc method", flatten=False)
+
+    def validate(self) -> "NetConfig":
+        if self.method not in METHODS:
+            raise ValueError(f"hsc style-net: method must be one of {METHODS}, got {self.method!r}")
+        if (self.steps is None) == (self.seconds is None):
+            raise ValueError("hsc style-net: give exactly one of steps and seconds")
+        for name in ("size", "eval_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 16 and value % 4 == 0):
+                raise ValueError(f"hsc style-net: {name} must be a multiple of 4, at least 16, got {value!r}")
+        for name in ("batch_size", "width", "blocks"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"hsc style-net: {name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.hsc.curvature_batch is not None and not 1 <= self.hsc.curvature_batch <= self.batch_size:
+            raise ValueError(f"hsc style-net: curvature_batch must be in [1, batch_size], got {self.hsc.curvature_batch}")
+        self.hsc.preconditioner.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Snapshot:
+    step: int
+    seconds: float
+    held_out_loss: float
+
+
+@dataclass
+class NetRunResult:
+    config: NetConfig
+    steps: int
+    seconds: float
+    history: List[Snapshot]
+    skipped: int
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1].held_out_loss
+
+    @property
+    def diverged(self) -> bool:
+        """A non-finite held-out loss, or a step skipped for a non-finite value."""
+        return not math.isfinite(self.final_loss) or self.skipped > 0
+
+    def to_dict(self) -> dict:
+        return {"method": self.config.method, "style": self.config.style, "seed": self.config.seed,
+                "steps": self.steps, "seconds": self.seconds, "final_loss": self.final_loss,
+                "diverged": self.diverged, "skipped": self.skipped,
+                "history": [dataclasses.asdict(s) for s in self.history], "stats": self.stats}
+
+
+class NetTrainer:
+    """One run's state: ``run`` trains to the budget; ``save``/``load`` checkpoint it."""
+
+    def __init__(self, config: NetConfig):
+        self.config = config.validate()
+        train, held = split_sources(config.photos)
+        self.held_out_sources = held
+        self.sampler = PhotoSampler(train, config.size, seed=config.seed + 1)
+        self.held_out = held_out_images(held, config.eval_size)
+        style = load_image(config.style, max(config.size, config.eval_size), "--style")
+        self.loss = PerceptualLoss(make_extractor("random", seed=config.feature_seed), style, config.weights)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.net = TransformNet(config.width, config.blocks)
+        self.params = list(self.net.parameters())
+        lr = config.adam_lr if config.method == "adam" else config.hsc.lr
+        self.optimizer = torch.optim.Adam(self.params, lr=lr)
+        self.preconditioner = (Preconditioner(self.params, dataclasses.replace(config.hsc.preconditioner,
+                                                                               seed=config.seed))
+                               if config.method == "hsc" else None)
+        self.step_count, self.train_seconds, self.skipped = 0, 0.0, 0
+        self.history: List[Snapshot] = []
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def train_step(self) -> None:
+        photos = self.sampler.draw(self.config.batch_size)
+        loss_fn = lambda: self.loss(self.net(photos), photos)  # noqa: E731
+        with torch.enable_grad():
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, self.params)
+        if not (bool(torch.isfinite(loss)) and all_finite(grads)):
+            self.skipped += 1
+            return
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        if self.preconditioner is not None:
+            k = self.config.hsc.curvature_batch
+            curvature_fn = (lambda: self.loss(self.net(photos[:k]), photos[:k])) if k else loss_fn
+            self.preconditioner.update_curvature(curvature_fn)
+            self.preconditioner.precondition_(graft=self.config.hsc.graft)
+            if not all_finite([p.grad for p in self.params]):
+                self.skipped += 1
+                return
+        self.optimizer.step()
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def held_out_loss(self) -> float:
+        """The perceptual loss on the held-out photographs (mean over them)."""
+        return float(torch.stack([self.loss(self.net(x[None]), x[None]) for x in self.held_out]).mean())
+
+    @torch.no_grad()
+    def stylise(self, photos: torch.Tensor) -> torch.Tensor:
+        return self.net(photos)
+
+    def snapshot(self) -> Snapshot:
+        snap = Snapshot(self.step_count, self.train_seconds, self.held_out_loss())
+        self.history.append(snap)
+        return snap
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def done(self) -> bool:
+        cfg = self.config
+        return self.step_count >= cfg.steps if cfg.steps is not None else self.train_seconds >= cfg.seconds
+
+    def _snapshot_due(self) -> bool:
+        cfg, last = self.config, self.history[-1]
+        if cfg.steps is not None:
+            return self.step_count - last.step >= (cfg.eval_every_steps or max(1, cfg.steps // 10))
+        return self.train_seconds - last.seconds >= (cfg.eval_every_seconds or max(0.5, cfg.seconds / 15))
+
+    def run(self, progress: Optional[Callable[[float], None]] = None) -> NetRunResult:
+        if not self.history:
+            self.snapshot()
+        while not self.done():
+            t0 = time.perf_counter()
+            self.train_step()
+            dt = time.perf_counter() - t0
+            self.train_seconds += dt
+            self.step_count += 1
+            if progress is not None:
+                progress(1 if self.config.steps is not None else dt)
+            if self._snapshot_due():
+                self.snapshot()
+        if self.history[-1].step != self.step_count:
+            self.snapshot()
+        return NetRunResult(self.config, self.step_count, self.train_seconds, list(self.history), self.skipped,
+                            self.stats())
+
+    def stats(self) -> dict:
+        out = {"steps_per_second": self.step_count / max(self.train_seconds, 1e-9), "skipped": self.skipped,
+               "parameters": sum(p.numel() for p in self.params)}
+        if self.preconditioner is not None:
+            s = self.preconditioner.stats()
+            out["preconditioner"] = {k: s[k] for k in ("blocks", "refreshes", "hvps", "seconds", "scale", "spectrum")
+                                     if k in s}
+        return out
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"config": self.config.to_dict(), "net": self.net.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "preconditioner": None if self.preconditioner is None else self.preconditioner.state_dict(),
+                "sampler": self.sampler.state_dict(), "step_count": self.step_count,
+                "train_seconds": self.train_seconds, "skipped": self.skipped,
+                "history": [dataclasses.asdict(s) for s in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.preconditioner is not None:
+            self.preconditioner.load_state_dict(state["preconditioner"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step_count, self.train_seconds = state["step_count"], state["train_seconds"]
+        self.skipped = state["skipped"]
+        self.history = [Snapshot(**s) for s in state["history"]]
+
+    def save(self, path) -> None:
+        torch.save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path, **overrides) -> "NetTrainer":
+        """A trainer restored from ``path``; ``overrides`` change the budget (steps, seconds)."""
+        state = torch.load(path, weights_only=False)
+        trainer = cls(from_dict(NetConfig, {**state["config"], **overrides}))
+        trainer.load_state_dict(state)
+        return trainer
+
+
+def load_network(path) -> TransformNet:
+    """The trained network of a checkpoint, in eval mode."""
+    state = torch.load(path, weights_only=False)
+    config = from_dict(NetConfig, state["config"])
+    net = TransformNet(config.width, config.blocks)
+    net.load_state_dict(state["net"])
+    return net.eval().requires_grad_(False)
+
+
+__all__ = ["METHODS", "STYLES", "NetConfig", "NetHSCSettings", "NetTrainer", "NetRunResult", "load_network"]
