@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Tuple, TypeVar
 
 from . import ops
 
-ESTIMATORS = ("probe", "coloured", "exact")
+ESTIMATORS = ("probe", "coloured", "exact", "gauss_newton")
 SCALE_RULES = ("absolute", "relative")
 
 Config = TypeVar("Config")
@@ -229,8 +229,10 @@ class PreconditionerConfig:
 
     block_size: int = option(16, "b, parameter entries per block", int)
     estimator: str = option("probe", "curvature estimator: probe (b HVPs a sign draw), coloured (b C "
-                            "HVPs a draw: blocks that couple strongly never share a probe) or exact "
-                            "(one HVP per parameter; small models)", str, ESTIMATORS)
+                            "HVPs a draw: blocks that couple strongly never share a probe), exact "
+                            "(one HVP per parameter; small models) or gauss_newton (the Gauss-Newton "
+                            "matrix's exact blocks from one backward per output row; the loss closure "
+                            "returns (outputs, loss))", str, ESTIMATORS)
     samples: int = option(1, "sign draws averaged per refresh (probe, coloured)", int)
     colour_radius: int = option(1, "coloured: blocks of image tiles within this many tiles of each "
                                 "other get different colours ((r + 1)^2 colours per block of a tile)", int)

@@ -1,4 +1,5 @@
-"""Block-diagonal curvature from Hessian-vector products (docs/contract.md §4).
+"""Block-diagonal curvature (docs/contract.md §4): from Hessian-vector products, or the exact
+block diagonal of the generalised Gauss-Newton matrix from Jacobian-transpose products.
 
 HVPs are taken by double backward through the graph of a gradient computed with
 ``create_graph=True``, several probe vectors at once with ``is_grads_batched`` (vmap over the
@@ -153,3 +154,57 @@ def probe_hvps(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Seque
                 else:
                     hvps[s, j0:j0 + B, members] = rows_of_blocks[:, members]
     return hvps
+
+
+def gauss_newton_blocks(layout: BlockLayout, outputs: torch.Tensor, loss: torch.Tensor,
+                        params: Sequence[torch.Tensor], *, chunk_size: Optional[int] = None) -> tuple:
+    """The diagonal blocks of the generalised Gauss-Newton matrix G = J^T (d^2 loss / d outputs^2) J,
+    ``[N, b, b]``, and the number of Jacobian-transpose products taken.
+
+    ``outputs`` (``[n]`` or ``[n, ...]``: n rows, each depending on the params) and ``loss`` (a
+    scalar computed from ``outputs`` alone, a sum of per-row terms, e.g. a mean of per-sample
+    losses). Per row i the k x k Hessian of the loss in that row's outputs is H_i = V_i diag(lam_i)
+    V_i^T (eigenvalues of either sign: a non-convex loss gives an indefinite G), and
+
+        G_kk = sum_i sum_r lam_ir (J_i^T v_ir)_k (J_i^T v_ir)_k^T
+
+    for every block k at once: n k Jacobian-transpose products (one backward each, ``chunk_size``
+    at a time) and no aliasing between blocks, unlike sign-coded probing. G equals the Hessian
+    where the outputs are linear in the params; for a network with piecewise-linear activations
+    that holds within one layer's weights, so there G's blocks are the Hessian's."""
+    N, b, n = layout.num_blocks, layout.block_size, layout.numel
+    rows = outputs.reshape(len(outputs), -1)
+    count, k = rows.shape
+    dtype, device = params[0].dtype, params[0].device
+    blocks = torch.zeros(N, b, b, dtype=dtype, device=device)
+    first, = torch.autograd.grad(loss, outputs, create_graph=True)
+    first = first.reshape(count, k)
+    if count * k == 0 or not first.requires_grad:  # no outputs, or a loss linear in them: G = 0
+        return layout.identity_padding(blocks), 0
+    hess = torch.stack([torch.autograd.grad(first[:, c].sum(), outputs, retain_graph=True)[0].reshape(count, k)
+                        for c in range(k)], 1).detach()
+    lam, vectors = torch.linalg.eigh(((hess + hess.mT) / 2).double())
+    lam, vectors = lam.to(dtype), vectors.to(dtype)
+    # product (i, r): grad_outputs with row i = v_ir, zeros elsewhere; weight lam_ir
+    weights = lam.reshape(-1)
+    directions = torch.zeros(count * k, count, k, dtype=rows.dtype, device=rows.device)
+    index = torch.arange(count * k, device=rows.device)
+    directions[index, index // k] = vectors.transpose(1, 2).reshape(count * k, k).to(rows.dtype)
+    # products whose weight is below the rounding of the largest add nothing (cross entropy's
+    # Hessian in the logits is singular in every row, for instance)
+    live = weights.abs() > torch.finfo(dtype).eps * weights.abs().max()
+    directions, weights = directions[live], weights[live]
+    chunk = chunk_size or default_chunk_size(n, device)
+    for start in range(0, len(weights), chunk):
+        E = directions[start:start + chunk]
+        zeros = [p.new_zeros(len(E), *p.shape) for p in params]
+        if len(E) == 1:
+            found = torch.autograd.grad(rows, params, grad_outputs=E[0], retain_graph=True, allow_unused=True)
+            found = [None if f is None else f.unsqueeze(0) for f in found]
+        else:
+            found = torch.autograd.grad(rows, params, grad_outputs=E, retain_graph=True, is_grads_batched=True,
+                                        allow_unused=True)
+        vectors_in_blocks = layout.gather_rows([f if f is not None else z for f, z in zip(found, zeros)])
+        w = weights[start:start + chunk]
+        blocks += torch.einsum("r,rki,rkj->kij", w, vectors_in_blocks, vectors_in_blocks)
+    return layout.identity_padding(blocks), int(live.sum())

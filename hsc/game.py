@@ -79,6 +79,9 @@ class GameConfig:
             need(self.preconditioner.factor_power == 0.5, "preconditioner",
                  f"a PreconditionerConfig with factor_power=0.5 (and a mode of {ops.NONNEGATIVE_MODES})")
             self.preconditioner.validate()
+            need(self.preconditioner.estimator != "gauss_newton", "preconditioner",
+                 "a PreconditionerConfig whose estimator takes HVPs (probe, coloured or exact): the coupled "
+                 "step has the players' gradients, not their outputs")
         return self
 
 

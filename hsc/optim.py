@@ -112,6 +112,10 @@ class HSC(torch.optim.Optimizer):
             raise TypeError(f"hsc: unknown option(s) {sorted(unknown)}; expected lr, momentum, "
                             f"weight_decay or one of {CONFIG_FIELDS}")
         config = PreconditionerConfig(**preconditioner_options).validate()
+        if config.estimator == "gauss_newton":
+            raise ValueError("hsc: HSC takes its curvature from the step's loss gradients: estimator must be "
+                             "probe, coloured or exact, not gauss_newton (use a Preconditioner with "
+                             "update_curvature in front of an optimizer instead)")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         **{f: getattr(config, f) for f in CONFIG_FIELDS})
         super().__init__(params, defaults)

@@ -15,7 +15,7 @@ import torch
 
 from . import ops
 from .config import PreconditionerConfig
-from .curvature import draw_signs, exact_blocks, probe_hvps
+from .curvature import draw_signs, exact_blocks, gauss_newton_blocks, probe_hvps
 from .distributed import BlockShards, RankGroup
 from .layout import BlockLayout
 from .numerics import all_finite, finite_rows
@@ -159,37 +159,53 @@ class Preconditioner:
     def refresh_if_due(self, grads: Optional[Sequence[torch.Tensor]]) -> bool:
         """Counts one step and refreshes from ``grads`` (the loss gradient computed with
         ``create_graph=True``) when it is due; returns whether it refreshed. With a process group
-        every rank must call it together."""
+        every rank must call it together. (The ``gauss_newton`` estimator needs the outputs:
+        :meth:`update_curvature`.)"""
+        if self.config.estimator == "gauss_newton":
+            raise ValueError("hsc: estimator gauss_newton takes its curvature from update_curvature(loss_fn) "
+                             "with loss_fn returning (outputs, loss), not from gradients")
         if not self.tick():
             return False
         self.refresh(grads)
         return True
 
-    def update_curvature(self, loss_fn: Callable[[], torch.Tensor]) -> bool:
+    def update_curvature(self, loss_fn: Callable[[], object]) -> bool:
         """Call once per step with a callable that recomputes the loss. Every ``update_every``
         calls (the first included) it re-estimates the curvature and refactors; otherwise it
-        returns at once. Returns whether it refreshed."""
+        returns at once. Returns whether it refreshed.
+
+        With the ``gauss_newton`` estimator ``loss_fn()`` returns ``(outputs, loss)``: the rows
+        the loss is computed from (a network's outputs, ``[n]`` or ``[n, ...]``) and the loss as a
+        function of them alone, a sum of per-row terms (docs/contract.md §4)."""
         if not self.tick():
             return False
-        grads, error = None, None
+        grads, error, curvature = None, None, None
         with torch.enable_grad():
             try:
-                loss = loss_fn()
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise ValueError("hsc: loss_fn must return a scalar tensor")
-                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-                grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
+                result = loss_fn()
+                if self.config.estimator == "gauss_newton":
+                    if not (isinstance(result, tuple) and len(result) == 2
+                            and all(isinstance(t, torch.Tensor) for t in result) and result[1].numel() == 1):
+                        raise ValueError("hsc: with estimator gauss_newton, loss_fn must return (outputs, loss): "
+                                         "the outputs the loss is computed from and the scalar loss")
+                    curvature = result
+                else:
+                    if not isinstance(result, torch.Tensor) or result.numel() != 1:
+                        raise ValueError("hsc: loss_fn must return a scalar tensor")
+                    grads = torch.autograd.grad(result, self.params, create_graph=True, allow_unused=True)
+                    grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params)]
             except Exception as err:  # raised on every rank by refresh, not only on this one
                 error = err
-            self.refresh(grads, error=error)
+            self.refresh(grads, error=error, outputs_and_loss=curvature)
         return True
 
     # ---- refresh ---------------------------------------------------------------------------
 
-    def refresh(self, grads: Optional[Sequence[torch.Tensor]], *,
-                error: Optional[BaseException] = None) -> None:
+    def refresh(self, grads: Optional[Sequence[torch.Tensor]], *, error: Optional[BaseException] = None,
+                outputs_and_loss: Optional[tuple] = None) -> None:
         """Re-estimate the curvature from ``grads`` (the loss gradient with respect to the params,
-        computed with ``create_graph=True``) and refactor.
+        computed with ``create_graph=True``), or for the ``gauss_newton`` estimator from
+        ``outputs_and_loss``, and refactor.
 
         ``error``: an exception the caller met while computing ``grads`` on this rank; it is
         raised on every rank (with a process group), after the ranks have agreed on it.
@@ -199,13 +215,19 @@ class Preconditioner:
         first = self.estimate is None
         # Drawn before anything can fail, so every rank's generator stays in step.
         signs = draw_signs(self.generator, cfg.samples, layout.num_blocks, self.params[0].dtype,
-                           layout.device) if cfg.estimator != "exact" else None
+                           layout.device) if cfg.estimator in ("probe", "coloured") else None
         blocks, finite, t1 = None, None, t0
         if error is None:
             try:
                 if cfg.estimator == "exact":
                     blocks = exact_blocks(layout, grads, self.params, chunk_size=cfg.chunk_size).detach()
                     self.counters["hvps"] += layout.numel
+                    t1 = time.perf_counter()
+                elif cfg.estimator == "gauss_newton":
+                    blocks, products = gauss_newton_blocks(layout, *outputs_and_loss, self.params,
+                                                           chunk_size=cfg.chunk_size)
+                    blocks = blocks.detach()
+                    self.counters["hvps"] += products
                     t1 = time.perf_counter()
                 else:
                     hvps = probe_hvps(layout, grads, self.params, signs, chunk_size=cfg.chunk_size,

@@ -13,7 +13,7 @@ from curvature_helpers import (DT, block_separable_loss, diagonal_blocks, einsum
                                flat_params, full_hessian, off_diagonal_energy, regression_data, tiny_convnet,
                                tiny_mlp)
 from hsc import Preconditioner, ops
-from hsc.curvature import draw_signs, exact_blocks, probe_hvps
+from hsc.curvature import draw_signs, exact_blocks, gauss_newton_blocks, probe_hvps
 from hsc.layout import BlockLayout
 
 # float64 throughout: HVPs and autograd's Hessian are the same derivatives computed along different
@@ -371,3 +371,90 @@ def test_coloured_estimator_in_the_preconditioner_and_its_hvp_count():
     probe.update_curvature(loss)
     assert probe.stats()["hvps"] == coloured.stats()["hvps"]
     assert (probe.estimate - diagonal_blocks(H, probe.layout)).abs().max() > 0.05
+
+
+# ---- the Gauss-Newton estimator ---------------------------------------------------------------------
+
+def _gauss_newton_dense(model: torch.nn.Module, x: torch.Tensor, loss_of_outputs) -> torch.Tensor:
+    """J^T H J written out: the Jacobian of the flat outputs in the flat parameters (torch.func),
+    the Hessian of the loss in the flat outputs (autograd), in float64."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    theta = flat_params(list(model.parameters()))
+
+    def outputs_of(flat):
+        pieces = dict(zip(names, (t.view(s) for t, s in zip(flat.split([s.numel() for s in shapes]), shapes))))
+        return torch.func.functional_call(model, pieces, (x,)).reshape(-1)
+
+    J = torch.func.jacrev(outputs_of)(theta)
+    o = outputs_of(theta).detach()
+    H = torch.autograd.functional.hessian(lambda out: loss_of_outputs(out.view(len(x), -1)), o)
+    return J.T @ H @ J
+
+
+@pytest.mark.parametrize("activation,k,loss_name", [
+    (torch.nn.LeakyReLU(0.2), 1, "softplus"), (torch.nn.Tanh(), 3, "cross_entropy"), (torch.nn.Tanh(), 2, "cubic")])
+def test_gauss_newton_blocks_are_the_blocks_of_j_transpose_h_j(activation, k, loss_name):
+    """Against J^T H J built densely: a convex loss of one output per row (a GAN discriminator's),
+    cross entropy over 3 outputs per row, and a non-convex loss (negative curvature in the
+    outputs: the blocks are indefinite)."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), activation, torch.nn.Linear(7, k)).to(DT)
+    x = torch.randn(6, 5, dtype=DT)
+    labels = torch.tensor([0, 2, 1, 1, 0, 2])
+    losses = {"softplus": lambda o: torch.nn.functional.softplus(-o).mean(),
+              "cross_entropy": lambda o: torch.nn.functional.cross_entropy(o, labels),
+              "cubic": lambda o: (o ** 3 - o).sum() / 10}
+    params = list(model.parameters())
+    layout = BlockLayout(params, 4)
+    outputs = model(x)
+    blocks, products = gauss_newton_blocks(layout, outputs, losses[loss_name](outputs), params)
+    expected = diagonal_blocks(_gauss_newton_dense(model, x, losses[loss_name]), layout)
+    torch.testing.assert_close(blocks, expected, rtol=1e-10, atol=1e-12)
+    # one product per row and output, but cross entropy's Hessian in the logits is singular in
+    # every row (adding a constant to a row's logits changes nothing): no product for that direction
+    assert products == 6 * (k - 1 if loss_name == "cross_entropy" else k)
+    if loss_name == "cubic":
+        assert float(torch.linalg.eigvalsh(blocks).min()) < -1e-3
+
+
+def test_gauss_newton_blocks_are_the_hessian_blocks_of_a_piecewise_linear_discriminator():
+    """A LeakyReLU network is linear in each layer's weights within its activation pattern, so
+    the Hessian's diagonal blocks (each within one tensor) are the Gauss-Newton matrix's."""
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.LeakyReLU(0.2), torch.nn.Linear(6, 6),
+                                torch.nn.LeakyReLU(0.2), torch.nn.Linear(6, 1)).to(DT)
+    real, fake = torch.randn(8, 4, dtype=DT), torch.randn(8, 4, dtype=DT) + 1
+    params = list(model.parameters())
+
+    def loss_of(o):
+        return torch.nn.functional.softplus(-o[:8]).mean() + torch.nn.functional.softplus(o[8:]).mean()
+
+    outputs = torch.cat([model(real), model(fake)])
+    layout = BlockLayout(params, 5)
+    gn, _ = gauss_newton_blocks(layout, outputs, loss_of(outputs), params)
+    loss = loss_of(torch.cat([model(real), model(fake)]))
+    exact = exact_blocks(layout, torch.autograd.grad(loss, params, create_graph=True), params)
+    torch.testing.assert_close(gn, exact, rtol=1e-9, atol=1e-12)
+    assert float(torch.linalg.eigvalsh(gn).min()) > -1e-12  # a convex loss: positive semi-definite
+
+
+def test_gauss_newton_estimator_in_the_preconditioner():
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).to(DT)
+    x = torch.randn(10, 3, dtype=DT)
+    params = list(model.parameters())
+    pre = Preconditioner(params, block_size=4, estimator="gauss_newton", ema=0.0, update_every=1)
+
+    def outputs_and_loss():
+        o = model(x)
+        return o, torch.nn.functional.softplus(o).mean()
+
+    assert pre.update_curvature(outputs_and_loss) and pre.hvps == 10
+    o, loss = outputs_and_loss()
+    expected, _ = gauss_newton_blocks(pre.layout, o, loss, params)
+    torch.testing.assert_close(pre.estimate, expected, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match=r"\(outputs, loss\)"):
+        pre.update_curvature(lambda: torch.nn.functional.softplus(model(x)).mean())
+    with pytest.raises(ValueError, match="update_curvature"):
+        pre.refresh_if_due([torch.zeros_like(p) for p in params])

@@ -161,9 +161,9 @@ class Player:
         self.skipped = 0
 
     def prepare(self, loss_fn: Callable[[], torch.Tensor],
-                curvature_fn: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
+                curvature_fn: Optional[Callable[[], object]] = None) -> torch.Tensor:
         """Sets ``.grad`` to the (preconditioned) gradient of ``loss_fn()``; returns the loss. A
-        refresh takes its HVPs from ``curvature_fn()`` (default: ``loss_fn()``)."""
+        refresh takes its curvature from ``curvature_fn()`` (default: ``loss_fn()``)."""
         loss = loss_fn()
         grads = torch.autograd.grad(loss, self.params)
         # data-parallel: the mean over the ranks, the same on every rank, so they all decide alike
@@ -287,13 +287,19 @@ class Trainer:
 
     # ---- losses ----------------------------------------------------------------------------
 
-    def d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """The discriminator's loss: -log D(real) - log(1 - D(fake))."""
-        return F.softplus(-self.D(real)).mean() + F.softplus(self.D(fake)).mean()
+    def d_loss(self, real: torch.Tensor, fake: torch.Tensor, with_outputs: bool = False):
+        """The discriminator's loss: -log D(real) - log(1 - D(fake)); ``with_outputs``: (D's
+        outputs, the loss computed from them), the form the gauss_newton estimator takes."""
+        outputs = torch.cat([self.D(real), self.D(fake)])
+        n = len(real)
+        loss = F.softplus(-outputs[:n]).mean() + F.softplus(outputs[n:]).mean()
+        return (outputs, loss) if with_outputs else loss
 
-    def g_loss(self, z: torch.Tensor) -> torch.Tensor:
-        """The non-saturating generator loss: -log D(G(z))."""
-        return F.softplus(-self.D(self.G(z))).mean()
+    def g_loss(self, z: torch.Tensor, with_outputs: bool = False):
+        """The non-saturating generator loss: -log D(G(z)) (``with_outputs``: as in :meth:`d_loss`)."""
+        outputs = self.D(self.G(z))
+        loss = F.softplus(-outputs).mean()
+        return (outputs, loss) if with_outputs else loss
 
     def zero_sum(self, real: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """f for the zero-sum methods: D maximises log D(real) + log(1 - D(G(z))), G minimises it."""
@@ -320,13 +326,15 @@ class Trainer:
             self.acgd.step(self.zero_sum(real, z))
             return
         G, D = self.players["G"], self.players["D"]
+        # the refresh's closures: on the first curvature_batch samples; (outputs, loss) for gauss_newton
         k = self.config.hsc.curvature_batch
+        outputs = self.config.hsc.preconditioner.estimator == "gauss_newton"
         with torch.no_grad():
             fake = self.G(z)
-        D.prepare(lambda: self.d_loss(real, fake), (lambda: self.d_loss(real[:k], fake[:k])) if k else None)
+        D.prepare(lambda: self.d_loss(real, fake), lambda: self.d_loss(real[:k], fake[:k], outputs))
         if self.config.update == "alternating":
             D.apply()
-        G.prepare(lambda: self.g_loss(z), (lambda: self.g_loss(z[:k])) if k else None)
+        G.prepare(lambda: self.g_loss(z), lambda: self.g_loss(z[:k], outputs))
         D.apply()
         G.apply()
 

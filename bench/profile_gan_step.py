@@ -1,0 +1,136 @@
+"""Where a GAN training step's time goes: hsc's per-player method against Adam, per data set.
+
+Plain script (not collected by pytest)::
+
+    python bench/profile_gan_step.py            # bench/results/profile_gan_step.{md,json}
+    python bench/profile_gan_step.py --data mnist --steps 20
+
+For each data set (its players and batch, hsc gan's defaults; one torch thread), in one process:
+
+- Adam's step (both players: gradients and Adam's update), the mean of ``--steps`` steps;
+- hsc's ordinary step (no refresh due), the same mean, split into the preconditioner's apply
+  (``precondition_``: gather, solve, scatter and the per-tensor graft, timed inside it) and the
+  rest (gradients, Adam's update, the refresh-schedule bookkeeping);
+- the apply's pieces timed alone on the same gradients: gather, the solve op, scatter;
+- one refresh per player (the preconditioner's own timings): HVPs, assembly of the estimate,
+  eigensolver and factor;
+- hsc's amortised step at the refresh period (``update_every``, 50) and its ratio to Adam's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from hsc import config  # noqa: E402
+from hsc.apps import machine, write_json  # noqa: E402
+from hsc.gan.train import TrainConfig, Trainer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA = ("ring8", "digits", "mnist", "stacked-mnist")
+
+
+def _mean_step(trainer: Trainer, steps: int) -> float:
+    for _ in range(3):  # warm-up
+        trainer.train_step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    return (time.perf_counter() - t0) / steps
+
+
+def _median(fn, repeats: int = 20) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def profile(data: str, steps: int, curvature_batch) -> dict:
+    adam = Trainer(TrainConfig(data=data, method="adam", steps=1))
+    adam_step = _mean_step(adam, steps)
+    cfg = config.replace(TrainConfig(data=data, method="hsc", steps=1), curvature_batch=curvature_batch)
+    hsc = Trainer(cfg)
+    hsc.train_step()  # the first refresh of both players
+    players = {name: p.preconditioner for name, p in hsc.players.items()}
+    refresh = {name: {k: pre.timings[k] for k in ("hvp", "assembly", "factorisation")} for name, pre in players.items()}
+    every = cfg.hsc.preconditioner.update_every
+    for pre in players.values():  # from here on, ordinary steps only
+        pre.config.update_every = 10 ** 9
+        pre.timings["apply"] = 0.0
+    ordinary = _mean_step(hsc, steps)
+    apply = sum(pre.timings["apply"] for pre in players.values()) / (steps + 3)
+    pieces = {}
+    for name, pre in players.items():
+        grads = [torch.randn_like(p) for p in pre.params]
+        G = pre.gather(grads)
+        P = pre.solve_blocks(G, finite=True)
+        pieces[name] = {"gather": _median(lambda: pre.gather(grads)),
+                        "solve": _median(lambda: pre.solve_blocks(G, finite=True)),
+                        "scatter": _median(lambda: pre.scatter(P)),
+                        "blocks": pre.layout.num_blocks, "parameters": pre.layout.numel}
+    refresh_total = sum(sum(v.values()) for v in refresh.values())
+    amortised = ordinary + refresh_total / every
+    return {"data": data, "batch": hsc.batch_size, "curvature_batch": curvature_batch, "adam_step": adam_step,
+            "hsc_ordinary_step": ordinary, "apply": apply, "pieces": pieces, "refresh": refresh,
+            "refresh_total": refresh_total, "update_every": every, "hsc_amortised_step": amortised,
+            "ratio": amortised / adam_step}
+
+
+def markdown(rows: list, command: str) -> str:
+    ms = lambda s: f"{1000 * s:.2f}"  # noqa: E731
+    md = ["# Where a GAN step's time goes: hsc's per-player method against Adam", "",
+          f"- machine: {machine()}", f"- command: `{command}`",
+          "- one torch thread; each data set's players and batch, hsc gan's defaults; times in ms; "
+          "`apply` is precondition_ (gather, solve, scatter, graft) over both players, the pieces are "
+          "timed alone on one player's gradient", "",
+          "| data | batch | Adam step | hsc ordinary step | of it: apply | rest (gradients, Adam, bookkeeping) | "
+          "refresh (both players): HVPs / assembly / eigen + factor | amortised at every 50 | ÷ Adam |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        hvp = sum(v["hvp"] for v in r["refresh"].values())
+        asm = sum(v["assembly"] for v in r["refresh"].values())
+        fac = sum(v["factorisation"] for v in r["refresh"].values())
+        batch = f"{r['batch']}" + (f" (HVPs on {r['curvature_batch']})" if r["curvature_batch"] else "")
+        md.append(f"| {r['data']} | {batch} | {ms(r['adam_step'])} | {ms(r['hsc_ordinary_step'])} | {ms(r['apply'])} | "
+                  f"{ms(r['hsc_ordinary_step'] - r['apply'])} | {ms(hvp)} / {ms(asm)} / {ms(fac)} | "
+                  f"{ms(r['hsc_amortised_step'])} | {r['ratio']:.2f} |")
+    md += ["", "The apply's pieces, one player at a time (ms):", "",
+           "| data | player | parameters | blocks | gather | solve op | scatter |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for name, p in r["pieces"].items():
+            md.append(f"| {r['data']} | {name} | {p['parameters']} | {p['blocks']} | {ms(p['gather'])} | "
+                      f"{ms(p['solve'])} | {ms(p['scatter'])} |")
+    return "\n".join(md) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=",".join(DATA))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--curvature-batch", type=int, default=None,
+                        help="HVPs on this many samples of the batch (default: the method's)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for data in args.data.split(","):
+        rows.append(profile(data, args.steps, args.curvature_batch))
+        print(f"{data}: Adam {1000 * rows[-1]['adam_step']:.1f} ms, hsc amortised "
+              f"{1000 * rows[-1]['hsc_amortised_step']:.1f} ms ({rows[-1]['ratio']:.2f}x)", flush=True)
+    command = " ".join(["python"] + sys.argv)
+    RESULTS.mkdir(exist_ok=True)
+    write_json(RESULTS / "profile_gan_step.json", {"machine": machine(), "command": command, "rows": rows})
+    (RESULTS / "profile_gan_step.md").write_text(markdown(rows, command))
+    print(markdown(rows, command))
+
+
+if __name__ == "__main__":
+    main()
