@@ -142,6 +142,7 @@ class Preconditioner:
         # per refresh (spectrum_summary).
         self.eigenvalues: Optional[torch.Tensor] = None
         self.spectra: list = []
+        self._block_tensor: Optional[torch.Tensor] = None  # [N]: the tensor each block belongs to (grafting)
 
     # ---- schedule --------------------------------------------------------------------------
 
@@ -369,24 +370,43 @@ class Preconditioner:
         return self.layout.scatter(blocks)
 
     @torch.no_grad()
-    def precondition_(self, *, graft: bool = False) -> None:
+    def precondition_(self, *, graft: bool = False) -> bool:
         """Rewrites each parameter's ``.grad`` with M^-1 g, in place (parameters without a
-        gradient count as zero and are left without one).
+        gradient count as zero and are left without one). Returns whether every rewritten
+        gradient is finite (True before the first refresh, when nothing is rewritten).
 
         ``graft``: then rescales each tensor's M^-1 g to the norm of its raw gradient g, so that
         the optimizer after it keeps its own step length and the preconditioner only turns the
-        direction (per-tensor norm grafting, as Shampoo grafts; ``hsc gan``'s per-player method)."""
+        direction (per-tensor norm grafting, as Shampoo grafts; ``hsc gan``'s per-player method).
+        The norms are taken over each tensor's blocks at once, so a network of many tensors costs
+        a few passes, not a few per tensor."""
         if self.correction is None:
-            return
+            return True
         t0 = time.perf_counter()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        raw_norms = [g.norm() for g in grads] if graft else None
+        G = self.layout.gather(grads)
+        P = self._solve_owned(G)
+        if graft:
+            P, finite = self._graft(G, P)
+        else:
+            finite = all_finite([P])
         # Parameters without a gradient receive their (discarded) share in a temporary.
-        self.layout.scatter_(self._solve_owned(self.layout.gather(grads)), grads)
-        if raw_norms is not None:
-            for g, norm in zip(grads, raw_norms):
-                g.mul_(norm / g.norm().clamp_min(1e-30))
+        self.layout.scatter_(P, grads)
         self.timings["apply"] += time.perf_counter() - t0
+        return finite
+
+    def _graft(self, G: torch.Tensor, P: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+        """``P`` with each tensor's blocks rescaled to the norm of ``G``'s blocks of that tensor
+        (padding slots hold 0 in both), and whether the result is finite: the norms of P, finite
+        exactly when every entry is (or when a sum of squares overflows: then not)."""
+        if self._block_tensor is None:
+            counts = torch.tensor([end - start for start, end in self.layout.tensor_blocks], device=G.device)
+            self._block_tensor = torch.repeat_interleave(torch.arange(len(counts), device=G.device), counts)
+        owner, T = self._block_tensor, len(self.layout.tensor_blocks)
+        raw = G.new_zeros(T).index_add_(0, owner, G.square().sum(1)).sqrt()
+        new = P.new_zeros(T).index_add_(0, owner, P.square().sum(1)).sqrt()
+        finite = bool(torch.isfinite(new).all())
+        return P * (raw / new.clamp_min(1e-30))[owner, None], finite
 
     # ---- what optimizers and applications read --------------------------------------------
 

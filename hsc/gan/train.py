@@ -178,8 +178,7 @@ class Player:
             self.optimizer.set_raw(grads)
         if self.preconditioner is not None:
             self.preconditioner.update_curvature(curvature_fn or loss_fn)
-            self.preconditioner.precondition_(graft=self.graft)
-            self.ready = all_finite([p.grad for p in self.params])
+            self.ready = self.preconditioner.precondition_(graft=self.graft)
             if not self.ready:
                 self.skipped += 1
         return loss.detach()

@@ -165,8 +165,7 @@ class NetTrainer:
             k = self.config.hsc.curvature_batch
             curvature_fn = (lambda: self.loss(self.net(photos[:k]), photos[:k])) if k else loss_fn
             self.preconditioner.update_curvature(curvature_fn)
-            self.preconditioner.precondition_(graft=self.config.hsc.graft)
-            if not all_finite([p.grad for p in self.params]):
+            if not self.preconditioner.precondition_(graft=self.config.hsc.graft):
                 self.skipped += 1
                 return
         self.optimizer.step()
