@@ -34,7 +34,7 @@ from hsc.apps import machine  # noqa: E402
 from hsc.gan.cli import format_table, summarise  # noqa: E402
 from hsc.gan.data import DATASETS  # noqa: E402
 from hsc.gan.metrics import protocol_of  # noqa: E402
-from hsc.gan.train import HSCSettings, RunResult, TrainConfig, train  # noqa: E402
+from hsc.gan.train import HSCSettings, RunResult, TrainConfig, default_config, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -72,7 +72,7 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
 def variant_config(changes: dict, seed: int, seconds: float, data: str = "ring8") -> TrainConfig:
     """An hsc run on ``data`` with ``changes``: fields of TrainConfig (method, adam_lr, ...), of
     its HSCSettings or of the preconditioner, by name."""
-    return config.replace(TrainConfig(data=data, method="hsc", seed=seed, seconds=seconds), **changes)
+    return config.replace(default_config(data, method="hsc", seed=seed, seconds=seconds), **changes)
 
 
 def _run(config: TrainConfig) -> RunResult:

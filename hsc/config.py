@@ -113,16 +113,19 @@ def _nested_prefix(prefix: str, f: dataclasses.Field) -> str:
 
 
 def add_arguments(parser: argparse._ActionsContainer, defaults, *, skip: Iterable[str] = (),
-                  notes: Optional[Mapping[str, str]] = None, prefix: str = "hsc") -> None:
+                  notes: Optional[Mapping[str, str]] = None, prefix: str = "hsc",
+                  only_given: bool = False) -> None:
     """Adds a ``--<prefix>-<field>`` flag for every option of the dataclass ``defaults`` (and of
     the configs nested in it) not named in ``skip``, with ``defaults``' value as its default and
     the field's help, plus ``notes[key]`` where an application reads a field its own way (key: the
     field's name, or its path through the nested configs, e.g. ``"hsc.preconditioner.scale"``).
-    Each nested config's flags form an argument group titled by its help."""
-    _add(parser, parser, defaults, set(skip), notes or {}, prefix, "", None)
+    Each nested config's flags form an argument group titled by its help. ``only_given``: a flag
+    not given leaves no value in the parsed arguments, so that :func:`from_arguments` changes only
+    what was given (for an application whose defaults depend on another flag)."""
+    _add(parser, parser, defaults, set(skip), notes or {}, prefix, "", None, only_given)
 
 
-def _add(parser, group, defaults, skip, notes, prefix, path, switch):
+def _add(parser, group, defaults, skip, notes, prefix, path, switch, only_given=False):
     for f in dataclasses.fields(defaults):
         if f.name in skip or "help" not in f.metadata:
             continue
@@ -132,7 +135,7 @@ def _add(parser, group, defaults, skip, notes, prefix, path, switch):
             sub = parser.add_argument_group(f.metadata["help"]) \
                 if isinstance(parser, argparse.ArgumentParser) else group
             _add(parser, sub, inner, skip, notes, _nested_prefix(prefix, f), f"{path}{f.name}.",
-                 (f.metadata["switch"], value is None) if f.metadata["switch"] else None)
+                 (f.metadata["switch"], value is None) if f.metadata["switch"] else None, only_given)
             continue
         parse, choices, name = f.metadata["parse"], f.metadata["choices"], _flag_name(f)
         if switch is not None and f.name == switch[0]:
@@ -142,8 +145,8 @@ def _add(parser, group, defaults, skip, notes, prefix, path, switch):
         note = notes.get(path + f.name, notes.get(f.name))
         text = f.metadata["help"] + (f"; {note}" if note else "")
         group.add_argument(_flag(prefix, name), dest=_dest(prefix, name), type=parse, choices=choices,
-                           default=value, metavar=None if choices else f.name.upper(),
-                           help=f"{text} (default: {show(value)})")
+                           default=argparse.SUPPRESS if only_given else value,
+                           metavar=None if choices else f.name.upper(), help=f"{text} (default: {show(value)})")
 
 
 def from_arguments(args: argparse.Namespace, defaults: Config, *, prefix: str = "hsc") -> Config:

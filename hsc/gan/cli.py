@@ -20,7 +20,7 @@ from .. import config
 from ..apps import add_budget, comma_list, machine, mean_std, progress_bar, write_json
 from .data import DATASETS
 from .metrics import PROTOCOLS
-from .train import METHODS, RunResult, TrainConfig, Trainer
+from .train import METHODS, RunResult, TrainConfig, Trainer, default_config
 
 DEFAULT_SECONDS = 20.0
 # Fields with no flag of their own: the run's identity and budget come from --data, --optim,
@@ -31,7 +31,8 @@ SKIPPED = ("seed", "patch", "factor_power")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", choices=tuple(DATASETS), default="ring8",
-                        help="; ".join(f"{k}: {v.help}" for k, v in DATASETS.items()))
+                        help="; ".join(f"{k}: {v.help}" + (f" (its own settings: {_settings(v.settings)})"
+                                                            if v.settings else "") for k, v in DATASETS.items()))
     parser.add_argument("--optim", default="hsc,adam,acgd",
                         help=f"comma list of {METHODS}: hsc (Adam on each player's grafted M^-1 g), adam, "
                              "competitive (the coupled step with block curvature), acgd (cgds' ACGD)")
@@ -50,7 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spectrum", action="store_true",
                         help="write spectrum-hsc.png: histograms of each player's block eigenvalues at "
                              "the last refresh (spectral modes; the first seed's run)")
-    config.add_arguments(parser, TrainConfig(), prefix="", skip=SKIPPED)
+    # Flags change only what they name, on top of the data set's settings (default_config).
+    config.add_arguments(parser, TrainConfig(), prefix="", skip=SKIPPED, only_given=True)
+
+
+def _settings(settings: dict) -> str:
+    return ", ".join(f"{k} {config.show(v)}" for k, v in settings.items())
 
 
 def build_configs(args: argparse.Namespace) -> List[TrainConfig]:
@@ -64,7 +70,7 @@ def build_configs(args: argparse.Namespace) -> List[TrainConfig]:
     if args.eval_every is not None:
         eval_kw = {"eval_every_steps": int(args.eval_every)} if args.steps is not None \
             else {"eval_every_seconds": args.eval_every}
-    base = config.from_arguments(args, TrainConfig(data=args.data, steps=args.steps, seconds=seconds, **eval_kw),
+    base = config.from_arguments(args, default_config(args.data, steps=args.steps, seconds=seconds, **eval_kw),
                                  prefix="")
     return [config.replace(base, method=m, seed=s) for m in methods for s in seeds]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -81,6 +81,9 @@ class DatasetSpec:
     batch_size: int       # the batch a run takes unless told otherwise
     seconds: float        # the benchmark's budget per run (bench/bench_gan.py)
     help: str
+    # the run settings that differ on this data (TrainConfig fields by name, hsc.config.replace):
+    # hsc gan and the benchmark start from them (hsc.gan.train.default_config)
+    settings: Dict[str, object] = field(default_factory=dict)
 
 
 def ring8_means() -> torch.Tensor:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import PreconditionerConfig, float_pair, from_dict, nested, option
+from ..config import PreconditionerConfig, float_pair, from_dict, nested, option, replace
 from ..distributed import RankGroup
 from ..game import CompetitiveHSC, GameConfig
 from ..grafting import GraftedAdam
@@ -142,6 +142,14 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         return from_dict(cls, d)
+
+
+def default_config(data: str, **changes) -> TrainConfig:
+    """The run ``hsc gan --data <data>`` makes without other flags: TrainConfig's defaults with the
+    data set's own settings (``DATASETS[data].settings``), then ``changes`` by field name."""
+    if data not in DATASETS:
+        raise ValueError(f"hsc gan: data must be one of {tuple(DATASETS)}, got {data!r}")
+    return replace(replace(TrainConfig(data=data), **DATASETS[data].settings), **changes)
 
 
 class Player:
