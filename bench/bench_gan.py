@@ -6,6 +6,8 @@ Plain script (not collected by pytest)::
     python bench/bench_gan.py --data ring8 --seeds 3 --scale 0.5   # fewer seeds, half the seconds
     python bench/bench_gan.py --sweep spectral --data ring8 --seeds 3   # an hsc option grid
     python bench/bench_gan.py --markdown-only          # gan.md again from gan.json (after editing the notes)
+    python bench/bench_gan.py --data stacked-mnist,mnist --report gan_images --snapshots 6 \
+        --methods "hsc,hsc gauss_newton,adam,competitive,acgd"   # the image sets: gan_images.*
 
 Runs go ``--workers`` at a time (default 2), each on one torch thread, so every method gets the
 same wall-clock of one core; seed-major order, so a change in the machine's load hits every
@@ -30,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from hsc import config  # noqa: E402
-from hsc.apps import machine  # noqa: E402
+from hsc.apps import machine, write_json  # noqa: E402
 from hsc.gan.cli import format_table, summarise  # noqa: E402
 from hsc.gan.data import DATASETS  # noqa: E402
 from hsc.gan.metrics import protocol_of  # noqa: E402
@@ -48,6 +50,9 @@ METHODS: Dict[str, dict] = {
     "hsc spectral": {"mode": "spectral"},
     "hsc cholesky": {"mode": "cholesky", "scale_rule": "absolute", "scale": 1.0},
     "competitive": {"method": "competitive"},
+    # the estimator the data set does not take by default (hsc.gan.data.DATASETS[...].settings)
+    "hsc probe": {"estimator": "probe"},
+    "hsc gauss_newton": {"estimator": "gauss_newton"},
 }
 
 # Option grids around the default (hsc: saddle_free_root, relative mu), judged on several seeds.
@@ -69,10 +74,13 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
 }
 
 
-def variant_config(changes: dict, seed: int, seconds: float, data: str = "ring8") -> TrainConfig:
-    """An hsc run on ``data`` with ``changes``: fields of TrainConfig (method, adam_lr, ...), of
-    its HSCSettings or of the preconditioner, by name."""
-    return config.replace(default_config(data, method="hsc", seed=seed, seconds=seconds), **changes)
+def variant_config(changes: dict, seed: int, seconds: float, data: str = "ring8",
+                   snapshots: int = 15) -> TrainConfig:
+    """An hsc run on ``data`` (its default settings) with ``changes``: fields of TrainConfig
+    (method, adam_lr, ...), of its HSCSettings or of the preconditioner, by name; ``snapshots``
+    metric snapshots over the budget besides the first and the last."""
+    return config.replace(default_config(data, method="hsc", seed=seed, seconds=seconds,
+                                         eval_every_seconds=seconds / snapshots), **changes)
 
 
 def _run(config: TrainConfig) -> RunResult:
@@ -91,9 +99,10 @@ def run_all(configs: List[TrainConfig], workers: int) -> List[RunResult]:
 
 
 def run_named(variants: Dict[str, dict], data: str, seeds: List[int], seconds: float,
-              workers: int) -> Dict[str, List[RunResult]]:
+              workers: int, snapshots: int = 15) -> Dict[str, List[RunResult]]:
     """Every variant on every seed, seed-major; name -> its runs in seed order."""
-    jobs = [(name, variant_config(variants[name], seed, seconds, data)) for seed in seeds for name in variants]
+    jobs = [(name, variant_config(variants[name], seed, seconds, data, snapshots))
+            for seed in seeds for name in variants]
     results = run_all([config for _, config in jobs], workers)
     by_name: Dict[str, List[RunResult]] = {name: [] for name in variants}
     for (name, _), result in zip(jobs, results):
@@ -115,6 +124,32 @@ def verdict(summary: dict, method: str = "hsc") -> str:
             + ", ".join(f"{p} {mean(p, 'modes'):.2f}" for p in peers)
             + f" -> {'met' if modes_ok else 'missed'}; % high quality {mean(method, 'high_quality'):.1f} "
             f"against 2 x {best_hq:.1f} = {2 * best_hq:.1f} -> {'met' if hq_ok else 'missed'}.")
+
+
+def image_verdict(data: str, summary: dict) -> str:
+    """The image sets' targets for the best hsc row against Adam and ACGD. MNIST: a lower Frechet
+    distance. Stacked MNIST: more modes and a lower reverse KL, at a confident-channel share and a
+    per-channel Frechet distance no worse than theirs."""
+    peers = [p for p in ("adam", "acgd") if p in summary]
+    rows = [n for n in summary if n == "hsc" or n.startswith("hsc ")]
+    if data not in ("mnist", "stacked-mnist") or not peers or not rows:
+        return ""
+    mean = lambda name, key: summary[name][key]["mean"]  # noqa: E731
+    if data == "mnist":
+        best = min(rows, key=lambda n: mean(n, "frechet"))
+        ok = all(mean(best, "frechet") < mean(p, "frechet") for p in peers)
+        return (f"Target (best hsc row, {best}): Frechet distance {mean(best, 'frechet'):.1f} against "
+                + ", ".join(f"{p} {mean(p, 'frechet'):.1f}" for p in peers) + f" -> {'met' if ok else 'missed'}.")
+    best = max(rows, key=lambda n: mean(n, "modes"))
+    checks = {"modes": all(mean(best, "modes") > mean(p, "modes") for p in peers),
+              "reverse KL": all(mean(best, "reverse_kl") < mean(p, "reverse_kl") for p in peers),
+              "% confident channels": all(mean(best, "confident") >= mean(p, "confident") for p in peers),
+              "per-channel Frechet distance": all(mean(best, "frechet") <= mean(p, "frechet") for p in peers)}
+    keys = {"modes": "modes", "reverse KL": "reverse_kl", "% confident channels": "confident",
+            "per-channel Frechet distance": "frechet"}
+    parts = [f"{label} {mean(best, keys[label]):.2f} against " + ", ".join(f"{p} {mean(p, keys[label]):.2f}" for p in peers)
+             + f" -> {'met' if ok else 'missed'}" for label, ok in checks.items()]
+    return f"Target (best hsc row by modes, {best}): " + "; ".join(parts) + "."
 
 
 def competitive_verdict(summary: dict) -> str:
@@ -158,13 +193,18 @@ def markdown(report: dict) -> str:
     for data, entry in report["data"].items():
         names = protocol_of(data).names
         load = entry["load_average_1min_before_after"]
-        lines = [verdict(entry["summary"]), competitive_verdict(entry["summary"]), competitive_cost(entry["runs"])]
+        lines = [verdict(entry["summary"]), image_verdict(data, entry["summary"]),
+                 competitive_verdict(entry["summary"]), competitive_cost(entry["runs"])]
+        reference = entry.get("reference")
+        settings = DATASETS[data].settings
         md += [f"## {data}: {entry['seconds']:g} s of training per run, {len(entry['seeds'])} seeds (mean ± std)", "",
                f"1-min load average before / after: {load[0]:.1f} / {load[1]:.1f} "
                f"(2 cores; above 2 means other work shared the machine)", "",
-               format_table(entry["summary"], names), ""] + [x + "\n" for x in lines if x] + [
+               f"The data set's own settings of the hsc method (`hsc gan --data {data}`'s default): "
+               f"{settings or 'none'}.", "",
+               format_table(entry["summary"], names, reference), ""] + [x + "\n" for x in lines if x] + [
                f"Metrics against training seconds: `gan_{data}.png`.", ""]
-    notes = RESULTS / "gan_notes.md"
+    notes = RESULTS / f"{report.get('name', 'gan')}_notes.md"
     if notes.exists():
         md += ["", notes.read_text()]
     return "\n".join(md) + "\n"
@@ -173,26 +213,36 @@ def markdown(report: dict) -> str:
 def benchmark(args) -> None:
     from hsc.gan.plots import plot_curves
 
+    from hsc.gan.cli import save_sample_grids
+
     seeds = list(range(args.seeds))
     methods = {name: METHODS[name] for name in args.methods.split(",")}
-    report = {"machine": machine(), "command": " ".join(sys.argv), "workers": args.workers,
-              "hsc_defaults": dataclasses.asdict(HSCSettings()), "methods": methods, "data": {}}
+    path = RESULTS / f"{args.report}.json"
+    # data sets measured earlier into the same report stay in it (each is measured in one run)
+    earlier = json.loads(path.read_text())["data"] if path.exists() else {}
+    report = {"name": args.report, "machine": machine(), "command": " ".join(sys.argv), "workers": args.workers,
+              "hsc_defaults": dataclasses.asdict(HSCSettings()), "methods": methods, "data": earlier}
     for data in args.data.split(","):
         seconds = DATASETS[data].seconds * args.scale
         load_before = os.getloadavg()[0]
         t0 = time.time()
-        by_name = run_named(methods, data, seeds, seconds, args.workers)
-        protocol = protocol_of(data)
+        by_name = run_named(methods, data, seeds, seconds, args.workers, args.snapshots)
+        spec = DATASETS[data]
+        protocol, dataset = protocol_of(data), spec.load()
         summary = summarise(by_name, list(protocol.names))
-        print(format_table(summary, protocol.names) + "\n" + verdict(summary))
-        report["data"][data] = {"seconds": seconds, "seeds": seeds, "summary": summary,
+        reference = protocol.reference(dataset) if dataset.held_out is not None else None
+        print(format_table(summary, protocol.names, reference) + "\n" + verdict(summary) + image_verdict(data, summary))
+        report["data"][data] = {"seconds": seconds, "seeds": seeds, "summary": summary, "reference": reference,
+                                "command": " ".join(sys.argv), "machine": machine(),
                                 "runs": {n: [r.to_dict() for r in rs] for n, rs in by_name.items()},
                                 "elapsed": time.time() - t0,
                                 "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
         RESULTS.mkdir(exist_ok=True)
         plot_curves(by_name, protocol, RESULTS / f"gan_{data}.png")
-    (RESULTS / "gan.json").write_text(json.dumps(report, indent=1))
-    (RESULTS / "gan.md").write_text(markdown(report))
+        if not dataset.is_points:
+            save_sample_grids(by_name, dataset, protocol, RESULTS, f"gan_{data}")
+        write_json(path, report)  # after every data set: a later failure keeps what was measured
+        (RESULTS / f"{args.report}.md").write_text(markdown(report))
 
 
 def sweep(args) -> None:
@@ -224,13 +274,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the per-data seconds")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--report", default="gan", help="results file stem: bench/results/<report>.{json,md}")
+    parser.add_argument("--snapshots", type=int, default=15, help="metric snapshots per run (besides the first)")
     parser.add_argument("--sweep", default="", help=f"run an option grid instead: one of {list(SWEEPS)}")
     parser.add_argument("--only", default="", help="sweep: comma list of variant names")
     parser.add_argument("--markdown-only", action="store_true",
                         help="gan.md again from gan.json and gan_notes.md, running nothing")
     args = parser.parse_args()
     if args.markdown_only:
-        (RESULTS / "gan.md").write_text(markdown(json.loads((RESULTS / "gan.json").read_text())))
+        (RESULTS / f"{args.report}.md").write_text(markdown(json.loads((RESULTS / f"{args.report}.json").read_text())))
     elif args.sweep:
         sweep(args)
     else:

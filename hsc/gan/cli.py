@@ -143,8 +143,17 @@ def _join_ranks(configs: List[TrainConfig]):
     return dist.group.WORLD, dist.get_rank(), configs
 
 
+def save_sample_grids(runs_by_method: Dict[str, List[RunResult]], dataset, protocol, out: Path, stem: str) -> None:
+    """``<stem>-<method>.png`` (spaces as underscores): each method's samples, one panel per seed."""
+    from .plots import plot_samples
+
+    for method, runs in runs_by_method.items():
+        plot_samples(runs, dataset, protocol, out / f"{stem}-{method.replace(' ', '_')}.png",
+                     f"{dataset.name}: {method}")
+
+
 def main(args: argparse.Namespace) -> int:
-    from .plots import plot_curves, plot_samples
+    from .plots import plot_curves
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -177,8 +186,7 @@ def main(args: argparse.Namespace) -> int:
     report = {"data": args.data, "machine": machine(), "summary": summary, "reference": reference,
               "configs": [c.to_dict() for c in configs], "runs": [r.to_dict() for r in results]}
     write_json(out / "metrics.json", report)
-    for method, runs in runs_by_method.items():
-        plot_samples(runs, dataset, protocol, out / f"samples-{method}.png", f"{args.data}: {method}")
+    save_sample_grids(runs_by_method, dataset, protocol, out, "samples")
     plot_curves(runs_by_method, protocol, out / "metrics-vs-time.png")
     written = "metrics.json, samples-*.png, metrics-vs-time.png"
     if args.spectrum:
