@@ -185,7 +185,8 @@ def competitive_cost(runs: dict) -> str:
 def markdown(report: dict) -> str:
     """gan.md from gan.json's report, with gan_notes.md appended."""
     md = ["# GAN benchmark: hsc's modes against Adam and ACGD at equal wall-clock\n",
-          f"- machine: {report['machine']}; {report['workers']} runs at a time, one torch thread each",
+          f"- machine (of the last command; each data set names its own below): {report['machine']}; "
+          f"{report['workers']} runs at a time, one torch thread each",
           f"- command: `{report['command']}`",
           f"- seeds: {next(iter(report['data'].values()))['seeds'] if report['data'] else []}",
           f"- hsc (the CLI's default): {report['hsc_defaults']}",
@@ -197,8 +198,10 @@ def markdown(report: dict) -> str:
                  competitive_verdict(entry["summary"]), competitive_cost(entry["runs"])]
         reference = entry.get("reference")
         settings = DATASETS[data].settings
+        measured = (f"Measured on {entry['machine']}: `{entry['command']}`.\n\n" if "machine" in entry
+                    else "Measured on the machine and with the command above.\n\n")
         md += [f"## {data}: {entry['seconds']:g} s of training per run, {len(entry['seeds'])} seeds (mean ± std)", "",
-               f"1-min load average before / after: {load[0]:.1f} / {load[1]:.1f} "
+               measured + f"1-min load average before / after: {load[0]:.1f} / {load[1]:.1f} "
                f"(2 cores; above 2 means other work shared the machine)", "",
                f"The data set's own settings of the hsc method (`hsc gan --data {data}`'s default): "
                f"{settings or 'none'}.", "",
