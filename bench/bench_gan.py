@@ -222,9 +222,10 @@ def benchmark(args) -> None:
     methods = {name: METHODS[name] for name in args.methods.split(",")}
     path = RESULTS / f"{args.report}.json"
     # data sets measured earlier into the same report stay in it (each is measured in one run)
-    earlier = json.loads(path.read_text())["data"] if path.exists() else {}
+    earlier = json.loads(path.read_text()) if path.exists() else {"data": {}, "methods": {}}
     report = {"name": args.report, "machine": machine(), "command": " ".join(sys.argv), "workers": args.workers,
-              "hsc_defaults": dataclasses.asdict(HSCSettings()), "methods": methods, "data": earlier}
+              "hsc_defaults": dataclasses.asdict(HSCSettings()), "methods": {**earlier["methods"], **methods},
+              "data": earlier["data"]}
     for data in args.data.split(","):
         seconds = DATASETS[data].seconds * args.scale
         load_before = os.getloadavg()[0]
