@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -88,12 +88,13 @@ def _run(config: TrainConfig) -> RunResult:
     return train(config)
 
 
-def run_all(configs: List[TrainConfig], workers: int) -> List[RunResult]:
+def run_all(configs: List[TrainConfig], workers: int, names: Optional[List[str]] = None) -> List[RunResult]:
+    """Every config, ``workers`` at a time; ``names`` label the progress lines (default: the method)."""
+    names = names or [config.method for config in configs]
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
         results = []
-        for r in pool.map(_run, configs):
-            print(f"  {r.config.data} {r.config.method} seed {r.config.seed}: {r.final} "
-                  f"({r.steps} steps)", flush=True)
+        for name, r in zip(names, pool.map(_run, configs)):
+            print(f"  {r.config.data} {name} seed {r.config.seed}: {r.final} ({r.steps} steps)", flush=True)
             results.append(r)
         return results
 
@@ -103,7 +104,7 @@ def run_named(variants: Dict[str, dict], data: str, seeds: List[int], seconds: f
     """Every variant on every seed, seed-major; name -> its runs in seed order."""
     jobs = [(name, variant_config(variants[name], seed, seconds, data, snapshots))
             for seed in seeds for name in variants]
-    results = run_all([config for _, config in jobs], workers)
+    results = run_all([config for _, config in jobs], workers, [name for name, _ in jobs])
     by_name: Dict[str, List[RunResult]] = {name: [] for name in variants}
     for (name, _), result in zip(jobs, results):
         by_name[name].append(result)

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -136,3 +137,52 @@ def mean_std(values: List[float]) -> Dict[str, object]:
 
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "values": list(values)}
+
+
+class BudgetedTraining:
+    """The loop of a training run under a budget of ``config.steps`` or ``config.seconds`` of
+    training time (snapshots excluded), with a snapshot at the start, every
+    ``config.eval_every_steps`` / ``config.eval_every_seconds`` (default: a tenth of a step budget,
+    a fifteenth of a seconds budget) and at the end. Subclasses hold ``config``, ``history`` (whose
+    entries have ``step`` and ``seconds``), ``step_count`` and ``train_seconds``, and define
+    ``train_step``, ``snapshot`` and ``result``; a data-parallel one overrides :meth:`agree`, a GPU
+    one :meth:`synchronize`."""
+
+    def agree(self, flag: bool) -> bool:
+        """Whether ``flag`` holds everywhere it must (data-parallel: on every rank)."""
+        return flag
+
+    def synchronize(self) -> None:
+        """Waits for the device before a step's time is read."""
+
+    def done(self) -> bool:
+        cfg = self.config
+        spent = self.step_count >= cfg.steps if cfg.steps is not None else self.train_seconds >= cfg.seconds
+        return self.agree(spent)
+
+    def snapshot_due(self) -> bool:
+        cfg, last = self.config, self.history[-1]
+        if cfg.steps is not None:
+            return self.step_count - last.step >= (cfg.eval_every_steps or max(1, cfg.steps // 10))
+        every = cfg.eval_every_seconds or max(0.5, cfg.seconds / 15)
+        return self.agree(self.train_seconds - last.seconds >= every)
+
+    def run(self, progress: Optional[Callable[[float], None]] = None):
+        """Trains until the budget is spent; ``progress`` gets the budget units (steps or seconds)
+        done since its last call. Returns :meth:`result`."""
+        if not self.history:
+            self.snapshot()
+        while not self.done():
+            t0 = time.perf_counter()
+            self.train_step()
+            self.synchronize()
+            dt = time.perf_counter() - t0
+            self.train_seconds += dt
+            self.step_count += 1
+            if progress is not None:
+                progress(1 if self.config.steps is not None else dt)
+            if self.snapshot_due():
+                self.snapshot()
+        if self.history[-1].step != self.step_count:
+            self.snapshot()
+        return self.result()

@@ -198,9 +198,11 @@ def test_seconds_budget_on_a_fake_clock(tmp_path, monkeypatch):
     snapshot (binary fractions: the sums are exact): training time counts the steps only, so a
     0.5 s budget with a snapshot every 0.25 s stops after exactly 4 steps, at 0.5 s, with
     snapshots at steps 0, 2 and 4."""
+    import hsc.apps
+
     train_module = sys.modules[Trainer.__module__]
     clock = FakeClock()
-    monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(hsc.apps, "time", clock)  # the budgeted loop's clock (hsc.apps.BudgetedTraining)
     train_step, evaluate = Trainer.train_step, train_module.evaluate
 
     def timed_step(self):

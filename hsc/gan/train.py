@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..apps import BudgetedTraining
 from ..config import PreconditionerConfig, float_pair, from_dict, nested, option, replace
 from ..distributed import RankGroup
 from ..game import CompetitiveHSC, GameConfig
@@ -232,7 +232,7 @@ class RunResult:
                 "history": [dataclasses.asdict(s) for s in self.history], "stats": self.stats}
 
 
-class Trainer:
+class Trainer(BudgetedTraining):
     """Holds one run's state; ``run`` trains to the budget, ``save``/``load`` checkpoint it."""
 
     def __init__(self, config: TrainConfig, process_group=None):
@@ -367,46 +367,18 @@ class Trainer:
         self.history.append(snap)
         return snap
 
-    def done(self) -> bool:
-        """Whether the budget is spent (data-parallel: on every rank, whose clocks differ)."""
-        cfg = self.config
-        spent = self.step_count >= cfg.steps if cfg.steps is not None else self.train_seconds >= cfg.seconds
-        return self.ranks.all_true(spent, self.device)
+    def agree(self, flag: bool) -> bool:
+        """Data-parallel: whether ``flag`` holds on every rank, whose clocks differ."""
+        return self.ranks.all_true(flag, self.device)
 
-    def _snapshot_due(self) -> bool:
-        cfg, last = self.config, self.history[-1]
-        if cfg.steps is not None:
-            every = cfg.eval_every_steps or max(1, cfg.steps // 10)
-            return self.step_count - last.step >= every
-        every = cfg.eval_every_seconds or max(0.5, cfg.seconds / 15)
-        return self.ranks.all_true(self.train_seconds - last.seconds >= every, self.device)
-
-    def _synchronize(self) -> None:
+    def synchronize(self) -> None:
         """Waits for the device (a GPU runs asynchronously), so that step times are real."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def run(self, progress: Optional[Callable[[float], None]] = None) -> RunResult:
-        """Trains until the budget is spent. ``progress`` gets the budget units (steps or seconds)
-        done since its last call."""
-        if not self.history:
-            self.snapshot()
-        while not self.done():
-            t0 = time.perf_counter()
-            self.train_step()
-            self._synchronize()
-            dt = time.perf_counter() - t0
-            self.train_seconds += dt
-            self.step_count += 1
-            if progress is not None:
-                progress(1 if self.config.steps is not None else dt)
-            if self._snapshot_due():
-                self.snapshot()
-        if self.history[-1].step != self.step_count:
-            self.snapshot()
+    def result(self) -> RunResult:
         return RunResult(self.config, self.step_count, self.train_seconds, self.history[-1].metrics,
-                         list(self.history), self.generate(self.eval_samples), self.stats(),
-                         self.spectra())
+                         list(self.history), self.generate(self.eval_samples), self.stats(), self.spectra())
 
     def stats(self) -> dict:
         out: dict = {"steps_per_second": self.step_count / max(self.train_seconds, 1e-9)}

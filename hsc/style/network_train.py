@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import torch
 
+from ..apps import BudgetedTraining
 from ..config import PreconditionerConfig, from_dict, nested, option
 from ..numerics import all_finite
 from ..preconditioner import Preconditioner
@@ -125,7 +125,7 @@ class NetRunResult:
                 "history": [dataclasses.asdict(s) for s in self.history], "stats": self.stats}
 
 
-class NetTrainer:
+class NetTrainer(BudgetedTraining):
     """One run's state: ``run`` trains to the budget; ``save``/``load`` checkpoint it."""
 
     def __init__(self, config: NetConfig):
@@ -188,31 +188,7 @@ class NetTrainer:
 
     # ---- the loop --------------------------------------------------------------------------
 
-    def done(self) -> bool:
-        cfg = self.config
-        return self.step_count >= cfg.steps if cfg.steps is not None else self.train_seconds >= cfg.seconds
-
-    def _snapshot_due(self) -> bool:
-        cfg, last = self.config, self.history[-1]
-        if cfg.steps is not None:
-            return self.step_count - last.step >= (cfg.eval_every_steps or max(1, cfg.steps // 10))
-        return self.train_seconds - last.seconds >= (cfg.eval_every_seconds or max(0.5, cfg.seconds / 15))
-
-    def run(self, progress: Optional[Callable[[float], None]] = None) -> NetRunResult:
-        if not self.history:
-            self.snapshot()
-        while not self.done():
-            t0 = time.perf_counter()
-            self.train_step()
-            dt = time.perf_counter() - t0
-            self.train_seconds += dt
-            self.step_count += 1
-            if progress is not None:
-                progress(1 if self.config.steps is not None else dt)
-            if self._snapshot_due():
-                self.snapshot()
-        if self.history[-1].step != self.step_count:
-            self.snapshot()
+    def result(self) -> NetRunResult:
         return NetRunResult(self.config, self.step_count, self.train_seconds, list(self.history), self.skipped,
                             self.stats())
 
