@@ -114,7 +114,7 @@ def run_named(variants: Dict[str, dict], data: str, seeds: List[int], seconds: f
 def verdict(summary: dict, method: str = "hsc") -> str:
     """hsc's target against Adam and ACGD (mixtures): modes captured at least both means, % high
     quality at least twice the better of the two."""
-    if "modes" not in summary.get(method, {}):
+    if "high_quality" not in summary.get(method, {}):  # not a mixture (Stacked MNIST counts modes too)
         return ""
     mean = lambda name, key: summary[name][key]["mean"]  # noqa: E731
     peers = [p for p in ("adam", "acgd") if p in summary]
@@ -156,7 +156,7 @@ def image_verdict(data: str, summary: dict) -> str:
 def competitive_verdict(summary: dict) -> str:
     """The competitive step's target (mixtures): modes and % high quality at least both ACGD's and
     the best per-player hsc row's means."""
-    if "modes" not in summary.get("competitive", {}) or "acgd" not in summary:
+    if "high_quality" not in summary.get("competitive", {}) or "acgd" not in summary:
         return ""
     mean = lambda name, key: summary[name][key]["mean"]  # noqa: E731
     hsc_rows = [n for n in summary if n == "hsc" or n.startswith("hsc ")]
@@ -194,7 +194,7 @@ def markdown(report: dict) -> str:
           "- the other rows change: " + "; ".join(f"{n}: {c}" for n, c in report["methods"].items() if c), ""]
     for data, entry in report["data"].items():
         names = protocol_of(data).names
-        load = entry["load_average_1min_before_after"]
+        load = entry.get("load_average_1min_before_after")
         lines = [verdict(entry["summary"]), image_verdict(data, entry["summary"]),
                  competitive_verdict(entry["summary"]), competitive_cost(entry["runs"])]
         reference = entry.get("reference")
@@ -202,12 +202,15 @@ def markdown(report: dict) -> str:
         measured = (f"Measured on {entry['machine']}: `{entry['command']}`.\n\n" if "machine" in entry
                     else "Measured on the machine and with the command above.\n\n")
         md += [f"## {data}: {entry['seconds']:g} s of training per run, {len(entry['seeds'])} seeds (mean ± std)", "",
-               measured + f"1-min load average before / after: {load[0]:.1f} / {load[1]:.1f} "
-               f"(2 cores; above 2 means other work shared the machine)", "",
+               measured + (f"1-min load average before / after: {load[0]:.1f} / {load[1]:.1f} "
+                           f"(2 cores; above 2 means other work shared the machine)" if load else
+                           "Final metrics only, taken from the benchmark's log "
+                           f"(`{entry.get('reconstructed_from_log')}`): the report writer failed after the runs, "
+                           "so this data set has no curves or sample grids from this benchmark."), "",
                f"The data set's own settings of the hsc method (`hsc gan --data {data}`'s default): "
                f"{settings or 'none'}.", "",
                format_table(entry["summary"], names, reference), ""] + [x + "\n" for x in lines if x] + [
-               f"Metrics against training seconds: `gan_{data}.png`.", ""]
+               "" if entry.get("reconstructed_from_log") else f"Metrics against training seconds: `gan_{data}.png`.", ""]
     notes = RESULTS / f"{report.get('name', 'gan')}_notes.md"
     if notes.exists():
         md += ["", notes.read_text()]
@@ -236,17 +239,17 @@ def benchmark(args) -> None:
         protocol, dataset = protocol_of(data), spec.load()
         summary = summarise(by_name, list(protocol.names))
         reference = protocol.reference(dataset) if dataset.held_out is not None else None
-        print(format_table(summary, protocol.names, reference) + "\n" + verdict(summary) + image_verdict(data, summary))
         report["data"][data] = {"seconds": seconds, "seeds": seeds, "summary": summary, "reference": reference,
                                 "command": " ".join(sys.argv), "machine": machine(),
                                 "runs": {n: [r.to_dict() for r in rs] for n, rs in by_name.items()},
                                 "elapsed": time.time() - t0,
                                 "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
         RESULTS.mkdir(exist_ok=True)
+        write_json(path, report)  # first, after every data set: a later failure keeps what was measured
+        print(format_table(summary, protocol.names, reference) + "\n" + verdict(summary) + image_verdict(data, summary))
         plot_curves(by_name, protocol, RESULTS / f"gan_{data}.png")
         if not dataset.is_points:
             save_sample_grids(by_name, dataset, protocol, RESULTS, f"gan_{data}")
-        write_json(path, report)  # after every data set: a later failure keeps what was measured
         (RESULTS / f"{args.report}.md").write_text(markdown(report))
 
 

@@ -6,6 +6,7 @@ Plain script (not collected by pytest)::
     python bench/bench_style_net.py --seconds 60 --seeds 1 --styles flower   # a quick look
     python bench/bench_style_net.py --robustness          # style_net_robustness.{md,json}
     python bench/bench_style_net.py --markdown-only       # style_net.md again from style_net.json
+    python bench/bench_style_net.py --sweep --seconds 150 --seeds 1 --styles flower,brick   # style_net_sweep.md
 
 The benchmark: ``--styles`` (default flower, china, brick) x ``--seeds`` (default 3) x {adam, hsc},
 each run ``--seconds`` (default 300) of training at 128² crops, batch 4, the network's defaults
@@ -17,6 +18,9 @@ loss) divided by Adam's budget (target: at most 0.7); and, for the first seed's 
 of one pass over a held-out photograph at 256² against the time torch.optim.LBFGS (strong Wolfe,
 history 100, the pixel objective of hsc style) takes to bring that photograph's loss down to the
 network's (also one thread).
+
+The sweep (``--sweep``): the hsc method's refresh settings (``SWEEP``: the photographs a refresh's
+HVPs see, the refresh period) beside Adam, on ``--styles`` x ``--seeds``; it chose the defaults.
 
 The robustness matrix: both methods with their defaults on the five bundled styles at 128² and
 256² crops, ``--robust-seconds`` each (default 120): a run diverges when its held-out loss ends
@@ -40,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from hsc import config as hsc_config  # noqa: E402
 from hsc.apps import machine, write_json  # noqa: E402
 from hsc.style.features import make_extractor  # noqa: E402
 from hsc.style.images import STYLES, load_image  # noqa: E402
@@ -49,6 +54,11 @@ from hsc.style.photos import HELD_OUT  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("adam", "hsc")
+# the hsc method's refresh settings the sweep compares (changes to NetConfig by field name)
+SWEEP = {"hsc batch 4, every 50": {"curvature_batch": None, "update_every": 50},
+         "hsc batch 1, every 50": {"curvature_batch": 1, "update_every": 50},
+         "hsc batch 1, every 200": {"curvature_batch": 1, "update_every": 200},
+         "hsc batch 4, every 200": {"curvature_batch": None, "update_every": 200}}
 PASS_SIZE = 256
 
 
@@ -219,6 +229,30 @@ def benchmark(args) -> None:
     print(markdown(report))
 
 
+def sweep(args) -> None:
+    styles, seeds = args.styles.split(","), list(range(args.seeds))
+    variants = {"adam": ("adam", {}), **{name: ("hsc", changes) for name, changes in SWEEP.items()}}
+    jobs = [(name, hsc_config.replace(NetConfig(style=style, method=method, seed=seed, seconds=args.seconds), **changes))
+            for seed in seeds for style in styles for name, (method, changes) in variants.items()]
+    runs = run_all([cfg for _, cfg in jobs], args.workers)
+    lines = ["# Stylising networks: the hsc method's refresh settings", "", f"- machine: {machine()}",
+             f"- command: `{' '.join(sys.argv)}`", f"- {args.seconds:g} s of training per run, seeds {seeds}, "
+             f"{args.workers} runs at a time, one thread each, 128² crops, batch 4; the rest hsc style-net train's "
+             "defaults", "", "| style | variant | seed | steps | held-out loss: final | seconds to Adam's final |",
+             "|---|---|---|---|---|---|"]
+    for (name, cfg), r in zip(jobs, runs):
+        adam = next(a for (n, c), a in zip(jobs, runs) if n == "adam" and c.style == cfg.style and c.seed == cfg.seed)
+        hit = seconds_to(r["history"], adam["final_loss"])
+        lines.append(f"| {cfg.style} | {name} | {cfg.seed} | {r['steps']} | {r['final_loss']:.4g} | "
+                     f"{'never' if hit is None else f'{hit:.0f}'} |")
+        r.pop("state", None)
+    RESULTS.mkdir(exist_ok=True)
+    write_json(RESULTS / "style_net_sweep.json", {"machine": machine(), "command": " ".join(sys.argv),
+                                                   "variants": SWEEP, "runs": runs})
+    (RESULTS / "style_net_sweep.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def robustness(args) -> None:
     configs = [NetConfig(style=style, method=m, seed=0, seconds=args.robust_seconds, size=size, eval_size=size)
                for size in (128, 256) for style in STYLES for m in METHODS]
@@ -245,6 +279,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--robustness", action="store_true")
+    parser.add_argument("--sweep", action="store_true", help="the hsc refresh settings against Adam (SWEEP)")
     parser.add_argument("--robust-seconds", type=float, default=120.0)
     parser.add_argument("--markdown-only", action="store_true")
     args = parser.parse_args()
@@ -252,6 +287,8 @@ def main() -> None:
         (RESULTS / "style_net.md").write_text(markdown(json.loads((RESULTS / "style_net.json").read_text())))
     elif args.robustness:
         robustness(args)
+    elif args.sweep:
+        sweep(args)
     else:
         benchmark(args)
 

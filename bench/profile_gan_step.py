@@ -14,7 +14,7 @@ For each data set (its players and batch, hsc gan's defaults; one torch thread),
 - the apply's pieces timed alone on the same gradients: gather, the solve op, scatter;
 - one refresh per player (the preconditioner's own timings): HVPs, assembly of the estimate,
   eigensolver and factor;
-- hsc's amortised step at the refresh period (``update_every``, 50) and its ratio to Adam's.
+- hsc's amortised step at the data set's refresh period (``update_every``) and its ratio to Adam's.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from hsc import config  # noqa: E402
 from hsc.apps import machine, write_json  # noqa: E402
-from hsc.gan.train import TrainConfig, Trainer  # noqa: E402
+from hsc.gan.train import Trainer, default_config  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = ("ring8", "digits", "mnist", "stacked-mnist")
@@ -55,9 +55,12 @@ def _median(fn, repeats: int = 20) -> float:
 
 
 def profile(data: str, steps: int, curvature_batch) -> dict:
-    adam = Trainer(TrainConfig(data=data, method="adam", steps=1))
+    adam = Trainer(default_config(data, method="adam", steps=1))
     adam_step = _mean_step(adam, steps)
-    cfg = config.replace(TrainConfig(data=data, method="hsc", steps=1), curvature_batch=curvature_batch)
+    cfg = default_config(data, method="hsc", steps=1)  # the data set's own hsc settings
+    if curvature_batch is not None:
+        cfg = config.replace(cfg, curvature_batch=curvature_batch)
+    curvature_batch = cfg.hsc.curvature_batch
     hsc = Trainer(cfg)
     hsc.train_step()  # the first refresh of both players
     players = {name: p.preconditioner for name, p in hsc.players.items()}
@@ -79,7 +82,8 @@ def profile(data: str, steps: int, curvature_batch) -> dict:
                         "blocks": pre.layout.num_blocks, "parameters": pre.layout.numel}
     refresh_total = sum(sum(v.values()) for v in refresh.values())
     amortised = ordinary + refresh_total / every
-    return {"data": data, "batch": hsc.batch_size, "curvature_batch": curvature_batch, "adam_step": adam_step,
+    return {"data": data, "batch": hsc.batch_size, "curvature_batch": curvature_batch,
+            "estimator": cfg.hsc.preconditioner.estimator, "adam_step": adam_step,
             "hsc_ordinary_step": ordinary, "apply": apply, "pieces": pieces, "refresh": refresh,
             "refresh_total": refresh_total, "update_every": every, "hsc_amortised_step": amortised,
             "ratio": amortised / adam_step}
@@ -89,20 +93,20 @@ def markdown(rows: list, command: str) -> str:
     ms = lambda s: f"{1000 * s:.2f}"  # noqa: E731
     md = ["# Where a GAN step's time goes: hsc's per-player method against Adam", "",
           f"- machine: {machine()}", f"- command: `{command}`",
-          "- one torch thread; each data set's players and batch, hsc gan's defaults; times in ms; "
+          "- one torch thread; each data set's players and batch, hsc gan's defaults for it (estimator, curvature batch, refresh period); times in ms; "
           "`apply` is precondition_ (gather, solve, scatter, graft) over both players, the pieces are "
           "timed alone on one player's gradient", "",
-          "| data | batch | Adam step | hsc ordinary step | of it: apply | rest (gradients, Adam, bookkeeping) | "
-          "refresh (both players): HVPs / assembly / eigen + factor | amortised at every 50 | ÷ Adam |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "| data | batch (refresh: estimator on samples) | Adam step | hsc ordinary step | of it: apply | rest (gradients, Adam, bookkeeping) | "
+          "refresh (both players): products / assembly / eigen + factor | refresh every | amortised | ÷ Adam |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hvp = sum(v["hvp"] for v in r["refresh"].values())
         asm = sum(v["assembly"] for v in r["refresh"].values())
         fac = sum(v["factorisation"] for v in r["refresh"].values())
-        batch = f"{r['batch']}" + (f" (HVPs on {r['curvature_batch']})" if r["curvature_batch"] else "")
+        batch = f"{r['batch']} ({r['estimator']}" + (f" on {r['curvature_batch']})" if r["curvature_batch"] else ")")
         md.append(f"| {r['data']} | {batch} | {ms(r['adam_step'])} | {ms(r['hsc_ordinary_step'])} | {ms(r['apply'])} | "
                   f"{ms(r['hsc_ordinary_step'] - r['apply'])} | {ms(hvp)} / {ms(asm)} / {ms(fac)} | "
-                  f"{ms(r['hsc_amortised_step'])} | {r['ratio']:.2f} |")
+                  f"{r['update_every']} | {ms(r['hsc_amortised_step'])} | {r['ratio']:.2f} |")
     md += ["", "The apply's pieces, one player at a time (ms):", "",
            "| data | player | parameters | blocks | gather | solve op | scatter |", "|---|---|---|---|---|---|---|"]
     for r in rows:
