@@ -70,4 +70,11 @@ timeout 240 "$SAN" --tool racecheck --error-exitcode 9 "$PY" /tmp/hsc_racecheck.
 step benchmark
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_-')
 timeout 480 "$PY" bench/gpu_bench.py --out "$OUT/gpu_${CARD:-unknown}.json" 2>&1 | tee "$OUT/bench.txt" | tail -30
+step "image GAN on the GPU (hsc gan --device cuda: DCGAN players, both methods)"
+# A short run of each image set: it must train and evaluate on the GPU (classifier trained once
+# and cached), and its steps a second set beside the CPU tables of gan_images.md.
+for data in mnist stacked-mnist; do
+  timeout 300 "$PY" -m hsc gan --data "$data" --optim hsc,adam --steps 400 --eval-every 200 --device cuda \
+    --out "$OUT/gan_cuda_$data" 2>&1 | tail -8 | tee -a "$OUT/gan_cuda.txt"
+done
 step done
