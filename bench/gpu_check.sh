@@ -49,6 +49,9 @@ for dtype in (torch.float32, torch.float64):
     ops.accumulate_probes(st, torch.randn(2, 4, 5, 4, dtype=dtype, device="cuda"),
                           torch.ones(2, 5, dtype=dtype, device="cuda"),
                           torch.ones(5, 4, dtype=torch.bool, device="cuda"), ema=0.9, first=True)
+    # graft_: segments longer than a thread block, an empty one, an end beyond N (clipped)
+    P = torch.randn(500, 7, dtype=dtype, device="cuda"); P[30, 1] = float("nan")
+    ops.graft_(P, torch.randn_like(P), torch.tensor([0, 200, 200, 450, 999], device="cuda"))
 torch.cuda.synchronize(); print("sanitizer case done")
 PY
 timeout 300 "$SAN" --tool memcheck --error-exitcode 9 "$PY" /tmp/hsc_sanitize.py 2>&1 | tail -8 | tee "$OUT/sanitizer.txt"
@@ -63,6 +66,8 @@ for dtype in (torch.float32, torch.float64):
         H = torch.randn(3, b, b, dtype=dtype, device="cuda"); H[1, 0, 0] = float("nan")
         G = torch.randn(3, b, dtype=dtype, device="cuda")
         ops.precondition(H, G); ops.correct(H, mode="singular_safe"); ops.eigh(H)
+    P = torch.randn(300, 5, dtype=dtype, device="cuda")
+    ops.graft_(P, torch.randn_like(P), torch.tensor([100, 300], device="cuda"))
 torch.cuda.synchronize(); print("racecheck case done")
 PY
 timeout 240 "$SAN" --tool racecheck --error-exitcode 9 "$PY" /tmp/hsc_racecheck.py 2>&1 | tail -8 | tee "$OUT/racecheck.txt"

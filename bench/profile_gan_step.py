@@ -11,7 +11,8 @@ For each data set (its players and batch, hsc gan's defaults; one torch thread),
 - hsc's ordinary step (no refresh due), the same mean, split into the preconditioner's apply
   (``precondition_``: gather, solve, scatter and the per-tensor graft, timed inside it) and the
   rest (gradients, Adam's update, the refresh-schedule bookkeeping);
-- the apply's pieces timed alone on the same gradients: gather, the solve op, scatter;
+- the apply's pieces timed alone on the same gradients: gather, the solve op, the graft op
+  against the same grafting composed of torch ops (its baseline), scatter;
 - one refresh per player (the preconditioner's own timings): HVPs, assembly of the estimate,
   eigensolver and factor;
 - hsc's amortised step at the data set's refresh period (``update_every``) and its ratio to Adam's.
@@ -27,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from hsc import config  # noqa: E402
+from hsc import config, ops  # noqa: E402
 from hsc.apps import machine, write_json  # noqa: E402
 from hsc.gan.train import Trainer, default_config  # noqa: E402
+from graft_baseline import torch_graft  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = ("ring8", "digits", "mnist", "stacked-mnist")
@@ -76,8 +78,13 @@ def profile(data: str, steps: int, curvature_batch) -> dict:
         grads = [torch.randn_like(p) for p in pre.params]
         G = pre.gather(grads)
         P = pre.solve_blocks(G, finite=True)
+        ends = torch.tensor([end for _, end in pre.layout.tensor_blocks], device=G.device)
+        owner = torch.repeat_interleave(torch.arange(len(ends), device=G.device),
+                                        ends.diff(prepend=torch.zeros(1, dtype=ends.dtype, device=G.device)))
         pieces[name] = {"gather": _median(lambda: pre.gather(grads)),
                         "solve": _median(lambda: pre.solve_blocks(G, finite=True)),
+                        "graft": _median(lambda: bool(ops.graft_(P, G, ends).all())),
+                        "graft_torch": _median(lambda: torch_graft(P, G, owner, len(ends))),
                         "scatter": _median(lambda: pre.scatter(P)),
                         "blocks": pre.layout.num_blocks, "parameters": pre.layout.numel}
     refresh_total = sum(sum(v.values()) for v in refresh.values())
@@ -94,8 +101,9 @@ def markdown(rows: list, command: str) -> str:
     md = ["# Where a GAN step's time goes: hsc's per-player method against Adam", "",
           f"- machine: {machine()}", f"- command: `{command}`",
           "- one torch thread; each data set's players and batch, hsc gan's defaults for it (estimator, curvature batch, refresh period); times in ms; "
-          "`apply` is precondition_ (gather, solve, scatter, graft) over both players, the pieces are "
-          "timed alone on one player's gradient", "",
+          "`apply` is precondition_ (gather, solve, graft, scatter) over both players, the pieces are "
+          "timed alone on one player's gradient (medians of 20); the graft baseline is the same "
+          "grafting composed of torch ops, as the apply did it before `hsc.ops.graft_`", "",
           "| data | batch (refresh: estimator on samples) | Adam step | hsc ordinary step | of it: apply | rest (gradients, Adam, bookkeeping) | "
           "refresh (both players): products / assembly / eigen + factor | refresh every | amortised | ÷ Adam |",
           "|---|---|---|---|---|---|---|---|---|---|"]
@@ -108,11 +116,13 @@ def markdown(rows: list, command: str) -> str:
                   f"{ms(r['hsc_ordinary_step'] - r['apply'])} | {ms(hvp)} / {ms(asm)} / {ms(fac)} | "
                   f"{r['update_every']} | {ms(r['hsc_amortised_step'])} | {r['ratio']:.2f} |")
     md += ["", "The apply's pieces, one player at a time (ms):", "",
-           "| data | player | parameters | blocks | gather | solve op | scatter |", "|---|---|---|---|---|---|---|"]
+           "| data | player | parameters | blocks | gather | solve op | graft op (`hsc.ops.graft_`) | "
+           "graft in torch ops (the baseline) | ÷ | scatter |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for name, p in r["pieces"].items():
             md.append(f"| {r['data']} | {name} | {p['parameters']} | {p['blocks']} | {ms(p['gather'])} | "
-                      f"{ms(p['solve'])} | {ms(p['scatter'])} |")
+                      f"{ms(p['solve'])} | {ms(p['graft'])} | {ms(p['graft_torch'])} | "
+                      f"{p['graft_torch'] / p['graft']:.1f}× | {ms(p['scatter'])} |")
     return "\n".join(md) + "\n"
 
 

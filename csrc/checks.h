@@ -235,4 +235,25 @@ inline void check_solve_args(const at::Tensor& factor, const at::Tensor& G) {
   check_gradient(G, G.size(0), G.size(1), factor, "factor");
 }
 
+// hsc::graft_(P, G, ends): P (updated in place) and G are [N, b] of one dtype and device; ends are
+// the int64 segment ends on their device.
+inline void check_graft_args(const at::Tensor& P, const at::Tensor& G, const at::Tensor& ends) {
+  TORCH_CHECK_VALUE(P.dim() == 2, "hsc: P must have shape [N, b], got ", P.sizes());
+  TORCH_CHECK_VALUE(P.is_contiguous(), "hsc: P must be contiguous (it is rescaled in place)");
+  TORCH_CHECK_TYPE(P.scalar_type() == at::kFloat || P.scalar_type() == at::kDouble,
+                   "hsc: P must be float32 or float64, got ", P.scalar_type());
+  TORCH_CHECK_VALUE(G.sizes() == P.sizes(), "hsc: G must have P's shape ", P.sizes(), ", got ",
+                    G.sizes());
+  TORCH_CHECK_TYPE(G.scalar_type() == P.scalar_type(), "hsc: G must have P's dtype ",
+                   P.scalar_type(), ", got ", G.scalar_type());
+  TORCH_CHECK_VALUE(G.device() == P.device(), "hsc: G must be on P's device ", P.device(), ", got ",
+                    G.device());
+  TORCH_CHECK_VALUE(ends.dim() == 1, "hsc: ends must be a 1-D tensor of segment ends, got shape ",
+                    ends.sizes());
+  TORCH_CHECK_TYPE(ends.scalar_type() == at::kLong, "hsc: ends must be int64, got ",
+                   ends.scalar_type());
+  TORCH_CHECK_VALUE(ends.device() == P.device(), "hsc: ends must be on P's device ", P.device(),
+                    ", got ", ends.device());
+}
+
 }  // namespace hsc

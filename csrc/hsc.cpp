@@ -49,6 +49,7 @@ TORCH_LIBRARY(hsc, m) {
         " bool first) -> Tensor");
   m.def("fold_estimate_(Tensor(a!) state, Tensor estimate, Tensor mask, float ema, bool first)"
         " -> Tensor");
+  m.def("graft_(Tensor(a!) P, Tensor G, Tensor ends) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(hsc, CompositeExplicitAutograd, m) { m.impl("solve", &solve); }

@@ -371,6 +371,29 @@ def fold_estimate_(
     return torch.ops.hsc.fold_estimate_.default(state, estimate, mask, float(ema), bool(first))
 
 
+def graft_(P: torch.Tensor, G: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Per-segment norm grafting, in place: the rows of each segment of ``P`` (one parameter
+    tensor's blocks, say) rescaled to the norm of the same rows of ``G``, so that a preconditioned
+    gradient keeps the raw gradient's length per tensor and only its direction changes
+    (docs/contract.md §8). Norms are square roots of sums of squares in float64; the divisor is at
+    least 1e-30, so an all-zero segment of P stays zero.
+
+    Args:
+        P: ``[N, b]`` float32/float64, contiguous (e.g. ``solve``'s output), rescaled in place.
+        G: ``[N, b]``, P's dtype and device (the raw gradient blocks).
+        ends: ``[S]`` int64 on P's device: segment s is rows ``ends[s-1]:ends[s]`` (``0:ends[0]``
+            for the first), non-decreasing, in [0, N]; rows after ``ends[-1]`` are left as they
+            are. The CPU op checks this; the CUDA op instead clips each end to [0, N] and starts
+            each segment at the largest earlier end (no wait for the device), so bad ends can
+            neither touch memory outside P nor make segments overlap.
+    Returns:
+        ``[S]`` bool: whether every entry of segment s of P is finite after the rescaling (False
+        where P or G held a NaN or Inf there, or where a float64 sum of squares overflows:
+        entries above about 1e154).
+    """
+    return torch.ops.hsc.graft_.default(P, G, ends)
+
+
 # ---- fake kernels: shapes and dtypes only, for torch.compile and meta tensors ----------------
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -441,3 +464,9 @@ def _accumulate_probes_fake(state, hvps, signs, mask, ema, first):
 def _fold_estimate_fake(state, estimate, mask, ema, first):
     _same_device(state=state, estimate=estimate, mask=mask)
     return state.new_empty((state.shape[0],), dtype=torch.bool)
+
+
+@torch.library.register_fake("hsc::graft_")
+def _graft_fake(P, G, ends):
+    _same_device(P=P, G=G, ends=ends)
+    return P.new_empty((ends.shape[0],), dtype=torch.bool)

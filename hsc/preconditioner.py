@@ -142,7 +142,9 @@ class Preconditioner:
         # per refresh (spectrum_summary).
         self.eigenvalues: Optional[torch.Tensor] = None
         self.spectra: list = []
-        self._block_tensor: Optional[torch.Tensor] = None  # [N]: the tensor each block belongs to (grafting)
+        # [T] int64: where each tensor's blocks end, the segments hsc.ops.graft_ rescales
+        self._tensor_ends = torch.tensor([end for _, end in self.layout.tensor_blocks], dtype=torch.int64,
+                                         device=self.layout.device)
 
     # ---- schedule --------------------------------------------------------------------------
 
@@ -377,36 +379,32 @@ class Preconditioner:
 
         ``graft``: then rescales each tensor's M^-1 g to the norm of its raw gradient g, so that
         the optimizer after it keeps its own step length and the preconditioner only turns the
-        direction (per-tensor norm grafting, as Shampoo grafts; ``hsc gan``'s per-player method).
-        The norms are taken over each tensor's blocks at once, so a network of many tensors costs
-        a few passes, not a few per tensor."""
+        direction (per-tensor norm grafting, as Shampoo grafts; ``hsc gan``'s per-player method):
+        one fused op (``hsc.ops.graft_``) for all tensors.
+
+        Non-finite gradient blocks are counted only when the result is not finite (a NaN or Inf
+        in g always reaches M^-1 g), so that an ordinary step reads the device once."""
         if self.correction is None:
             return True
         t0 = time.perf_counter()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         G = self.layout.gather(grads)
-        P = self._solve_owned(G)
-        if graft:
-            P, finite = self._graft(G, P)
-        else:
+        P = self._solve_owned(G, finite=True)
+        if not graft:
             finite = all_finite([P])
+        elif P.dtype in (torch.float32, torch.float64):
+            finite = bool(ops.graft_(P, G, self._tensor_ends).all())
+        else:  # graft_ takes float32/64: grafted in float32, judged after rounding back (float16 overflows)
+            grafted = P.float()
+            ops.graft_(grafted, G.float(), self._tensor_ends)
+            P = grafted.to(P.dtype)
+            finite = all_finite([P])
+        if not finite:
+            self.counters["non_finite_gradient_blocks"] += int((~finite_rows(self.shards.owned(G))).sum())
         # Parameters without a gradient receive their (discarded) share in a temporary.
         self.layout.scatter_(P, grads)
         self.timings["apply"] += time.perf_counter() - t0
         return finite
-
-    def _graft(self, G: torch.Tensor, P: torch.Tensor) -> Tuple[torch.Tensor, bool]:
-        """``P`` with each tensor's blocks rescaled to the norm of ``G``'s blocks of that tensor
-        (padding slots hold 0 in both), and whether the result is finite: the norms of P, finite
-        exactly when every entry is (or when a sum of squares overflows: then not)."""
-        if self._block_tensor is None:
-            counts = torch.tensor([end - start for start, end in self.layout.tensor_blocks], device=G.device)
-            self._block_tensor = torch.repeat_interleave(torch.arange(len(counts), device=G.device), counts)
-        owner, T = self._block_tensor, len(self.layout.tensor_blocks)
-        raw = G.new_zeros(T).index_add_(0, owner, G.square().sum(1)).sqrt()
-        new = P.new_zeros(T).index_add_(0, owner, P.square().sum(1)).sqrt()
-        finite = bool(torch.isfinite(new).all())
-        return P * (raw / new.clamp_min(1e-30))[owner, None], finite
 
     # ---- what optimizers and applications read --------------------------------------------
 

@@ -7,7 +7,7 @@ compiled op computes in, as docs/contract.md §2 defines it.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Tuple, Union
 
 import torch
 
@@ -206,3 +206,24 @@ def correct_from_eigh(eigen: Eigh, *, scale: float = 1.0, mode: str = "saddle_fr
     eigen-decomposition, damping 0, the decomposition's status."""
     Minv = corrected_inverse_from_eigh(eigen, scale=scale, mode=mode, dtype=dtype, power=power)
     return Correction(pack(Minv), torch.zeros(eigen.status.shape[0], dtype=dtype), eigen.status)
+
+
+def graft(P: torch.Tensor, G: torch.Tensor, ends: torch.Tensor, *,
+          dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference of hsc.ops.graft_: (P with the rows of each segment rescaled by
+    ||G_s|| / max(||P_s||, 1e-30), in ``dtype``; [S] bool, whether each rescaled segment is finite
+    in P's dtype). Norms from sums of squares in float64. Segments by the CUDA kernel's rule
+    (csrc/graft_rules.h): ends clipped to [0, N], each segment from the largest earlier end, so
+    valid ends give rows ends[s-1]:ends[s] and invalid ones what the CUDA op does (the CPU op
+    refuses them)."""
+    N = P.shape[0]
+    out, finite, start = P.to(dtype).clone(), [], 0
+    for end in ends.tolist():
+        end = max(start, min(max(end, 0), N))
+        rows = slice(start, end)
+        raw = G[rows].double().square().sum().sqrt()
+        new = P[rows].double().square().sum().sqrt()
+        out[rows] = (P[rows].double() * (raw / new.clamp_min(1e-30))).to(dtype)
+        finite.append(bool(torch.isfinite(out[rows].to(P.dtype)).all()))
+        start = end
+    return out, torch.tensor(finite, dtype=torch.bool)

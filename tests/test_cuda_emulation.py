@@ -574,3 +574,30 @@ def test_emulated_correct_from_eigh_matches_cpu(emulator, tmp_path, b, dtype, mo
         expected = F_cpu[ok].double() @ Gm[ok].double()
         tol = C_PRODUCT * unit @ Gm[ok].double().abs()
         assert ((P[ok].double().reshape(expected.shape) - expected).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_emulated_graft_matches_cpu(emulator, tmp_path, dtype):
+    """The graft_ kernel (one thread block per segment, warp shuffles and a shared-memory pass for
+    the float64 norms, __syncthreads_or for finiteness) against the CPU op: segments longer than
+    the 256 threads, an empty one, one with a NaN, one of zeros, rows left after the last end; the
+    flags written for every segment (sentinel 2 otherwise), the rescaled rows within rounding (the
+    sums run in another order), the rows after the last end untouched."""
+    gen = generator(5)
+    N, b = 200, 7  # segments 0 and 3 longer than the 256 threads
+    ends = torch.tensor([80, 80, 81, 160, 180], dtype=torch.int64)
+    P = torch.randn(N, b, dtype=dtype, generator=gen)
+    G = torch.randn(N, b, dtype=dtype, generator=gen) * 3
+    P[80, 3] = float("nan")
+    P[160:180] = 0
+    cpu = P.clone()
+    finite_cpu = ops.graft_(cpu, G, ends)
+    run_emulator(emulator, tmp_path, dict(kernel=6, N=N, b=b, S=len(ends), itemsize=dtype.itemsize),
+                 P=P, G=G, ends=ends)
+    got = read_output(tmp_path, "P", dtype, (N, b))
+    finite = torch.from_numpy(np.fromfile(tmp_path / "finite.bin", dtype=np.uint8))
+    assert torch.equal(finite, finite_cpu.to(torch.uint8)) and finite.tolist() == [1, 1, 0, 1, 1]
+    ok = torch.arange(N) != 80
+    torch.testing.assert_close(got[ok], cpu[ok], rtol=4 * torch.finfo(dtype).eps, atol=0)
+    assert torch.isnan(got[80]).all() and torch.isnan(cpu[80]).all()
+    assert torch.equal(got[160:180], P[160:180]) and torch.equal(got[180:], P[180:])

@@ -14,7 +14,8 @@
 //                      (from an eigen-decomposition: correct_from_eigh_, and the spectral modes
 //                      after eigh) reads eigenvalues.bin, eigenvectors.bin, status.bin and
 //                      factor.bin (+ keep_failed.bin) or G.bin, and writes factor.bin or P.bin,
-//                      launching the kernels in the order the op does.
+//                      launching the kernels in the order the op does; kernel 6 (graft_)
+//                      reads P.bin, G.bin and ends.bin and writes P.bin and finite.bin.
 // Outputs start as sentinels (kNotWritten, kStatusNotWritten, kEigenNotWritten, accepted 2), not
 // zeros, as the op's at::empty buffers hold anything: an entry a kernel forgets to write shows.
 #include "emulate.h"
@@ -33,6 +34,7 @@
 #include "../../csrc/cuda/correct_kernel.cuh"
 #include "../../csrc/cuda/eigh_kernel.cuh"
 #include "../../csrc/cuda/fold_estimate_kernel.cuh"
+#include "../../csrc/cuda/graft_kernel.cuh"
 #include "../../csrc/cuda/solve_kernel.cuh"
 
 namespace {
@@ -300,6 +302,23 @@ int run_from_eigh(const std::string& dir, std::map<std::string, double>& prm) {
   return 0;
 }
 
+template <class T>
+int run_graft(const std::string& dir, std::map<std::string, double>& prm) {
+  const int64_t N = static_cast<int64_t>(prm["N"]), b = static_cast<int64_t>(prm["b"]);
+  const int64_t S = static_cast<int64_t>(prm["S"]);
+  std::vector<T> P = read_array<T>(dir + "/P.bin", N * b);
+  std::vector<T> G = read_array<T>(dir + "/G.bin", N * b);
+  std::vector<int64_t> ends = read_array<int64_t>(dir + "/ends.bin", S);
+  std::vector<uint8_t> finite(S, 2);
+  if (S > 0)
+    emulation::launch(hsc::cuda::graft_kernel<T>, S, hsc::cuda::kGraftThreads, hsc::cuda::kGraftSharedBytes,
+                      P.data(), static_cast<const T*>(G.data()), static_cast<const int64_t*>(ends.data()),
+                      reinterpret_cast<bool*>(finite.data()), N, b);
+  write_array(dir + "/P.bin", P);
+  write_array(dir + "/finite.bin", finite);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -309,6 +328,8 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   auto prm = read_params(dir + "/params.txt");
+  if (prm["kernel"] == 6)
+    return prm["itemsize"] == 8 ? run_graft<double>(dir, prm) : run_graft<float>(dir, prm);
   if (prm["kernel"] == 5)
     return prm["itemsize"] == 8 ? run_from_eigh<double>(dir, prm) : run_from_eigh<float>(dir, prm);
   if (prm["kernel"] == 4)
