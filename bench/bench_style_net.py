@@ -6,7 +6,7 @@ Plain script (not collected by pytest)::
     python bench/bench_style_net.py --seconds 60 --seeds 1 --styles flower   # a quick look
     python bench/bench_style_net.py --robustness          # style_net_robustness.{md,json}
     python bench/bench_style_net.py --markdown-only       # style_net.md again from style_net.json
-    python bench/bench_style_net.py --sweep --seconds 150 --seeds 1 --styles flower,brick   # style_net_sweep.md
+    python bench/bench_style_net.py --sweep --seconds 150 --seeds 1 --styles flower,brick   # style_net_sweep_flower_brick.md
 
 The benchmark: ``--styles`` (default flower, china, brick) x ``--seeds`` (default 3) x {adam, hsc},
 each run ``--seconds`` (default 300) of training at 128² crops, batch 4, the network's defaults
@@ -247,9 +247,10 @@ def sweep(args) -> None:
                      f"{'never' if hit is None else f'{hit:.0f}'} |")
         r.pop("state", None)
     RESULTS.mkdir(exist_ok=True)
-    write_json(RESULTS / "style_net_sweep.json", {"machine": machine(), "command": " ".join(sys.argv),
-                                                   "variants": SWEEP, "runs": runs})
-    (RESULTS / "style_net_sweep.md").write_text("\n".join(lines) + "\n")
+    stem = "style_net_sweep_" + "_".join(styles)  # one file per set of styles measured together
+    write_json(RESULTS / f"{stem}.json", {"machine": machine(), "command": " ".join(sys.argv),
+                                          "variants": SWEEP, "runs": runs})
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
