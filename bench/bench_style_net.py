@@ -20,7 +20,8 @@ history 100, the pixel objective of hsc style) takes to bring that photograph's 
 network's (also one thread).
 
 The sweep (``--sweep``): the hsc method's refresh settings (``SWEEP``: the photographs a refresh's
-HVPs see, the refresh period) beside Adam, on ``--styles`` x ``--seeds``; it chose the defaults.
+HVPs see, the refresh period) beside Adam, on ``--styles`` x ``--seeds``; one file per set of
+styles, read in bench/results/style_net_notes.md (a default changes only where every style agrees).
 
 The robustness matrix: both methods with their defaults on the five bundled styles at 128² and
 256² crops, ``--robust-seconds`` each (default 120): a run diverges when its held-out loss ends
