@@ -8,11 +8,13 @@ Plain script (not collected by pytest)::
     python bench/bench_gan.py --markdown-only          # gan.md again from gan.json (after editing the notes)
     python bench/bench_gan.py --data stacked-mnist,mnist --report gan_images --snapshots 6 \
         --methods "hsc,hsc gauss_newton,adam,competitive,acgd"   # the image sets: gan_images.*
+    python bench/bench_gan.py --data stacked-mnist --report gan_images_long --figures gan_long \
+        --methods hsc,adam --seeds 2 --snapshots 5      # the full 15 minutes, figures gan_long_*
 
 Runs go ``--workers`` at a time (default 2), each on one torch thread, so every method gets the
 same wall-clock of one core; seed-major order, so a change in the machine's load hits every
-method alike. Writes bench/results/gan.json, gan.md and gan_<data>.png (metrics against seconds),
-or gan_sweep_<name>_<data>.* for a sweep.
+method alike. Writes bench/results/<report>.json, <report>.md and <figures>_<data>.png (metrics
+against seconds; default gan.json, gan.md, gan_<data>.png), or gan_sweep_<name>_<data>.* for a sweep.
 """
 from __future__ import annotations
 
@@ -207,7 +209,7 @@ def markdown(report: dict) -> str:
                f"The data set's own settings of the hsc method (`hsc gan --data {data}`'s default): "
                f"{settings or 'none'}.", "",
                format_table(entry["summary"], names, reference), ""] + [x + "\n" for x in lines if x] + [
-               f"Metrics against training seconds: `gan_{data}.png`.", ""]
+               f"Metrics against training seconds: `{entry.get('figures', f'gan_{data}')}.png`.", ""]
     notes = RESULTS / f"{report.get('name', 'gan')}_notes.md"
     if notes.exists():
         md += ["", notes.read_text()]
@@ -239,14 +241,14 @@ def benchmark(args) -> None:
         report["data"][data] = {"seconds": seconds, "seeds": seeds, "summary": summary, "reference": reference,
                                 "command": " ".join(sys.argv), "machine": machine(),
                                 "runs": {n: [r.to_dict() for r in rs] for n, rs in by_name.items()},
-                                "elapsed": time.time() - t0,
+                                "elapsed": time.time() - t0, "figures": f"{args.figures}_{data}",
                                 "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
         RESULTS.mkdir(exist_ok=True)
         write_json(path, report)  # first, after every data set: a later failure keeps what was measured
         print(format_table(summary, protocol.names, reference) + "\n" + verdict(summary) + image_verdict(data, summary))
-        plot_curves(by_name, protocol, RESULTS / f"gan_{data}.png")
+        plot_curves(by_name, protocol, RESULTS / f"{args.figures}_{data}.png")
         if not dataset.is_points:
-            save_sample_grids(by_name, dataset, protocol, RESULTS, f"gan_{data}")
+            save_sample_grids(by_name, dataset, protocol, RESULTS, f"{args.figures}_{data}")
         (RESULTS / f"{args.report}.md").write_text(markdown(report))
 
 
@@ -280,6 +282,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the per-data seconds")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--report", default="gan", help="results file stem: bench/results/<report>.{json,md}")
+    parser.add_argument("--figures", default="gan",
+                        help="figure names: <figures>_<data>.png (metrics against seconds) and "
+                             "<figures>_<data>-<method>.png (samples); another prefix keeps earlier figures")
     parser.add_argument("--snapshots", type=int, default=15, help="metric snapshots per run (besides the first)")
     parser.add_argument("--sweep", default="", help=f"run an option grid instead: one of {list(SWEEPS)}")
     parser.add_argument("--only", default="", help="sweep: comma list of variant names")
