@@ -136,15 +136,14 @@ GRAFT_CASES = [(540_000, 8), (16 * 2 ** 20, 16)]
 def graft_rows(copy_gbs: float):
     """hsc.ops.graft_ against the same grafting composed of torch ops (graft_baseline.torch_graft),
     float32, b = 16, equal tensors; GB/s on 3 reads and 1 write per entry."""
-    from graft_baseline import torch_graft
+    from graft_baseline import segment_owner, torch_graft
 
     rows = []
     for numel, tensors in GRAFT_CASES:
         N = numel // 16
         P, G = torch.randn(N, 16, device="cuda"), torch.randn(N, 16, device="cuda")
         ends = torch.linspace(N / tensors, N, tensors, device="cuda").round().long()
-        owner = torch.repeat_interleave(torch.arange(tensors, device="cuda"),
-                                        ends.diff(prepend=torch.zeros(1, dtype=ends.dtype, device="cuda")))
+        owner = segment_owner(ends)
         op_ms = cuda_time(lambda: bool(ops.graft_(P, G, ends).all()))  # the apply reads the flag too
         torch_ms = cuda_time(lambda: torch_graft(P, G, owner, tensors))
         nbytes = 4 * N * 16 * 4

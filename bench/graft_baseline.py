@@ -4,6 +4,13 @@ from __future__ import annotations
 import torch
 
 
+def segment_owner(ends: torch.Tensor) -> torch.Tensor:
+    """``[N]``: the segment (tensor) each block row belongs to, from graft_'s segment ends; the
+    baseline builds it once, as the apply cached it."""
+    counts = ends.diff(prepend=ends.new_zeros(1))
+    return torch.repeat_interleave(torch.arange(len(ends), device=ends.device), counts)
+
+
 def torch_graft(P: torch.Tensor, G: torch.Tensor, owner: torch.Tensor, tensors: int):
     """The baseline of ``hsc.ops.graft_``: the same per-tensor grafting composed of torch ops
     (per-block squared norms, index_add per tensor, the ratio, a multiply into a new tensor), as

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from hsc import config, ops  # noqa: E402
 from hsc.apps import machine, write_json  # noqa: E402
 from hsc.gan.train import Trainer, default_config  # noqa: E402
-from graft_baseline import torch_graft  # noqa: E402
+from graft_baseline import segment_owner, torch_graft  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = ("ring8", "digits", "mnist", "stacked-mnist")
@@ -79,8 +79,7 @@ def profile(data: str, steps: int, curvature_batch) -> dict:
         G = pre.gather(grads)
         P = pre.solve_blocks(G, finite=True)
         ends = torch.tensor([end for _, end in pre.layout.tensor_blocks], device=G.device)
-        owner = torch.repeat_interleave(torch.arange(len(ends), device=G.device),
-                                        ends.diff(prepend=torch.zeros(1, dtype=ends.dtype, device=G.device)))
+        owner = segment_owner(ends)
         pieces[name] = {"gather": _median(lambda: pre.gather(grads)),
                         "solve": _median(lambda: pre.solve_blocks(G, finite=True)),
                         "graft": _median(lambda: bool(ops.graft_(P, G, ends).all())),
