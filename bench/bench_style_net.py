@@ -6,6 +6,7 @@ Plain script (not collected by pytest)::
     python bench/bench_style_net.py --seconds 60 --seeds 1 --styles flower   # a quick look
     python bench/bench_style_net.py --robustness          # style_net_robustness.{md,json}
     python bench/bench_style_net.py --markdown-only       # style_net.md again from style_net.json
+    python bench/bench_style_net.py --more-seeds 1 --seconds 300   # one more seed added to style_net.json
     python bench/bench_style_net.py --sweep --seconds 150 --seeds 1 --styles flower,brick   # style_net_sweep_flower_brick.md
 
 The benchmark: ``--styles`` (default flower, china, brick) x ``--seeds`` (default 3) x {adam, hsc},
@@ -210,6 +211,13 @@ def plot(runs: List[dict], path: Path) -> None:
 
 def benchmark(args) -> None:
     styles, seeds = args.styles.split(","), list(range(args.seeds))
+    earlier = None
+    if args.more_seeds:  # the next seeds of the committed report, same styles and budget
+        earlier = json.loads((RESULTS / "style_net.json").read_text())
+        if earlier["seconds"] != args.seconds:
+            raise SystemExit(f"--more-seeds: style_net.json has {earlier['seconds']:g} s runs, not {args.seconds:g}")
+        styles = list(dict.fromkeys(r["style"] for r in earlier["runs"]))
+        seeds = list(range(len(earlier["seeds"]), len(earlier["seeds"]) + args.more_seeds))
     configs = [NetConfig(style=style, method=m, seed=s, seconds=args.seconds)
                for s in seeds for style in styles for m in METHODS]
     runs = run_all(configs, args.workers)
@@ -220,7 +228,11 @@ def benchmark(args) -> None:
                                [NetConfig() for _ in keys]))
     for (style, method), p in zip(keys, passes):
         p.update(style=style, method=method)
-    report = {"machine": machine(), "command": " ".join(sys.argv), "workers": args.workers, "seconds": args.seconds,
+    command = " ".join(sys.argv)
+    if earlier is not None:
+        runs, seeds, passes = earlier["runs"] + runs, earlier["seeds"] + seeds, earlier["passes"]
+        command = f"{earlier['command']}, then {command}"
+    report = {"machine": machine(), "command": command, "workers": args.workers, "seconds": args.seconds,
               "seeds": seeds, "defaults": dataclasses.asdict(NetConfig()), "summary": summarise(runs),
               "passes": passes, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
@@ -284,6 +296,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="the hsc refresh settings against Adam (SWEEP)")
     parser.add_argument("--robust-seconds", type=float, default=120.0)
     parser.add_argument("--markdown-only", action="store_true")
+    parser.add_argument("--more-seeds", type=int, default=0,
+                        help="run this many further seeds and add them to style_net.json (its styles and seconds)")
     args = parser.parse_args()
     if args.markdown_only:
         (RESULTS / "style_net.md").write_text(markdown(json.loads((RESULTS / "style_net.json").read_text())))
