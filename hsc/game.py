@@ -230,42 +230,52 @@ class CompetitiveHSC:
         if self.solve_x:
             # (I + Bx^1/2 D_xy B_y D_yx Bx^1/2) z = -Bx^1/2 (g_x + D_xy B_y g_y);  dx = Bx^1/2 z
             rhs = -x.half(fx + self._mixed(gy, x.params, y.inverse(fy)))
-            z, iterations, residual = self._cg(
-                lambda v: v + x.half(self._mixed(gy, x.params, y.inverse(self._mixed(gx, y.params, x.half(v))))), rhs)
+            z, coupled, iterations, residual = self._cg(
+                lambda v: self._mixed(gx, y.params, x.half(v)),                  # D_yx Bx^1/2 v
+                lambda q: x.half(self._mixed(gy, x.params, y.inverse(q))), rhs, y.numel)
             dx = x.half(z)
-            dy = y.inverse(fy + self._mixed(gx, y.params, dx))
+            dy = y.inverse(fy + coupled)  # coupled = D_yx dx
         else:
             # (I + By^1/2 D_yx B_x D_xy By^1/2) z = By^1/2 (g_y - D_yx B_x g_x);  dy = By^1/2 z
             rhs = y.half(fy - self._mixed(gx, y.params, x.inverse(fx)))
-            z, iterations, residual = self._cg(
-                lambda v: v + y.half(self._mixed(gx, y.params, x.inverse(self._mixed(gy, x.params, y.half(v))))), rhs)
+            z, coupled, iterations, residual = self._cg(
+                lambda v: self._mixed(gy, x.params, y.half(v)),                  # D_xy By^1/2 v
+                lambda q: y.half(self._mixed(gx, y.params, x.inverse(q))), rhs, x.numel)
             dy = y.half(z)
-            dx = -x.inverse(fx + self._mixed(gy, x.params, dy))
+            dx = -x.inverse(fx + coupled)  # coupled = D_xy dy
         return dx, dy, iterations, residual
 
-    def _cg(self, apply, rhs: torch.Tensor):
-        """Conjugate gradients on the SPD operator ``apply`` (I + a positive semi-definite part),
-        from the last solution when warm-starting; stops at ||r|| <= cg_tol ||rhs|| or
-        cg_max_iter iterations. Returns (z, iterations, relative residual)."""
+    def _cg(self, inner, outer, rhs: torch.Tensor, other_numel: int):
+        """Conjugate gradients on the SPD operator A v = v + outer(inner(v)) (I plus a positive
+        semi-definite part), from the last solution when warm-starting; stops at ||r|| <= cg_tol
+        ||rhs|| or cg_max_iter iterations. Returns (z, inner(z), iterations, relative residual).
+
+        ``inner`` is linear, so inner(z) is carried along as the sum of the step lengths times
+        the inner(p) each iteration computes anyway: the other player's step then needs no mixed
+        product of its own (the same vector up to the order of the additions)."""
         cfg = self.config
         rhs_norm = float(rhs.norm())
         if rhs_norm == 0:
             self.warm = torch.zeros_like(rhs)
-            return self.warm, 0, 0.0
+            return self.warm, rhs.new_zeros(other_numel), 0, 0.0
         if cfg.warm_start and self.warm is not None and self.warm.shape == rhs.shape:
             z = self.warm.clone()
-            r = rhs - apply(z)
+            coupled = inner(z)
+            r = rhs - z - outer(coupled)
         else:
             z = torch.zeros_like(rhs)
+            coupled = rhs.new_zeros(other_numel)
             r = rhs.clone()
         p = r.clone()
         rr = float(r.dot(r))
         target = (cfg.cg_tol * rhs_norm) ** 2
         iterations = 0
         while rr > target and iterations < cfg.cg_max_iter:
-            Ap = apply(p)
+            q = inner(p)
+            Ap = p + outer(q)
             alpha = rr / float(p.dot(Ap))
             z.add_(p, alpha=alpha)
+            coupled.add_(q, alpha=alpha)
             r.add_(Ap, alpha=-alpha)
             rr_new = float(r.dot(r))
             p = r + (rr_new / rr) * p
@@ -274,7 +284,7 @@ class CompetitiveHSC:
         if rr > target:
             self.counters["cg_capped"] += 1
         self.warm = z.detach().clone()
-        return z.detach(), iterations, math.sqrt(rr) / rhs_norm
+        return z.detach(), coupled.detach(), iterations, math.sqrt(rr) / rhs_norm
 
     # ---- reporting and checkpoints ---------------------------------------------------------
 

@@ -188,10 +188,34 @@ def test_ridge_coupling_takes_one_mixed_product():
     assert opt.last["mixed_products"] == 1 and opt.last["cg_iterations"] == 0
 
 
+@pytest.mark.parametrize("side", ["x", "y"])
+def test_other_players_step_uses_the_returned_step_when_cg_is_capped(side):
+    """CG carries D_yx dx (x side; D_xy dy on the y side) along from its own products instead of
+    taking one more: with CG stopped after 2 iterations (far from converged) and warm-started on
+    the second step, the other player's step must still be B (g + D dx) of the step actually
+    taken, with D from the dense Hessian at that step's point."""
+    f, x0, y0 = game(6)
+    x, y = players(x0, y0)
+    eta = 0.15
+    opt = CompetitiveHSC([x], [y], regulariser="identity", lr=eta, cg_tol=1e-14, cg_max_iter=2, solve_side=side)
+    for _ in range(2):
+        xs, ys = x.detach().clone(), y.detach().clone()
+        opt.step(lambda: f(x, y))
+        assert opt.counters["cg_capped"] >= 1
+        point = torch.cat([xs, ys])
+        H = torch.autograd.functional.hessian(lambda z: f(z[:7], z[7:]), point)
+        gx, gy = torch.autograd.functional.jacobian(lambda z: f(z[:7], z[7:]), point).split([7, 5])
+        dx, dy = x.detach() - xs, y.detach() - ys
+        if side == "x":
+            torch.testing.assert_close(dy, eta * (gy + H[7:, :7] @ dx), rtol=1e-12, atol=1e-14)
+        else:
+            torch.testing.assert_close(dx, -eta * (gx + H[:7, 7:] @ dy), rtol=1e-12, atol=1e-14)
+
+
 def test_warm_start_and_counts():
-    """Mixed products per step: 1 (right-hand side) + 2 per CG iteration + 1 (the other player's
-    step), plus 2 for the residual of a warm start; a warm start from the last solution needs no
-    more iterations than a cold one on the next step."""
+    """Mixed products per step: 1 (right-hand side) + 2 per CG iteration, plus 2 for the residual
+    of a warm start (the other player's step reuses CG's products); a warm start from the last
+    solution needs no more iterations than a cold one on the next step."""
     f, x0, y0 = game(5)
     counts = {}
     for warm in (False, True):
@@ -200,7 +224,7 @@ def test_warm_start_and_counts():
         for _ in range(3):
             opt.step(lambda: f(x, y))
             extra = 2 if warm and opt.counters["steps"] > 1 else 0
-            assert opt.last["mixed_products"] == 2 + 2 * opt.last["cg_iterations"] + extra
+            assert opt.last["mixed_products"] == 1 + 2 * opt.last["cg_iterations"] + extra
         counts[warm] = opt.last["cg_iterations"]
     assert counts[True] <= counts[False]
 
