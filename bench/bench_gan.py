@@ -10,6 +10,8 @@ Plain script (not collected by pytest)::
         --methods "hsc,hsc gauss_newton,adam,competitive,acgd"   # the image sets: gan_images.*
     python bench/bench_gan.py --data stacked-mnist --report gan_images_long --figures gan_long \
         --methods hsc,adam --seeds 2 --snapshots 5      # the full 15 minutes, figures gan_long_*
+    python bench/bench_gan.py --data stacked-mnist --report gan_images_long --figures gan_long \
+        --methods acgd --seeds 2 --snapshots 5 --add    # another method beside those runs
 
 Runs go ``--workers`` at a time (default 2), each on one torch thread, so every method gets the
 same wall-clock of one core; seed-major order, so a change in the machine's load hits every
@@ -38,7 +40,7 @@ from hsc.apps import machine, write_json  # noqa: E402
 from hsc.gan.cli import format_table, summarise  # noqa: E402
 from hsc.gan.data import DATASETS  # noqa: E402
 from hsc.gan.metrics import protocol_of  # noqa: E402
-from hsc.gan.train import HSCSettings, RunResult, TrainConfig, default_config, train  # noqa: E402
+from hsc.gan.train import HSCSettings, RunResult, Snapshot, TrainConfig, default_config, train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -120,6 +122,8 @@ def verdict(summary: dict, method: str = "hsc") -> str:
         return ""
     mean = lambda name, key: summary[name][key]["mean"]  # noqa: E731
     peers = [p for p in ("adam", "acgd") if p in summary]
+    if not peers:
+        return ""
     modes_ok = all(mean(method, "modes") >= mean(p, "modes") for p in peers)
     best_hq = max(mean(p, "high_quality") for p in peers)
     hq_ok = mean(method, "high_quality") >= 2 * best_hq
@@ -216,6 +220,13 @@ def markdown(report: dict) -> str:
     return "\n".join(md) + "\n"
 
 
+def stored_run(run: dict) -> RunResult:
+    """A run read back from a report's JSON: what the summary and the curves need (no samples)."""
+    return RunResult(config=TrainConfig(method=run["method"], seed=run["seed"]), steps=run["steps"],
+                     seconds=run["seconds"], final=run["final"], history=[Snapshot(**s) for s in run["history"]],
+                     samples=None, stats=run["stats"])
+
+
 def benchmark(args) -> None:
     from hsc.gan.plots import plot_curves
 
@@ -231,23 +242,31 @@ def benchmark(args) -> None:
               "data": earlier["data"]}
     for data in args.data.split(","):
         seconds = DATASETS[data].seconds * args.scale
+        kept, command = {}, " ".join(sys.argv)
+        if args.add:  # the data set's earlier runs stay; the new methods must match their budget and seeds
+            entry = report["data"].get(data)
+            if entry is None or entry["seconds"] != seconds or entry["seeds"] != seeds:
+                raise SystemExit(f"--add: {path.name} has no {data} entry of {seconds:g} s on seeds {seeds}")
+            kept = {n: rs for n, rs in entry["runs"].items() if n not in methods}
+            command = f"{entry['command']}; then {command}"
         load_before = os.getloadavg()[0]
         t0 = time.time()
         by_name = run_named(methods, data, seeds, seconds, args.workers, args.snapshots)
+        every = {**{n: [stored_run(r) for r in rs] for n, rs in kept.items()}, **by_name}
         spec = DATASETS[data]
         protocol, dataset = protocol_of(data), spec.load()
-        summary = summarise(by_name, list(protocol.names))
+        summary = summarise(every, list(protocol.names))
         reference = protocol.reference(dataset) if dataset.held_out is not None else None
         report["data"][data] = {"seconds": seconds, "seeds": seeds, "summary": summary, "reference": reference,
-                                "command": " ".join(sys.argv), "machine": machine(),
-                                "runs": {n: [r.to_dict() for r in rs] for n, rs in by_name.items()},
+                                "command": command, "machine": machine(),
+                                "runs": {**kept, **{n: [r.to_dict() for r in rs] for n, rs in by_name.items()}},
                                 "elapsed": time.time() - t0, "figures": f"{args.figures}_{data}",
                                 "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
         RESULTS.mkdir(exist_ok=True)
         write_json(path, report)  # first, after every data set: a later failure keeps what was measured
         print(format_table(summary, protocol.names, reference) + "\n" + verdict(summary) + image_verdict(data, summary))
-        plot_curves(by_name, protocol, RESULTS / f"{args.figures}_{data}.png")
-        if not dataset.is_points:
+        plot_curves(every, protocol, RESULTS / f"{args.figures}_{data}.png")
+        if not dataset.is_points:  # the new methods' samples (the JSON keeps no samples)
             save_sample_grids(by_name, dataset, protocol, RESULTS, f"{args.figures}_{data}")
         (RESULTS / f"{args.report}.md").write_text(markdown(report))
 
@@ -288,6 +307,9 @@ def main() -> None:
     parser.add_argument("--snapshots", type=int, default=15, help="metric snapshots per run (besides the first)")
     parser.add_argument("--sweep", default="", help=f"run an option grid instead: one of {list(SWEEPS)}")
     parser.add_argument("--only", default="", help="sweep: comma list of variant names")
+    parser.add_argument("--add", action="store_true",
+                        help="keep the data set's runs already in the report and add --methods beside them "
+                             "(same seconds and seeds)")
     parser.add_argument("--markdown-only", action="store_true",
                         help="gan.md again from gan.json and gan_notes.md, running nothing")
     args = parser.parse_args()

@@ -37,7 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATA = ("ring8", "digits", "mnist", "stacked-mnist")
 
 
-def _mean_step(trainer: Trainer, steps: int) -> float:
+def mean_step(trainer: Trainer, steps: int) -> float:
     for _ in range(3):  # warm-up
         trainer.train_step()
     t0 = time.perf_counter()
@@ -46,7 +46,7 @@ def _mean_step(trainer: Trainer, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def _median(fn, repeats: int = 20) -> float:
+def median_seconds(fn, repeats: int = 20) -> float:
     fn()
     times = []
     for _ in range(repeats):
@@ -58,7 +58,7 @@ def _median(fn, repeats: int = 20) -> float:
 
 def profile(data: str, steps: int, curvature_batch) -> dict:
     adam = Trainer(default_config(data, method="adam", steps=1))
-    adam_step = _mean_step(adam, steps)
+    adam_step = mean_step(adam, steps)
     cfg = default_config(data, method="hsc", steps=1)  # the data set's own hsc settings
     if curvature_batch is not None:
         cfg = config.replace(cfg, curvature_batch=curvature_batch)
@@ -71,7 +71,7 @@ def profile(data: str, steps: int, curvature_batch) -> dict:
     for pre in players.values():  # from here on, ordinary steps only
         pre.config.update_every = 10 ** 9
         pre.timings["apply"] = 0.0
-    ordinary = _mean_step(hsc, steps)
+    ordinary = mean_step(hsc, steps)
     apply = sum(pre.timings["apply"] for pre in players.values()) / (steps + 3)
     pieces = {}
     for name, pre in players.items():
@@ -80,11 +80,11 @@ def profile(data: str, steps: int, curvature_batch) -> dict:
         P = pre.solve_blocks(G, finite=True)
         ends = torch.tensor([end for _, end in pre.layout.tensor_blocks], device=G.device)
         owner = segment_owner(ends)
-        pieces[name] = {"gather": _median(lambda: pre.gather(grads)),
-                        "solve": _median(lambda: pre.solve_blocks(G, finite=True)),
-                        "graft": _median(lambda: bool(ops.graft_(P, G, ends).all())),
-                        "graft_torch": _median(lambda: torch_graft(P, G, owner, len(ends))),
-                        "scatter": _median(lambda: pre.scatter(P)),
+        pieces[name] = {"gather": median_seconds(lambda: pre.gather(grads)),
+                        "solve": median_seconds(lambda: pre.solve_blocks(G, finite=True)),
+                        "graft": median_seconds(lambda: bool(ops.graft_(P, G, ends).all())),
+                        "graft_torch": median_seconds(lambda: torch_graft(P, G, owner, len(ends))),
+                        "scatter": median_seconds(lambda: pre.scatter(P)),
                         "blocks": pre.layout.num_blocks, "parameters": pre.layout.numel}
     refresh_total = sum(sum(v.values()) for v in refresh.values())
     amortised = ordinary + refresh_total / every
