@@ -75,6 +75,13 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
         "root no graft": {"graft": False},
         "root G only": {"players": "G"},
     },
+    # mu relative to the blocks' median |eigenvalue|, widened: how much of the late-training gap to
+    # Adam on the image sets is the correction's spread between stiff and flat directions
+    "mu": {
+        "root rho 1": {},
+        "root rho 10": {"scale": 10.0},
+        "root rho 100": {"scale": 100.0},
+    },
 }
 
 
@@ -278,7 +285,7 @@ def sweep(args) -> None:
         variants = {n: variants[n] for n in args.only.split(",")}
     for data in args.data.split(","):
         seconds = DATASETS[data].seconds * args.scale
-        by_name = run_named(variants, data, seeds, seconds, args.workers)
+        by_name = run_named(variants, data, seeds, seconds, args.workers, args.snapshots)
         names = protocol_of(data).names
         table = format_table(summarise(by_name, list(names)), names)
         print(table)
