@@ -25,6 +25,7 @@ one table: run the earlier checkout first, then this one with ``--append``.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -127,8 +128,6 @@ def main() -> None:
               f"{row['per_step']['mixed_products']:.2f} products; Adam {1000 * row['adam_step']:.1f} ms", flush=True)
     command = " ".join(["python"] + sys.argv)
     path = RESULTS / "profile_competitive.json"
-    import json
-
     report = json.loads(path.read_text()) if args.append and path.exists() else {"commands": [], "rows": []}
     report.update(machine=machine(), commands=report["commands"] + [command], rows=report["rows"] + rows)
     RESULTS.mkdir(exist_ok=True)
