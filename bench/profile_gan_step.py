@@ -7,14 +7,16 @@ Plain script (not collected by pytest)::
 
 For each data set (its players and batch, hsc gan's defaults; one torch thread), in one process:
 
-- Adam's step (both players: gradients and Adam's update), the mean of ``--steps`` steps;
-- hsc's ordinary step (no refresh due), the same mean, split into the preconditioner's apply
+- Adam's step (both players: gradients and Adam's update) and hsc's ordinary step (no refresh
+  due), each the mean of ``--steps`` steps, measured in 5 alternating rounds (medians), the latter
+  split into the preconditioner's apply
   (``precondition_``: gather, solve, scatter and the per-tensor graft, timed inside it) and the
   rest (gradients, Adam's update, the refresh-schedule bookkeeping);
 - the apply's pieces timed alone on the same gradients: gather, the solve op, the graft op
   against the same grafting composed of torch ops (its baseline), scatter;
-- one refresh per player (the preconditioner's own timings): HVPs, assembly of the estimate,
-  eigensolver and factor;
+- a refresh per player (the preconditioner's own timings, medians of ``--refreshes`` refreshes
+  after the first, which also allocates and is kept apart in the JSON): HVPs, assembly of the
+  estimate, eigensolver and factor;
 - hsc's amortised step at the data set's refresh period (``update_every``) and its ratio to Adam's.
 """
 from __future__ import annotations
@@ -46,6 +48,22 @@ def mean_step(trainer: Trainer, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def interleaved_steps(first: Trainer, second: Trainer, steps: int, rounds: int = 5) -> tuple:
+    """Mean step times of two trainers measured in alternating rounds of ``steps`` steps (medians
+    over the rounds), so that a machine whose speed drifts during the profile slows both alike."""
+    for trainer in (first, second):
+        for _ in range(3):  # warm-up
+            trainer.train_step()
+    times = ([], [])
+    for _ in range(rounds):
+        for trainer, out in zip((first, second), times):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step()
+            out.append((time.perf_counter() - t0) / steps)
+    return tuple(sorted(t)[rounds // 2] for t in times)
+
+
 def median_seconds(fn, repeats: int = 20) -> float:
     fn()
     times = []
@@ -56,9 +74,30 @@ def median_seconds(fn, repeats: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def profile(data: str, steps: int, curvature_batch) -> dict:
+REFRESH_PARTS = ("hvp", "assembly", "factorisation")
+
+
+def steady_refresh(trainer: Trainer, players: dict, refreshes: int) -> dict:
+    """Each player's refresh timings (medians of ``refreshes`` refreshes after the first, one a
+    step): the first refresh also pays for allocating the estimate and factor and for first calls,
+    which a run pays once, not once every ``update_every`` steps."""
+    every = {name: pre.config.update_every for name, pre in players.items()}
+    samples = {name: {k: [] for k in REFRESH_PARTS} for name in players}
+    for pre in players.values():
+        pre.config.update_every = 1
+    for _ in range(refreshes):
+        before = {name: dict(pre.timings) for name, pre in players.items()}
+        trainer.train_step()
+        for name, pre in players.items():
+            for k in REFRESH_PARTS:
+                samples[name][k].append(pre.timings[k] - before[name][k])
+    for name, pre in players.items():
+        pre.config.update_every = every[name]
+    return {name: {k: sorted(v)[len(v) // 2] for k, v in parts.items()} for name, parts in samples.items()}
+
+
+def profile(data: str, steps: int, curvature_batch, refreshes: int = 5) -> dict:
     adam = Trainer(default_config(data, method="adam", steps=1))
-    adam_step = mean_step(adam, steps)
     cfg = default_config(data, method="hsc", steps=1)  # the data set's own hsc settings
     if curvature_batch is not None:
         cfg = config.replace(cfg, curvature_batch=curvature_batch)
@@ -66,13 +105,15 @@ def profile(data: str, steps: int, curvature_batch) -> dict:
     hsc = Trainer(cfg)
     hsc.train_step()  # the first refresh of both players
     players = {name: p.preconditioner for name, p in hsc.players.items()}
-    refresh = {name: {k: pre.timings[k] for k in ("hvp", "assembly", "factorisation")} for name, pre in players.items()}
+    first_refresh = {name: {k: pre.timings[k] for k in REFRESH_PARTS} for name, pre in players.items()}
+    refresh = steady_refresh(hsc, players, refreshes)
     every = cfg.hsc.preconditioner.update_every
     for pre in players.values():  # from here on, ordinary steps only
         pre.config.update_every = 10 ** 9
         pre.timings["apply"] = 0.0
-    ordinary = mean_step(hsc, steps)
-    apply = sum(pre.timings["apply"] for pre in players.values()) / (steps + 3)
+    rounds = 5
+    adam_step, ordinary = interleaved_steps(adam, hsc, steps, rounds)
+    apply = sum(pre.timings["apply"] for pre in players.values()) / (rounds * steps + 3)
     pieces = {}
     for name, pre in players.items():
         grads = [torch.randn_like(p) for p in pre.params]
@@ -91,7 +132,8 @@ def profile(data: str, steps: int, curvature_batch) -> dict:
     return {"data": data, "batch": hsc.batch_size, "curvature_batch": curvature_batch,
             "estimator": cfg.hsc.preconditioner.estimator, "adam_step": adam_step,
             "hsc_ordinary_step": ordinary, "apply": apply, "pieces": pieces, "refresh": refresh,
-            "refresh_total": refresh_total, "update_every": every, "hsc_amortised_step": amortised,
+            "refresh_total": refresh_total, "first_refresh": first_refresh, "refreshes": refreshes,
+            "update_every": every, "hsc_amortised_step": amortised,
             "ratio": amortised / adam_step}
 
 
@@ -104,7 +146,7 @@ def markdown(rows: list, command: str) -> str:
           "timed alone on one player's gradient (medians of 20); the graft baseline is the same "
           "grafting composed of torch ops, as the apply did it before `hsc.ops.graft_`", "",
           "| data | batch (refresh: estimator on samples) | Adam step | hsc ordinary step | of it: apply | rest (gradients, Adam, bookkeeping) | "
-          "refresh (both players): products / assembly / eigen + factor | refresh every | amortised | ÷ Adam |",
+          "refresh (both players, median of later refreshes): products / assembly / eigen + factor | refresh every | amortised | ÷ Adam |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hvp = sum(v["hvp"] for v in r["refresh"].values())
@@ -128,14 +170,15 @@ def markdown(rows: list, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=",".join(DATA))
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="steps a round (5 alternating rounds a method)")
+    parser.add_argument("--refreshes", type=int, default=5, help="refreshes timed after the first (median)")
     parser.add_argument("--curvature-batch", type=int, default=None,
                         help="HVPs on this many samples of the batch (default: the method's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     for data in args.data.split(","):
-        rows.append(profile(data, args.steps, args.curvature_batch))
+        rows.append(profile(data, args.steps, args.curvature_batch, args.refreshes))
         print(f"{data}: Adam {1000 * rows[-1]['adam_step']:.1f} ms, hsc amortised "
               f"{1000 * rows[-1]['hsc_amortised_step']:.1f} ms ({rows[-1]['ratio']:.2f}x)", flush=True)
     command = " ".join(["python"] + sys.argv)

@@ -142,8 +142,8 @@ def has_flag(text: str, name: str) -> bool:
 
 @pytest.mark.parametrize("command,skipped", [
     # gan: the seed comes from --seeds (one per run and player); its networks have no image-like
-    # tensors; the hsc method steps with M^-1 and the competitive step needs M^-1/2
-    ("gan", {"seed", "patch", "factor_power"}),
+    # tensors
+    ("gan", {"seed", "patch"}),
     # style: b is 3 ph pw (from --hsc-patch); the seed is --seed; factor_power is the coupled
     # solve's (hsc.game), not a step's
     ("style", {"block_size", "seed", "factor_power"}),

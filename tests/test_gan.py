@@ -256,6 +256,33 @@ def test_cli_spectrum_outside_the_spectral_modes_says_so(tmp_path, capsys):
     assert not (out / "spectrum-hsc.png").exists()
 
 
+def test_cli_factor_power_makes_each_player_step_with_the_root_of_its_inverse():
+    """--hsc-factor-power 0.5 reaches both players: their factor applied twice is the default
+    run's M^-1 (both runs refresh from the same first batch, so they hold the same estimate), and
+    the competitive step's preconditioner, which needs M^-1/2, refuses 1 with a message naming it."""
+    import argparse
+
+    from hsc.gan.cli import add_arguments, build_configs
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    common = ["--steps", "1", "--optim", "hsc", "--seeds", "0", "--hsc-block-size", "8", "--batch-size", "32"]
+    root, full = (Trainer(build_configs(parser.parse_args(common + extra))[0])
+                  for extra in (["--hsc-factor-power", "0.5"], []))
+    root.train_step()
+    full.train_step()
+    for name in ("G", "D"):
+        half, whole = root.players[name].preconditioner, full.players[name].preconditioner
+        assert (half.config.factor_power, whole.config.factor_power) == (0.5, 1.0)
+        g = torch.randn(whole.layout.numel, generator=torch.Generator().manual_seed(3))
+        twice, once = half.solve_flat(half.solve_flat(g)), whole.solve_flat(g)
+        # float32 rounding of two applications, relative to the vector (a few entries sit on tiny ones)
+        assert float((twice - once).norm() / once.norm()) < 1e-4, name
+        assert float((half.solve_flat(g) - once).norm() / once.norm()) > 0.1, name
+    with pytest.raises(ValueError, match="factor_power"):
+        Trainer(build_configs(parser.parse_args(common[:2] + ["--optim", "competitive", "--game-factor-power", "1"]))[0])
+
+
 def test_hsc_settings_replace_and_preconditioner_config():
     base = HSCSettings()
     changed = config.replace(base, players="G", lr=1e-3, block_size=8, mode="spectral", colour_radius=2)

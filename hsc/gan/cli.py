@@ -25,8 +25,8 @@ from .train import METHODS, RunResult, TrainConfig, Trainer, default_config
 DEFAULT_SECONDS = 20.0
 # Fields with no flag of their own: the run's identity and budget come from --data, --optim,
 # --seeds, --steps / --seconds and --eval-every; a player's probe seed from the run's seed; the
-# GAN's networks have no image-like tensors to cut into patches; the hsc method steps with M^-1.
-SKIPPED = ("seed", "patch", "factor_power")
+# GAN's networks have no image-like tensors to cut into patches.
+SKIPPED = ("seed", "patch")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
