@@ -8,7 +8,7 @@ Plain script (not collected by pytest)::
 For each data set (its players and batch, hsc gan's defaults; one torch thread), in one process:
 
 - Adam's step (both players: gradients and Adam's update) and hsc's ordinary step (no refresh
-  due), each the mean of ``--steps`` steps, measured in 5 alternating rounds (medians), the latter
+  due), each the mean of ``--steps`` steps, measured in ROUNDS alternating rounds (medians), the latter
   split into the preconditioner's apply
   (``precondition_``: gather, solve, scatter and the per-tensor graft, timed inside it) and the
   rest (gradients, Adam's update, the refresh-schedule bookkeeping);
@@ -39,8 +39,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATA = ("ring8", "digits", "mnist", "stacked-mnist")
 
 
-def mean_step(trainer: Trainer, steps: int) -> float:
-    for _ in range(3):  # warm-up
+ROUNDS = 5  # alternating rounds of Adam's and hsc's steps
+
+
+def mean_step(trainer: Trainer, steps: int, warm_up: int = 3) -> float:
+    for _ in range(warm_up):
         trainer.train_step()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -48,20 +51,15 @@ def mean_step(trainer: Trainer, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def interleaved_steps(first: Trainer, second: Trainer, steps: int, rounds: int = 5) -> tuple:
-    """Mean step times of two trainers measured in alternating rounds of ``steps`` steps (medians
-    over the rounds), so that a machine whose speed drifts during the profile slows both alike."""
-    for trainer in (first, second):
-        for _ in range(3):  # warm-up
-            trainer.train_step()
+def interleaved_steps(first: Trainer, second: Trainer, steps: int) -> tuple:
+    """Mean step times of two trainers measured in ROUNDS alternating rounds of ``steps`` steps
+    (medians over the rounds; the first round warms each up), so that a machine whose speed drifts
+    during the profile slows both alike."""
     times = ([], [])
-    for _ in range(rounds):
+    for r in range(ROUNDS):
         for trainer, out in zip((first, second), times):
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                trainer.train_step()
-            out.append((time.perf_counter() - t0) / steps)
-    return tuple(sorted(t)[rounds // 2] for t in times)
+            out.append(mean_step(trainer, steps, warm_up=3 if r == 0 else 0))
+    return tuple(sorted(t)[ROUNDS // 2] for t in times)
 
 
 def median_seconds(fn, repeats: int = 20) -> float:
@@ -111,9 +109,8 @@ def profile(data: str, steps: int, curvature_batch, refreshes: int = 5) -> dict:
     for pre in players.values():  # from here on, ordinary steps only
         pre.config.update_every = 10 ** 9
         pre.timings["apply"] = 0.0
-    rounds = 5
-    adam_step, ordinary = interleaved_steps(adam, hsc, steps, rounds)
-    apply = sum(pre.timings["apply"] for pre in players.values()) / (rounds * steps + 3)
+    adam_step, ordinary = interleaved_steps(adam, hsc, steps)
+    apply = sum(pre.timings["apply"] for pre in players.values()) / (ROUNDS * steps + 3)
     pieces = {}
     for name, pre in players.items():
         grads = [torch.randn_like(p) for p in pre.params]
@@ -170,7 +167,7 @@ def markdown(rows: list, command: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=",".join(DATA))
-    parser.add_argument("--steps", type=int, default=30, help="steps a round (5 alternating rounds a method)")
+    parser.add_argument("--steps", type=int, default=30, help=f"steps a round ({ROUNDS} alternating rounds a method)")
     parser.add_argument("--refreshes", type=int, default=5, help="refreshes timed after the first (median)")
     parser.add_argument("--curvature-batch", type=int, default=None,
                         help="HVPs on this many samples of the batch (default: the method's)")

@@ -1,6 +1,7 @@
 """hsc.gan: metrics on constructed samples, short runs of each optimizer, the CLI, resume."""
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import json
@@ -260,8 +261,6 @@ def test_cli_factor_power_makes_each_player_step_with_the_root_of_its_inverse():
     """--hsc-factor-power 0.5 reaches both players: their factor applied twice is the default
     run's M^-1 (both runs refresh from the same first batch, so they hold the same estimate), and
     the competitive step's preconditioner, which needs M^-1/2, refuses 1 with a message naming it."""
-    import argparse
-
     from hsc.gan.cli import add_arguments, build_configs
 
     parser = argparse.ArgumentParser()
