@@ -94,6 +94,19 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
         "root every 50": {"update_every": 50},
         "root probe": {"estimator": "probe"},
     },
+    # the digits' late oscillation of simultaneous per-player play (hsc's FD falls to 4.6-8 and
+    # rises again, the coupled step's does not): D stepping first, the optimistic step, or
+    # sampling the averaged generator
+    "oscillation": {
+        "root": {},
+        "root alternating": {"update": "alternating"},
+        "root optimism 0.5": {"optimism": 0.5},
+        "root optimism 1": {"optimism": 1.0},
+        "competitive": {"method": "competitive"},
+        # snapshots of the averaged generator (about the last tenth of each run's steps), both methods
+        "root average": {"generator_average": 0.999},
+        "competitive average": {"method": "competitive", "generator_average": 0.999},
+    },
 }
 
 
@@ -123,10 +136,11 @@ def run_all(configs: List[TrainConfig], workers: int, names: Optional[List[str]]
 
 
 def run_named(variants: Dict[str, dict], data: str, seeds: List[int], seconds: float,
-              workers: int, snapshots: int = 15) -> Dict[str, List[RunResult]]:
-    """Every variant on every seed, seed-major; name -> its runs in seed order."""
+              workers: int, snapshots: int = 15, done=frozenset()) -> Dict[str, List[RunResult]]:
+    """Every variant on every seed but the (name, seed) pairs in ``done``, seed-major; name -> its
+    new runs in seed order."""
     jobs = [(name, variant_config(variants[name], seed, seconds, data, snapshots))
-            for seed in seeds for name in variants]
+            for seed in seeds for name in variants if (name, seed) not in done]
     results = run_all([config for _, config in jobs], workers, [name for name, _ in jobs])
     by_name: Dict[str, List[RunResult]] = {name: [] for name in variants}
     for (name, _), result in zip(jobs, results):
@@ -246,6 +260,20 @@ def stored_run(run: dict) -> RunResult:
                      samples=None, stats=run["stats"])
 
 
+def added_to(entry: Optional[dict], methods: Dict[str, dict], seconds: float, seeds: List[int],
+             where: str) -> Dict[str, list]:
+    """--add: the runs of a report's entry that stay, by method. The new runs must match its budget;
+    ``seeds`` may extend its seeds, and then every row is brought to them (no table mixes seed
+    counts), so ``methods`` must name each of its methods; the (method, seed) pairs it holds are
+    not run again."""
+    if entry is None or entry["seconds"] != seconds or not set(entry["seeds"]) <= set(seeds):
+        raise SystemExit(f"--add: {where} has no entry of {seconds:g} s on seeds within {seeds}")
+    if set(entry["seeds"]) != set(seeds) and not set(entry["runs"]) <= set(methods):
+        raise SystemExit(f"--add with more seeds than {entry['seeds']}: --methods must name every row of "
+                         f"{where} ({', '.join(entry['runs'])})")
+    return {n: rs for n, rs in entry["runs"].items() if n not in methods or set(entry["seeds"]) != set(seeds)}
+
+
 def benchmark(args) -> None:
     from hsc.gan.plots import plot_curves
 
@@ -262,32 +290,36 @@ def benchmark(args) -> None:
     for data in args.data.split(","):
         seconds = DATASETS[data].seconds * args.scale
         kept, command, settings = {}, " ".join(sys.argv), DATASETS[data].settings
-        if args.add:  # the data set's earlier runs stay; the new methods must match their budget and seeds
+        if args.add:
             entry = report["data"].get(data)
-            if entry is None or entry["seconds"] != seconds or entry["seeds"] != seeds:
-                raise SystemExit(f"--add: {path.name} has no {data} entry of {seconds:g} s on seeds {seeds}")
-            kept = {n: rs for n, rs in entry["runs"].items() if n not in methods}
+            kept, settings = added_to(entry, methods, seconds, seeds, f"{path.name}'s {data}"), entry.get("settings", settings)
             command = f"{entry['command']}; then {command}"
-            settings = entry.get("settings", settings)  # what the kept rows were measured with
         load_before = os.getloadavg()[0]
         t0 = time.time()
-        by_name = run_named(methods, data, seeds, seconds, args.workers, args.snapshots)
-        every = {**{n: [stored_run(r) for r in rs] for n, rs in kept.items()}, **by_name}
+        done = {(n, r["seed"]) for n, rs in kept.items() for r in rs}
+        new = run_named(methods, data, seeds, seconds, args.workers, args.snapshots, done)
+        by_name = {n: new.get(n, []) for n in methods}
+        runs = {n: sorted(kept.get(n, []) + [r.to_dict() for r in by_name.get(n, [])], key=lambda r: r["seed"])
+                for n in {**kept, **methods}}
+        every = {n: [stored_run(r) for r in rs] for n, rs in runs.items()}
         spec = DATASETS[data]
         protocol, dataset = protocol_of(data), spec.load()
         summary = summarise(every, list(protocol.names))
         reference = protocol.reference(dataset) if dataset.held_out is not None else None
         report["data"][data] = {"seconds": seconds, "seeds": seeds, "summary": summary, "reference": reference,
                                 "command": command, "machine": machine(), "settings": settings,
-                                "runs": {**kept, **{n: [r.to_dict() for r in rs] for n, rs in by_name.items()}},
+                                "runs": runs,
                                 "elapsed": time.time() - t0, "figures": f"{args.figures}_{data}",
                                 "load_average_1min_before_after": (load_before, os.getloadavg()[0])}
         RESULTS.mkdir(exist_ok=True)
         write_json(path, report)  # first, after every data set: a later failure keeps what was measured
         print(format_table(summary, protocol.names, reference) + "\n" + verdict(summary) + image_verdict(data, summary))
         plot_curves(every, protocol, RESULTS / f"{args.figures}_{data}.png")
-        if not dataset.is_points:  # the new methods' samples (the JSON keeps no samples)
-            save_sample_grids(by_name, dataset, protocol, RESULTS, f"{args.figures}_{data}")
+        if not dataset.is_points:  # the new runs' samples (the JSON keeps no samples), one panel a seed
+            ran = sorted({r.config.seed for rs in by_name.values() for r in rs})
+            extra = "" if not ran or ran[0] == seeds[0] else f"_seeds{ran[0]}-{ran[-1]}"  # earlier grids stay
+            save_sample_grids({n: rs for n, rs in by_name.items() if rs}, dataset, protocol, RESULTS,
+                              f"{args.figures}_{data}{extra}")
         (RESULTS / f"{args.report}.md").write_text(markdown(report))
 
 
@@ -298,18 +330,29 @@ def sweep(args) -> None:
         variants = {n: variants[n] for n in args.only.split(",")}
     for data in args.data.split(","):
         seconds = DATASETS[data].seconds * args.scale
-        by_name = run_named(variants, data, seeds, seconds, args.workers, args.snapshots)
+        stem = f"gan_sweep_{args.sweep}_{data}"
+        path, command = RESULTS / f"{stem}.json", " ".join(sys.argv)
+        runs: Dict[str, list] = {}
+        # the variants measured earlier on the same seeds and budget stay beside the new ones
+        earlier = json.loads(path.read_text()) if path.exists() else None
+        if earlier and earlier["seconds"] == seconds and earlier["seeds"] == seeds:
+            runs = {n: rs for n, rs in earlier["runs"].items() if n not in variants}
+            variants = {**{n: earlier["variants"][n] for n in runs}, **variants}
+            command = f"{earlier['command']}; then {command}" if runs else command
+        by_name = run_named({n: c for n, c in variants.items() if n not in runs}, data, seeds, seconds,
+                            args.workers, args.snapshots)
+        runs.update({n: [r.to_dict() for r in rs] for n, rs in by_name.items()})
         names = protocol_of(data).names
-        table = format_table(summarise(by_name, list(names)), names)
+        table = format_table(summarise({n: [stored_run(r) for r in rs] for n, rs in runs.items()}, list(names)), names)
         print(table)
         RESULTS.mkdir(exist_ok=True)
-        stem = f"gan_sweep_{args.sweep}_{data}"
-        out = {"data": data, "machine": machine(), "command": " ".join(sys.argv), "seconds": seconds,
-               "seeds": seeds, "variants": variants, "runs": {n: [r.to_dict() for r in rs] for n, rs in by_name.items()}}
-        (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
+        out = {"data": data, "machine": machine(), "command": command, "seconds": seconds, "seeds": seeds,
+               "settings": DATASETS[data].settings, "variants": variants, "runs": runs}
+        path.write_text(json.dumps(out, indent=1))
         (RESULTS / f"{stem}.md").write_text(
             f"# hsc sweep '{args.sweep}' on {data}, {seconds:g} s, seeds {seeds}\n\n- machine: {machine()}\n"
-            f"- command: `{' '.join(sys.argv)}`\n- variants (changes to {dataclasses.asdict(HSCSettings())}):\n"
+            f"- command: `{command}`\n- variants (changes to {dataclasses.asdict(HSCSettings())} with the "
+            f"data set's settings {DATASETS[data].settings}):\n"
             + "".join(f"  - {n}: {c}\n" for n, c in variants.items()) + "\n" + table + "\n")
 
 

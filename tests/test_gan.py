@@ -114,10 +114,15 @@ def test_digits_short_run():
     assert digits_metrics(result.samples) == final
 
 
-@pytest.mark.parametrize("method", ["adam", "hsc", "acgd", "competitive"])
+@pytest.mark.parametrize("method", ["adam", "hsc", "hsc optimism", "adam average", "acgd", "competitive"])
 def test_resume_equals_uninterrupted_run(method, tmp_path):
-    cfg = TrainConfig(method=method, steps=10, batch_size=64, eval_samples=100, eval_every_steps=5,
-                      hsc=FAST_HSC)
+    # "hsc optimism": the optimistic step's last direction is part of the checkpoint; "adam average":
+    # the generator's moving average (the snapshots' metrics are its samples')
+    hsc = config.replace(FAST_HSC, optimism=1.0) if method == "hsc optimism" else FAST_HSC
+    average = 0.9 if method == "adam average" else 0.0
+    method = method.split()[0]
+    cfg = TrainConfig(method=method, steps=10, batch_size=64, eval_samples=100, eval_every_steps=5, hsc=hsc,
+                      generator_average=average)
     whole = Trainer(cfg)
     whole.run()
     first = Trainer(dataclasses.replace(cfg, steps=5))
@@ -128,6 +133,8 @@ def test_resume_equals_uninterrupted_run(method, tmp_path):
     assert torch.equal(_flat(whole.G), _flat(resumed.G))
     assert torch.equal(_flat(whole.D), _flat(resumed.D))
     assert [s.metrics for s in whole.history] == [s.metrics for s in resumed.history]
+    if average:
+        assert torch.equal(_flat(whole.G_average), _flat(resumed.G_average))
     if method == "competitive":
         assert whole.game.stats()["steps"] == resumed.game.stats()["steps"] == 10
         assert torch.equal(whole.game.warm, resumed.game.warm)
@@ -303,7 +310,7 @@ def test_train_config_from_dict_of_asdict_and_of_json():
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-# ---- the competitive and graft-adam methods ----------------------------------------------------
+# ---- the competitive, graft-adam and optimistic steps -------------------------------------------
 
 def _first_draws(cfg: TrainConfig, trainer: Trainer):
     sampler = torch.Generator().manual_seed(cfg.seed + 1)
@@ -355,3 +362,45 @@ def test_graft_adam_moves_each_tensor_by_adams_length_along_the_preconditioned_g
         assert cosine == pytest.approx(1.0, abs=1e-5)
     # M^-1 g is not g's direction here, so the check above tells grafting from plain Adam
     assert min(float((g * d).sum() / (g.norm() * d.norm())) for g, d in zip(grads, directions)) < 0.99
+
+
+def test_optimism_steps_along_the_direction_plus_gamma_times_its_change():
+    """optimism gamma: the base optimizer sees u_t + gamma (u_t - u_(t-1)). With plain SGD and no
+    preconditioner (u = g) the first step is -lr g1 and the second -lr (g2 + gamma (g2 - g1))."""
+    from hsc.gan.train import Player
+
+    w = torch.nn.Linear(3, 1, bias=False)
+    start = w.weight.detach().clone()
+    player = Player(w, torch.optim.SGD(w.parameters(), lr=0.1), optimism=0.5)
+    g1, g2 = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.3, 0.7, -1.0])
+    player.prepare(lambda: (w.weight * g1).sum())
+    player.apply()
+    after_one = w.weight.detach().clone()
+    player.prepare(lambda: (w.weight * g2).sum())
+    player.apply()
+    torch.testing.assert_close(after_one, start - 0.1 * g1)
+    torch.testing.assert_close(w.weight.detach(), after_one - 0.1 * (g2 + 0.5 * (g2 - g1)))
+    with pytest.raises(ValueError, match="optimism"):
+        config.replace(HSCSettings(), optimism=-1.0).validate()
+
+
+def test_generator_average_is_the_moving_average_of_the_iterates_and_what_snapshots_sample():
+    """generator_average a: after step t (from 0) the average is d G_avg + (1 - d) G with d =
+    min(a, (1 + t) / (10 + t)), computed here from G's own iterates; generate() samples it, not G."""
+    cfg = TrainConfig(method="adam", steps=12, batch_size=32, eval_samples=50, generator_average=0.54)
+    trainer = Trainer(cfg)
+    expected = [p.detach().clone() for p in trainer.G.parameters()]
+    for t in range(12):
+        trainer.train_step()
+        trainer.step_count += 1
+        d = min(0.54, (1 + t) / (10 + t))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, trainer.G.parameters())]
+    assert (1 + 9) / (10 + 9) < 0.54 < (1 + 10) / (10 + 10)  # both the ramp and the cap were used
+    for e, a, p in zip(expected, trainer.G_average.parameters(), trainer.G.parameters()):
+        torch.testing.assert_close(a, e)
+        assert float((a - p.detach()).abs().max()) > 1e-5  # the average is not the last iterate
+    z = torch.randn(50, trainer.latent, generator=torch.Generator().manual_seed(10_000 + cfg.seed))
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.generate(50), trainer.G_average.eval()(z))
+    with pytest.raises(ValueError, match="generator_average"):
+        TrainConfig(steps=1, generator_average=1.0).validate()

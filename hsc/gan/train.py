@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -74,6 +75,9 @@ class HSCSettings:
     lr: float = option(2e-4, "the base optimizer's lr")
     momentum: float = option(0.9, "momentum of base sgd")
     graft: bool = option(True, "rescale each tensor's M^-1 g to its raw gradient's norm")
+    optimism: float = option(0.0, "optimistic step: the base optimizer sees u + optimism (u - u_last), u "
+                             "the (grafted) preconditioned gradient, against simultaneous play's "
+                             "rotation (1: optimistic gradient descent); 0: off")
     curvature_batch: Optional[int] = option(None, "samples of the batch a refresh's HVPs see (the first "
                                             "ones: subsampled curvature, as Sophia and K-FAC use); none: "
                                             "the whole batch", _optional_int)
@@ -88,6 +92,8 @@ class HSCSettings:
             raise ValueError(f"hsc gan: players must be one of {PRECONDITIONED}, got {self.players!r}")
         if self.base not in BASES:
             raise ValueError(f"hsc gan: base must be one of {BASES}, got {self.base!r}")
+        if not (self.optimism >= 0 and math.isfinite(self.optimism)):
+            raise ValueError(f"hsc gan: optimism must be a finite number >= 0, got {self.optimism!r}")
         self.preconditioner.validate()
         return self
 
@@ -114,6 +120,10 @@ class TrainConfig:
     eval_samples: Optional[int] = option(None, "samples per metric snapshot; none: the protocol's (2,500 "
                                          "mixtures and digits, 5,000 MNIST, 26,000 Stacked MNIST)",
                                          _optional_int)
+    generator_average: float = option(0.0, "snapshots sample an exponential moving average of G's weights "
+                                      "with decay min(this, (1 + t) / (10 + t)) at step t, about the last "
+                                      "tenth of the run's steps, against simultaneous play's late "
+                                      "oscillation (the averaged iterate); 0: G itself")
     eval_every_seconds: Optional[float] = None  # snapshot period under a seconds budget (default: a 15th)
     eval_every_steps: Optional[int] = None  # under a steps budget (default: a tenth of it)
     hsc: HSCSettings = nested(HSCSettings, "hsc method: the step around each player's preconditioner",
@@ -130,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"hsc gan: update must be one of {UPDATES}, got {self.update!r}")
         if self.architecture is not None and self.architecture not in PLAYERS:
             raise ValueError(f"hsc gan: architecture must be one of {tuple(PLAYERS)}, got {self.architecture!r}")
+        if not 0.0 <= self.generator_average < 1.0:
+            raise ValueError(f"hsc gan: generator_average must be in [0, 1), got {self.generator_average!r}")
         if (self.steps is None) == (self.seconds is None):
             raise ValueError("hsc gan: give exactly one of steps and seconds")
         self.hsc.validate()
@@ -159,12 +171,14 @@ class Player:
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                  preconditioner: Optional[Preconditioner] = None, graft: bool = False,
-                 ranks: Optional[RankGroup] = None):
+                 ranks: Optional[RankGroup] = None, optimism: float = 0.0):
         self.params = list(module.parameters())
         self.ranks = ranks or RankGroup()
         self.optimizer = optimizer
         self.preconditioner = preconditioner
         self.graft = graft
+        self.optimism = optimism
+        self.last: Optional[List[torch.Tensor]] = None  # the last step's direction (optimism)
         self.ready = False
         self.skipped = 0
 
@@ -189,7 +203,19 @@ class Player:
             self.ready = self.preconditioner.precondition_(graft=self.graft)
             if not self.ready:
                 self.skipped += 1
+        if self.ready and self.optimism:
+            self._extrapolate()
         return loss.detach()
+
+    def _extrapolate(self) -> None:
+        """``.grad`` <- u + optimism (u - u_last): the optimistic step, which damps the rotation
+        that simultaneous gradient play adds around an equilibrium (Daskalakis et al., 2018). The
+        first step has no u_last and steps with u; a skipped step keeps the last one."""
+        current = [p.grad.detach().clone() for p in self.params]
+        if self.last is not None:
+            for p, u, last in zip(self.params, current, self.last):
+                p.grad.add_(u - last, alpha=self.optimism)
+        self.last = current
 
     def apply(self) -> None:
         if self.ready:
@@ -197,12 +223,13 @@ class Player:
         self.ready = False
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "skipped": self.skipped,
+        return {"optimizer": self.optimizer.state_dict(), "skipped": self.skipped, "last": self.last,
                 "preconditioner": None if self.preconditioner is None else self.preconditioner.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.skipped = state["skipped"]
+        self.last = state.get("last")
         if self.preconditioner is not None:
             self.preconditioner.load_state_dict(state["preconditioner"])
 
@@ -256,6 +283,7 @@ class Trainer(BudgetedTraining):
             players = make_players(config.architecture or spec.players, self.dataset)
         self.G, self.D = players.generator.to(self.device), players.discriminator.to(self.device)
         self.latent = players.latent_dim
+        self.G_average = copy.deepcopy(self.G).requires_grad_(False) if config.generator_average else None
         self.sampler = torch.Generator().manual_seed(config.seed + 1)
         self.step_count = 0
         self.train_seconds = 0.0
@@ -290,7 +318,8 @@ class Trainer(BudgetedTraining):
         preconditioned = opts.players in ("both", name)
         pre = Preconditioner(module.parameters(), opts.preconditioner_config(2 * cfg.seed + index),
                              ranks=self.ranks) if preconditioned else None
-        return Player(module, optimizer, pre, graft=opts.graft and preconditioned, ranks=self.ranks)
+        return Player(module, optimizer, pre, graft=opts.graft and preconditioned, ranks=self.ranks,
+                      optimism=opts.optimism)
 
     # ---- losses ----------------------------------------------------------------------------
 
@@ -325,6 +354,23 @@ class Trainer(BudgetedTraining):
         return real.to(self.device), z.to(self.device)
 
     def train_step(self) -> None:
+        self._step()
+        if self.G_average is not None:
+            self._average()
+
+    @torch.no_grad()
+    def _average(self) -> None:
+        """G_average <- decay G_average + (1 - decay) G, decay growing to ``generator_average`` as
+        (1 + t) / (10 + t): early on it follows G, later it spans about a tenth of the steps taken,
+        whatever a method's step rate. Buffers (batch norm's statistics) are G's own."""
+        t = self.step_count
+        decay = min(self.config.generator_average, (1 + t) / (10 + t))
+        for mean, p in zip(self.G_average.parameters(), self.G.parameters()):
+            mean.lerp_(p, 1.0 - decay)
+        for mean, b in zip(self.G_average.buffers(), self.G.buffers()):
+            mean.copy_(b)
+
+    def _step(self) -> None:
         real, z = self.draw()
         if self.game is not None:
             self.game.step(lambda: self.zero_sum(real, z))
@@ -354,12 +400,13 @@ class Trainer(BudgetedTraining):
         sampling never changes the run."""
         gen = torch.Generator().manual_seed(10_000 + self.config.seed)
         z = torch.randn(n, self.latent, generator=gen)
-        training = self.G.training
-        self.G.eval()
+        G = self.G if self.G_average is None else self.G_average
+        training = G.training
+        G.eval()
         try:
-            return torch.cat([self.G(z[i:i + batch].to(self.device)).cpu() for i in range(0, n, batch)])
+            return torch.cat([G(z[i:i + batch].to(self.device)).cpu() for i in range(0, n, batch)])
         finally:
-            self.G.train(training)
+            G.train(training)
 
     def snapshot(self) -> Snapshot:
         snap = Snapshot(self.step_count, self.train_seconds,
@@ -411,6 +458,7 @@ class Trainer(BudgetedTraining):
 
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "G": self.G.state_dict(), "D": self.D.state_dict(),
+                "G_average": None if self.G_average is None else self.G_average.state_dict(),
                 "players": {k: p.state_dict() for k, p in self.players.items()},
                 "acgd": None if self.acgd is None else copy.deepcopy(self.acgd.state),
                 "game": None if self.game is None else self.game.state_dict(),
@@ -421,6 +469,8 @@ class Trainer(BudgetedTraining):
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
+        if self.G_average is not None:
+            self.G_average.load_state_dict(state["G_average"])
         for k, p in self.players.items():
             p.load_state_dict(state["players"][k])
         if self.acgd is not None:
