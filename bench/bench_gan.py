@@ -243,7 +243,7 @@ def markdown(report: dict) -> str:
         md += [f"## {data}: {entry['seconds']:g} s of training per run, {len(entry['seeds'])} seeds (mean ± std)", "",
                measured + (f"1-min load average before / after: {load[0]:.1f} / {load[1]:.1f} "
                            f"(2 cores; above 2 means other work shared the machine)" if load else ""), "",
-               f"The data set's own settings of the hsc method when measured (`hsc gan --data {data}`'s "
+               f"The data set's own settings when measured (`hsc gan --data {data}`'s "
                f"default then): {settings or 'none'}.", "",
                format_table(entry["summary"], names, reference), ""] + [x + "\n" for x in lines if x] + [
                f"Metrics against training seconds: `{entry.get('figures', f'gan_{data}')}.png`.", ""]
