@@ -297,8 +297,7 @@ def benchmark(args) -> None:
         load_before = os.getloadavg()[0]
         t0 = time.time()
         done = {(n, r["seed"]) for n, rs in kept.items() for r in rs}
-        new = run_named(methods, data, seeds, seconds, args.workers, args.snapshots, done)
-        by_name = {n: new.get(n, []) for n in methods}
+        by_name = run_named(methods, data, seeds, seconds, args.workers, args.snapshots, done)
         runs = {n: sorted(kept.get(n, []) + [r.to_dict() for r in by_name.get(n, [])], key=lambda r: r["seed"])
                 for n in {**kept, **methods}}
         every = {n: [stored_run(r) for r in rs] for n, rs in runs.items()}
