@@ -17,6 +17,8 @@ Runs go ``--workers`` at a time (default 2), each on one torch thread, so every 
 same wall-clock of one core; seed-major order, so a change in the machine's load hits every
 method alike. Writes bench/results/<report>.json, <report>.md and <figures>_<data>.png (metrics
 against seconds; default gan.json, gan.md, gan_<data>.png), or gan_sweep_<name>_<data>.* for a sweep.
+Each run is also journalled as it finishes (``Journal``): the same command started again after
+being killed runs only what it had not finished.
 """
 from __future__ import annotations
 
@@ -137,27 +139,67 @@ def _run(config: TrainConfig) -> RunResult:
     return train(config)
 
 
-def run_all(configs: List[TrainConfig], workers: int, names: Optional[List[str]] = None) -> List[RunResult]:
-    """Every config, ``workers`` at a time; ``names`` label the progress lines (default: the method)."""
+class Journal:
+    """The runs of one command as each finishes, so that a command killed part-way (a 15-minute
+    image run, 2 at a time, is hours for 5 seeds) and started again skips the runs it finished:
+    one JSON line a run in ``bench/results/<stem>.partial.jsonl`` (not committed), keyed by the
+    variant's name and its whole TrainConfig; removed when the command has written its results.
+    Runs read back from it carry no samples, so they get no sample grid."""
+
+    def __init__(self, stem: str):
+        self.path = RESULTS / f"{stem}.partial.jsonl"
+
+    @staticmethod
+    def key(name: str, config: TrainConfig) -> str:
+        return json.dumps([name, config.to_dict()], sort_keys=True)
+
+    def finished(self) -> Dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return {line["key"]: line["run"] for line in lines}
+
+    def add(self, name: str, result: RunResult) -> None:
+        RESULTS.mkdir(exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"key": self.key(name, result.config), "run": result.to_dict()}) + "\n")
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run_all(configs: List[TrainConfig], workers: int, names: Optional[List[str]] = None,
+            journal: Optional[Journal] = None) -> List[RunResult]:
+    """Every config, ``workers`` at a time; ``names`` label the progress lines (default: the method)
+    and the ``journal``'s entries."""
     names = names or [config.method for config in configs]
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
         results = []
         for name, r in zip(names, pool.map(_run, configs)):
             print(f"  {r.config.data} {name} seed {r.config.seed}: {r.final} ({r.steps} steps)", flush=True)
+            if journal is not None:
+                journal.add(name, r)
             results.append(r)
         return results
 
 
 def run_named(variants: Dict[str, dict], data: str, seeds: List[int], seconds: float,
-              workers: int, snapshots: int = 15, done=frozenset()) -> Dict[str, List[RunResult]]:
+              workers: int, snapshots: int = 15, done=frozenset(),
+              journal: Optional[Journal] = None) -> Dict[str, List[RunResult]]:
     """Every variant on every seed but the (name, seed) pairs in ``done``, seed-major; name -> its
-    new runs in seed order."""
+    new runs in seed order. Runs the ``journal`` holds for the same name and config are read back,
+    not run again."""
     jobs = [(name, variant_config(variants[name], seed, seconds, data, snapshots))
             for seed in seeds for name in variants if (name, seed) not in done]
-    results = run_all([config for _, config in jobs], workers, [name for name, _ in jobs])
+    earlier = journal.finished() if journal is not None else {}
+    todo = [(name, config) for name, config in jobs if Journal.key(name, config) not in earlier]
+    if len(todo) < len(jobs):
+        print(f"  {len(jobs) - len(todo)} run(s) read back from {journal.path.name}", flush=True)
+    results = iter(run_all([config for _, config in todo], workers, [name for name, _ in todo], journal))
     by_name: Dict[str, List[RunResult]] = {name: [] for name in variants}
-    for (name, _), result in zip(jobs, results):
-        by_name[name].append(result)
+    for name, config in jobs:
+        key = Journal.key(name, config)
+        by_name[name].append(stored_run(earlier[key]) if key in earlier else next(results))
     return by_name
 
 
@@ -300,6 +342,7 @@ def benchmark(args) -> None:
     report = {"name": args.report, "machine": machine(), "command": " ".join(sys.argv), "workers": args.workers,
               "hsc_defaults": dataclasses.asdict(HSCSettings()), "methods": {**earlier["methods"], **methods},
               "data": earlier["data"]}
+    journal = Journal(args.report)
     for data in args.data.split(","):
         seconds = DATASETS[data].seconds * args.scale
         kept, command, settings = {}, " ".join(sys.argv), DATASETS[data].settings
@@ -310,7 +353,7 @@ def benchmark(args) -> None:
         load_before = os.getloadavg()[0]
         t0 = time.time()
         done = {(n, r["seed"]) for n, rs in kept.items() for r in rs}
-        by_name = run_named(methods, data, seeds, seconds, args.workers, args.snapshots, done)
+        by_name = run_named(methods, data, seeds, seconds, args.workers, args.snapshots, done, journal)
         runs = {n: sorted(kept.get(n, []) + [r.to_dict() for r in by_name.get(n, [])], key=lambda r: r["seed"])
                 for n in {**kept, **methods}}
         every = {n: [stored_run(r) for r in rs] for n, rs in runs.items()}
@@ -330,9 +373,11 @@ def benchmark(args) -> None:
         if not dataset.is_points:  # the new runs' samples (the JSON keeps no samples), one panel a seed
             ran = sorted({r.config.seed for rs in by_name.values() for r in rs})
             extra = "" if not ran or ran[0] == seeds[0] else f"_seeds{ran[0]}-{ran[-1]}"  # earlier grids stay
-            save_sample_grids({n: rs for n, rs in by_name.items() if rs}, dataset, protocol, RESULTS,
+            sampled = {n: [r for r in rs if r.samples is not None] for n, rs in by_name.items()}
+            save_sample_grids({n: rs for n, rs in sampled.items() if rs}, dataset, protocol, RESULTS,
                               f"{args.figures}_{data}{extra}")
         (RESULTS / f"{args.report}.md").write_text(markdown(report))
+    journal.close()
 
 
 def sweep(args) -> None:
@@ -353,8 +398,9 @@ def sweep(args) -> None:
             runs = {n: rs for n, rs in earlier["runs"].items() if n not in variants}
             variants = {**{n: earlier["variants"][n] for n in runs}, **variants}
             command = f"{earlier['command']}; then {command}" if runs else command
+        journal = Journal(stem)
         by_name = run_named({n: c for n, c in variants.items() if n not in runs}, data, seeds, seconds,
-                            args.workers, args.snapshots)
+                            args.workers, args.snapshots, journal=journal)
         runs.update({n: [r.to_dict() for r in rs] for n, rs in by_name.items()})
         names = protocol_of(data).names
         table = format_table(summarise({n: [stored_run(r) for r in rs] for n, rs in runs.items()}, list(names)), names)
@@ -368,6 +414,7 @@ def sweep(args) -> None:
             f"- command: `{command}`\n- variants (changes to {dataclasses.asdict(HSCSettings())} with the "
             f"data set's settings {DATASETS[data].settings}):\n"
             + "".join(f"  - {n}: {c}\n" for n, c in variants.items()) + "\n" + table + "\n")
+        journal.close()
 
 
 def main() -> None:

@@ -147,7 +147,10 @@ _IMAGE_CURVATURE = {"curvature_batch": 16, "update_every": 200}
 # MNIST steps with M^-1/2 g: late in training its discriminator's Gauss-Newton blocks span about
 # 1e6 around mu (the digits': 2e4), so M^-1 moves almost only along the flat directions; the root
 # halves that spread on a log scale (bench/results/gan_images_long.md: 157 against 168 at 10 minutes).
-_MNIST_STEP = {"factor_power": 0.5}
+# And only the generator is preconditioned (the discriminator, whose spectrum widens, steps with
+# Adam): 5 seeds at 10 minutes end at 154 against both players' 170, lower on every seed, level
+# with Adam's 151 (bench/results/gan_sweep_play_mnist.md and its _seeds1-4 sequel).
+_MNIST_STEP = {"factor_power": 0.5, "players": "G"}
 
 # The digits' snapshots sample the generator's moving average (every method): per-player runs pass
 # their best generators at ~2,500 steps and drift after, and the average was lower on each of 5
