@@ -20,7 +20,7 @@ from bench_ops import test_gemm_ceiling  # noqa: F401  (the GEMM ceiling, measur
 from hsc import ops
 
 BLOCK_BYTES = int(os.environ.get("HSC_BENCH_EIGH_MIB", "16")) << 20
-BLOCK_SIZES = [int(b) for b in os.environ.get("HSC_BENCH_EIGH_BLOCK_SIZES", "8,16,32,64").split(",")]
+BLOCK_SIZES = [int(b) for b in os.environ.get("HSC_BENCH_EIGH_BLOCK_SIZES", "8,16,24,32,64").split(",")]
 DTYPES = [torch.float32, torch.float64]
 SCALE = 1.0
 

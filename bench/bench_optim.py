@@ -21,7 +21,7 @@ from hsc import ops, reference
 from hsc.optim import HSC
 
 BLOCK_SIZES = [8, 16, 32, 64]
-MODES = {"cholesky": {}, "saddle_free_root": {"scale_rule": "relative"}}
+MODES = {"cholesky": {"scale_rule": "absolute"}, "saddle_free_root": {"scale_rule": "relative"}}
 BATCH = 256
 CURVATURE_ROWS = 64  # the subsampled-curvature variant: HVPs on a quarter of the batch
 

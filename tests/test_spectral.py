@@ -272,7 +272,7 @@ def test_eigh_diagonal_blocks_are_exact(device, dtype):
     with max_sweeps=1), its eigenvalues are its sorted diagonal bit for bit and its eigenvectors
     a permutation matrix, exactly."""
     gen = generator(21)
-    for b in (1, 2, 5, 16):
+    for b in (1, 2, 5, 16, 33):  # 16, 33: the CPU's tridiagonal route (no reflection, no QL iteration)
         D = diagonal_blocks(20, b, gen).to(dtype)
         e = cpu(ops.eigh(D.to(device), max_sweeps=1))
         assert (e.status == 0).all()
@@ -382,21 +382,24 @@ def test_eigh_nonfinite_blocks_do_not_touch_the_others(device, dtype, b):
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_eigh_block_does_not_depend_on_its_group(device, dtype):
+@pytest.mark.parametrize("b,limit", [(6, 3), (40, 2)], ids=["jacobi", "tridiagonal"])
+def test_eigh_block_does_not_depend_on_its_group(device, dtype, b, limit):
     """A block alone and the same block at any place of a batch (first and last lane of a group,
     a short last group) give bit-identical results, whatever shares its group: huge, zero,
     diagonal, NaN blocks or blocks that need more sweeps. Also at a sweep limit that stops some
-    blocks (status 3): a converged lane takes identity rotations while the others go on."""
+    blocks (status 3): a converged lane takes identity rotations while the others go on. Both CPU
+    routes: Jacobi (b = 6) and, from b = 9, Householder + implicit QL (b = 40), where a lane whose
+    column is already reduced takes no reflection and a converged lane no QL step."""
     gen = generator(27)
-    b, W = 6, LANES[dtype]
+    W = LANES[dtype]
     N = 3 * W + 5
     H = torch.cat([indefinite_blocks(N - 12, b, gen), 1e20 * spd_blocks(3, b, gen),
                    zero_blocks(3, b, gen), diagonal_blocks(3, b, gen), random_blocks(3, b, gen)])
     H = H[torch.randperm(N, generator=gen)]
     H = inject_nonfinite(H, torch.arange(N) % 7 == 3, gen).to(dtype).to(device)
-    for max_sweeps in (ops.MAX_SWEEPS, 3):
+    for max_sweeps in (ops.MAX_SWEEPS, limit):
         batch = cpu(ops.eigh(H, max_sweeps=max_sweeps))
-        if max_sweeps == 3:
+        if max_sweeps == limit:
             assert (batch.status == 3).any() and (batch.status == 0).any()
         for k in (0, W - 1, W, 2 * W + 1, N - 1):
             alone = cpu(ops.eigh(H[k:k + 1], max_sweeps=max_sweeps))
@@ -408,8 +411,10 @@ def test_eigh_block_does_not_depend_on_its_group(device, dtype):
 def test_eigh_not_converged_within_max_sweeps(device, dtype):
     """A sweep limit below what a block needs: status 3 and the last iterate, finite, with
     orthogonal eigenvectors and its diagonal (the Rayleigh quotients) as eigenvalues (checked in
-    check_eigh). A block has converged once a whole sweep rotated nothing, so a 2 x 2 block, which
-    one rotation diagonalises, needs exactly 2 sweeps; a diagonal block needs 1."""
+    check_eigh). Jacobi (b <= 8 on the CPU): a block has converged once a whole sweep rotated
+    nothing, so a 2 x 2 block, which one rotation diagonalises, needs exactly 2 sweeps; a diagonal
+    block needs 1. b = 16 is the CPU's tridiagonal route (below), where one QL iteration is likewise
+    too few for a Gaussian block."""
     gen = generator(28)
     for b in (3, 8, 16):
         H = random_blocks(20, b, gen).to(dtype)
@@ -419,6 +424,16 @@ def test_eigh_not_converged_within_max_sweeps(device, dtype):
     H2 = random_blocks(20, 2, gen).to(dtype)
     assert (check_eigh(H2, device=device, max_sweeps=1).status == 3).all()
     assert (check_eigh(H2, device=device, max_sweeps=2).status == 0).all()
+    # From b = 9 the CPU reduces to tridiagonal form and runs implicit QL: max_sweeps bounds the QL
+    # iterations of each eigenvalue. One is too few for a Gaussian block (status 3: the last
+    # iterate, orthogonal, with the Rayleigh quotients of its rows as eigenvalues); a diagonal block
+    # needs none.
+    for b in (9, 33, 64):
+        H = random_blocks(10, b, gen).to(dtype)
+        assert (check_eigh(H, device=device, max_sweeps=1).status == 3).all()
+        assert (check_eigh(H, device=device).status == 0).all()
+        D = diagonal_blocks(4, b, gen).to(dtype)
+        assert (check_eigh(D, device=device, max_sweeps=1).status == 0).all()
     # The spectral modes of correct and precondition report it as status 3, with the fallback.
     G = torch.randn(20, 8, 2, dtype=dtype, generator=gen)
     H = random_blocks(20, 8, gen).to(dtype)

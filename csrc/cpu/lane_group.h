@@ -12,6 +12,7 @@
 #include "../factor_layout.h"
 #include "lane_eigh.h"
 #include "lane_pipeline.h"
+#include "lane_tridiagonal.h"
 #include "lanes.h"
 
 namespace hsc::cpu {
@@ -24,17 +25,19 @@ struct Group {
   static constexpr int W = kLanes<T>;
 
   int b;
-  std::unique_ptr<V[]> storage;  // s, a, m, f (b*(b+1) each), x, y, g, f (b each), dense (b*b)
+  std::unique_ptr<V[]> storage;  // s, a, m, f (b*(b+1) each), x, y, g, f (b each), dense (b*b),
+                                 // the tridiagonal route's d, e, tau, c, s (b each) and scratch (4 b)
   Workspace<V> ws;
   Column<V> x, y, g;
   V* multipliers;  // spectral modes: f(lambda_k) of each eigenpair
   V* dense;  // b*b entries in row-major order, unpadded: the blocks as they come in
+  V* tridiagonal;  // scratch of householder_tridiagonal and implicit_ql (9 b)
 
   static_assert(kTile % W == 0, "a lane group lies within one tile of the factor");
 
   // Rows are padded to b + 1 vectors: with b a power of two, walking down a column would
   // otherwise hit one cache set again and again.
-  explicit Group(int b_) : b(b_), storage(new V[4 * b_ * (b_ + 1) + 4 * b_ + b_ * b_]) {
+  explicit Group(int b_) : b(b_), storage(new V[4 * b_ * (b_ + 1) + 4 * b_ + b_ * b_ + 9 * b_]) {
     V* p = storage.get();
     const int ld = b + 1, size = b * ld;
     ws = Workspace<V>{Block<V>{p, b, ld}, Block<V>{p + size, b, ld}, Block<V>{p + 2 * size, b, ld},
@@ -44,12 +47,15 @@ struct Group {
     g = Column<V>{p + 4 * size + 2 * b};
     multipliers = p + 4 * size + 3 * b;
     dense = p + 4 * size + 4 * b;
+    tridiagonal = dense + b * b;
   }
 
-  // Spectral modes: the eigen-decomposition of the lanes `active` of ws.s (jacobi_eigen, on S
-  // scaled by a power of two per lane; ws.s's diagonal ends as the scaled eigenvalues, its upper
-  // triangle as rounding noise) with the transposed eigenvectors in ws.m. Returns the converged
-  // lanes; `inverse_scale` gets the power of two that turns ws.s's diagonal into eigenvalues.
+  // Spectral modes: the eigen-decomposition of the lanes `active` of ws.s, on S scaled by a power
+  // of two per lane: cyclic Jacobi (jacobi_eigen) below kTridiagonalFrom, Householder reduction
+  // and implicit QL (lane_tridiagonal.h) from there. ws.s's diagonal ends as the scaled
+  // eigenvalues (the rest of ws.s as scratch) and ws.m as the transposed eigenvectors. Returns the
+  // converged lanes; `inverse_scale` gets the power of two that turns ws.s's diagonal into
+  // eigenvalues; `sweeps` the Jacobi sweeps, or the most QL iterations an eigenvalue took.
   mask eigen(mask active, V max_abs, int max_sweeps, V& inverse_scale, int& sweeps) {
     using T_ = T;
     V scale;
@@ -58,7 +64,17 @@ struct Group {
       scale[l] = std::ldexp(T_(1), e);
       inverse_scale[l] = std::ldexp(T_(1), -e);
     }
-    V squares = Ops::splat(0);
+    if (b >= kTridiagonalFrom) {  // the lower triangle
+      for (int i = 0; i < b; ++i)
+        for (int j = 0; j <= i; ++j) ws.s(i, j) = ws.s(i, j) * scale;
+      V* d = tridiagonal;
+      V *e = d + b, *tau = e + b, *c = tau + b, *s = c + b, *scratch = s + b;
+      householder_tridiagonal<V>(ws.s, d, e, tau, scratch, ws.m);
+      const mask ok = implicit_ql<V>(d, e, ws.m, c, s, active, max_sweeps, sweeps);
+      for (int k = 0; k < b; ++k) ws.s(k, k) = d[k];
+      return ok;
+    }
+    V squares = Ops::splat(0);  // Jacobi reads the upper triangle only
     for (int i = 0; i < b; ++i) {
       for (int j = i; j < b; ++j) {
         const V v = ws.s(i, j) * scale;
