@@ -486,8 +486,10 @@ def test_emulated_eigh_sweep_limit(emulator, tmp_path, b, dtype, N):
     """max_sweeps = 1 and 2: status 3 with the last iterate (orthogonal, Rayleigh quotients as
     eigenvalues, ascending) where a block needs more, as on the CPU (the blocks keep clear of the
     edge: Gaussian blocks of b >= 3 need more than 2 sweeps in either order; a 2 x 2 block exactly
-    2, a diagonal one 1); status 0 for diagonal blocks, 2 for the non-finite; the spectral modes
-    give the fallback for status 3."""
+    2, a diagonal one 1; at b = 33 the CPU's tridiagonal route, whose limit counts each
+    eigenvalue's QL iterations, needs more than 2 for some eigenvalue of a Gaussian block too);
+    status 0 for diagonal blocks, 2 for the non-finite; the spectral modes give the fallback for
+    status 3."""
     H = eigen_blocks(N, b, dtype, seed=50 + b)
     for max_sweeps in (2, 1):
         e = emulate_eigh(emulator, tmp_path, H, max_sweeps=max_sweeps)

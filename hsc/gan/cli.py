@@ -166,6 +166,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         results = run_configs(configs, out, checkpoint=args.checkpoint, show_progress=rank == 0,
                               process_group=group)
+        if group is not None:
+            import torch.distributed as dist
+
+            # every rank's last sends received before any rank tears the group down (a gloo rank
+            # that exits while its peer still reads from it can abort: seen once in CI)
+            dist.barrier(group)
     finally:
         if group is not None:
             import torch.distributed as dist
