@@ -57,7 +57,7 @@ METHODS: Dict[str, dict] = {
     "hsc cholesky": {"mode": "cholesky", "scale_rule": "absolute", "scale": 1.0},
     "competitive": {"method": "competitive"},
     # the estimator the data set does not take by default (hsc.gan.data.DATASETS[...].settings)
-    "hsc probe": {"estimator": "probe"},
+    "hsc probe": {"estimator": "probe", "sketches": None},
     "hsc gauss_newton": {"estimator": "gauss_newton"},
     # steps with M^-1/2 g: the spread between stiff and flat directions halved on a log scale
     "hsc power 0.5": {"factor_power": 0.5},
@@ -65,8 +65,10 @@ METHODS: Dict[str, dict] = {
 
 # Option grids around the default (hsc: saddle_free_root, relative mu), judged on several seeds.
 # A variant names every setting its sweep measured that a data set's default has changed since, so
-# that running it again measures the same thing: MNIST steps with M^-1/2 and preconditions G only now.
+# that running it again measures the same thing: MNIST steps with M^-1/2 and preconditions G only
+# now; the digits take Gauss-Newton sketches over the whole batch.
 _BOTH_WHOLE = {"players": "both", "factor_power": 1.0}
+_EXACT_16 = {"curvature_batch": 16, "sketches": None}  # the digits' curvature before the sketches
 SWEEPS: Dict[str, Dict[str, dict]] = {
     "spectral": {
         "root rho 1": {},
@@ -93,11 +95,11 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
     # spread (M^-1/2 halves it on a log scale), Adam's second moment seeing the preconditioned
     # gradient (graft-adam keeps Adam on the raw gradient), curvature 200 steps stale, the estimator
     "late": {
-        "root": {**_BOTH_WHOLE},
-        "root power 0.5": {**_BOTH_WHOLE, "factor_power": 0.5},
-        "graft-adam": {**_BOTH_WHOLE, "base": "graft-adam"},
-        "root every 50": {**_BOTH_WHOLE, "update_every": 50},
-        "root probe": {**_BOTH_WHOLE, "estimator": "probe"},
+        "root": {**_BOTH_WHOLE, **_EXACT_16},
+        "root power 0.5": {**_BOTH_WHOLE, **_EXACT_16, "factor_power": 0.5},
+        "graft-adam": {**_BOTH_WHOLE, **_EXACT_16, "base": "graft-adam"},
+        "root every 50": {**_BOTH_WHOLE, **_EXACT_16, "update_every": 50},
+        "root probe": {**_BOTH_WHOLE, **_EXACT_16, "estimator": "probe"},
     },
     # the digits' late oscillation of simultaneous per-player play (hsc's FD falls to 4.6-8 and
     # rises again, the coupled step's does not): D stepping first, the optimistic step, or
@@ -105,18 +107,26 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
     # (the variants without "average" sample G itself, as they did when measured, before the average
     # became the digits' default)
     "oscillation": {
-        "root": {"generator_average": 0.0},
-        "root alternating": {"update": "alternating", "generator_average": 0.0},
-        "root optimism 0.5": {"optimism": 0.5, "generator_average": 0.0},
-        "root optimism 1": {"optimism": 1.0, "generator_average": 0.0},
-        "competitive": {"method": "competitive", "generator_average": 0.0},
+        "root": {**_EXACT_16, "generator_average": 0.0},
+        "root alternating": {"update": "alternating", **_EXACT_16, "generator_average": 0.0},
+        "root optimism 0.5": {"optimism": 0.5, **_EXACT_16, "generator_average": 0.0},
+        "root optimism 1": {"optimism": 1.0, **_EXACT_16, "generator_average": 0.0},
+        "competitive": {"method": "competitive", **_EXACT_16, "generator_average": 0.0},
         # snapshots of the averaged generator (about the last tenth of each run's steps), both methods
-        "root average": {"generator_average": 0.999},
-        "competitive average": {"method": "competitive", "generator_average": 0.999},
+        "root average": {**_EXACT_16, "generator_average": 0.999},
+        "competitive average": {"method": "competitive", **_EXACT_16, "generator_average": 0.999},
     },
     # MNIST's late gap to Adam (hsc levels off after ~1,600 steps while Adam improves; the measured
     # cause is the discriminator's Gauss-Newton spectrum widening to ~1e6 around mu): which player
     # the correction serves, and the digits' remedy, sampling the generator's moving average
+    # the digits' curvature: Gauss-Newton blocks exact on 16 samples (16 products a player) against
+    # 16 sketches over the whole batch (the same count of products, every sample's rows, sampling
+    # noise of the sketch instead of the subsample's)
+    "sketch": {
+        "root": {**_EXACT_16},
+        "root sketch 16, whole batch": {"curvature_batch": None, "sketches": 16},
+        "competitive": {"method": "competitive"},
+    },
     "play": {
         "root": {"players": "both"},
         "root G only": {"players": "G"},

@@ -7,7 +7,8 @@ Plain script (not collected by pytest)::
     python bench/bench_style_net.py --robustness          # style_net_robustness.{md,json}
     python bench/bench_style_net.py --markdown-only       # style_net.md again from style_net.json
     python bench/bench_style_net.py --more-seeds 1 --seconds 300   # one more seed added to style_net.json
-    python bench/bench_style_net.py --sweep --seconds 150 --seeds 1 --styles flower,brick   # style_net_sweep_flower_brick.md
+    python bench/bench_style_net.py --sweep refresh --seconds 150 --seeds 1 --styles flower,brick   # style_net_sweep_flower_brick.md
+    python bench/bench_style_net.py --sweep estimator --seconds 150 --seeds 1   # style_net_sweep_estimator_flower_china_brick.md
 
 The benchmark: ``--styles`` (default flower, china, brick) x ``--seeds`` (default 3) x {adam, hsc},
 each run ``--seconds`` (default 300) of training at 128² crops, batch 4, the network's defaults
@@ -20,8 +21,8 @@ of one pass over a held-out photograph at 256² against the time torch.optim.LBF
 history 100, the pixel objective of hsc style) takes to bring that photograph's loss down to the
 network's (also one thread).
 
-The sweep (``--sweep``): the hsc method's refresh settings (``SWEEP``: the photographs a refresh's
-HVPs see, the refresh period) beside Adam, on ``--styles`` x ``--seeds``; one file per set of
+The sweeps (``--sweep NAME``): the hsc method's settings (``SWEEPS``: ``refresh``, the photographs a
+refresh's HVPs see and the refresh period; ``estimator``, the curvature estimator) beside Adam, on ``--styles`` x ``--seeds``; one file per set of
 styles, read in bench/results/style_net_notes.md (a default changes only where every style agrees).
 
 The robustness matrix: both methods with their defaults on the five bundled styles at 128² and
@@ -56,11 +57,20 @@ from hsc.style.photos import HELD_OUT  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("adam", "hsc")
-# the hsc method's refresh settings the sweep compares (changes to NetConfig by field name)
-SWEEP = {"hsc batch 4, every 50": {"curvature_batch": None, "update_every": 50},
-         "hsc batch 1, every 50": {"curvature_batch": 1, "update_every": 50},
-         "hsc batch 1, every 200": {"curvature_batch": 1, "update_every": 200},
-         "hsc batch 4, every 200": {"curvature_batch": None, "update_every": 200}}
+# the hsc method's settings each sweep compares (changes to NetConfig by field name): the refresh's
+# photographs and period; the curvature estimator (sign-probed HVPs against Gauss-Newton sketches of
+# the perceptual loss's residuals) and the power of the factor. Each names every setting the default
+# has changed since (the refresh sweep was measured with the probe estimator and M^-1), so that it
+# measures the same thing again.
+_PROBE = {"estimator": "probe", "sketches": None, "factor_power": 1.0}
+SWEEPS = {"refresh": {"hsc batch 4, every 50": {**_PROBE, "curvature_batch": None, "update_every": 50},
+                      "hsc batch 1, every 50": {**_PROBE, "curvature_batch": 1, "update_every": 50},
+                      "hsc batch 1, every 200": {**_PROBE, "curvature_batch": 1, "update_every": 200},
+                      "hsc batch 4, every 200": {**_PROBE, "curvature_batch": None, "update_every": 200}},
+          "estimator": {"hsc probe": _PROBE,
+                        "hsc gauss_newton 16": {"estimator": "gauss_newton", "sketches": 16, "factor_power": 1.0},
+                        "hsc gauss_newton 16, M^-1/2": {"estimator": "gauss_newton", "sketches": 16,
+                                                        "factor_power": 0.5}}}
 PASS_SIZE = 256
 
 
@@ -216,6 +226,9 @@ def benchmark(args) -> None:
         earlier = json.loads((RESULTS / "style_net.json").read_text())
         if earlier["seconds"] != args.seconds:
             raise SystemExit(f"--more-seeds: style_net.json has {earlier['seconds']:g} s runs, not {args.seconds:g}")
+        if earlier["defaults"] != NetConfig().to_dict():
+            raise SystemExit("--more-seeds: style_net.json was measured with other defaults than hsc style-net "
+                             "train's current ones; run the benchmark again instead")
         styles = list(dict.fromkeys(r["style"] for r in earlier["runs"]))
         seeds = list(range(len(earlier["seeds"]), len(earlier["seeds"]) + args.more_seeds))
     configs = [NetConfig(style=style, method=m, seed=s, seconds=args.seconds)
@@ -244,11 +257,12 @@ def benchmark(args) -> None:
 
 def sweep(args) -> None:
     styles, seeds = args.styles.split(","), list(range(args.seeds))
-    variants = {"adam": ("adam", {}), **{name: ("hsc", changes) for name, changes in SWEEP.items()}}
+    chosen = SWEEPS[args.sweep]
+    variants = {"adam": ("adam", {}), **{name: ("hsc", changes) for name, changes in chosen.items()}}
     jobs = [(name, hsc_config.replace(NetConfig(style=style, method=method, seed=seed, seconds=args.seconds), **changes))
             for seed in seeds for style in styles for name, (method, changes) in variants.items()]
     runs = run_all([cfg for _, cfg in jobs], args.workers)
-    lines = ["# Stylising networks: the hsc method's refresh settings", "", f"- machine: {machine()}",
+    lines = [f"# Stylising networks: the hsc method's settings ({args.sweep})", "", f"- machine: {machine()}",
              f"- command: `{' '.join(sys.argv)}`", f"- {args.seconds:g} s of training per run, seeds {seeds}, "
              f"{args.workers} runs at a time, one thread each, 128² crops, batch 4; the rest hsc style-net train's "
              "defaults", "", "| style | variant | seed | steps | held-out loss: final | seconds to Adam's final |",
@@ -260,9 +274,10 @@ def sweep(args) -> None:
                      f"{'never' if hit is None else f'{hit:.0f}'} |")
         r.pop("state", None)
     RESULTS.mkdir(exist_ok=True)
-    stem = "style_net_sweep_" + "_".join(styles)  # one file per set of styles measured together
+    # one file per sweep and set of styles measured together (the refresh sweep's names predate the others)
+    stem = "style_net_sweep_" + ("" if args.sweep == "refresh" else args.sweep + "_") + "_".join(styles)
     write_json(RESULTS / f"{stem}.json", {"machine": machine(), "command": " ".join(sys.argv),
-                                          "variants": SWEEP, "runs": runs})
+                                          "variants": chosen, "runs": runs})
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -271,6 +286,8 @@ def robustness(args) -> None:
     configs = [NetConfig(style=style, method=m, seed=0, seconds=args.robust_seconds, size=size, eval_size=size)
                for size in (128, 256) for style in STYLES for m in METHODS]
     runs = run_all(configs, args.workers)
+    for r in runs:  # the one-pass comparison's network weights: not part of this report
+        r.pop("state", None)
     lines = ["# Stylising networks: robustness of the defaults", "", f"- machine: {machine()}",
              f"- command: `{' '.join(sys.argv)}`", f"- {args.robust_seconds:g} s per run, seed 0, one thread, "
              "both methods with hsc style-net train's defaults; the size is the training crops' and the "
@@ -293,7 +310,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--robustness", action="store_true")
-    parser.add_argument("--sweep", action="store_true", help="the hsc refresh settings against Adam (SWEEP)")
+    parser.add_argument("--sweep", choices=sorted(SWEEPS), help="hsc's settings against Adam (SWEEPS)")
     parser.add_argument("--robust-seconds", type=float, default=120.0)
     parser.add_argument("--markdown-only", action="store_true")
     parser.add_argument("--more-seeds", type=int, default=0,

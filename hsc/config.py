@@ -237,6 +237,10 @@ class PreconditionerConfig:
                             "matrix's exact blocks from one backward per output row; the loss closure "
                             "returns (outputs, loss))", str, ESTIMATORS)
     samples: int = option(1, "sign draws averaged per refresh (probe, coloured)", int)
+    sketches: Optional[int] = option(None, "gauss_newton (the others ignore it): random combinations of "
+                                     "the output rows a refresh, one backward each (for outputs with too "
+                                     "many rows for one product a row: images, a perceptual loss's "
+                                     "residuals); none: one product per row", _optional_int)
     colour_radius: int = option(1, "coloured: blocks of image tiles within this many tiles of each "
                                 "other get different colours ((r + 1)^2 colours per block of a tile)", int)
     ema: float = option(0.9, "weight of the previous estimate at each refresh, in [0, 1)", float)
@@ -258,7 +262,7 @@ class PreconditionerConfig:
                                        "chosen by device", _optional_int)
     patch: Optional[Tuple[int, int]] = option(None, "cut image-like tensors into spatial patches "
                                               "ph,pw (or none)", int_pair)
-    seed: int = option(0, "seed of the probe signs", int)
+    seed: int = option(0, "seed of the probe signs and the Gauss-Newton sketches", int)
 
     def validate(self) -> "PreconditionerConfig":
         def need(ok: bool, name: str, expected: str):
@@ -271,6 +275,8 @@ class PreconditionerConfig:
         need(is_int(self.block_size) and self.block_size >= 1, "block_size", "an int >= 1")
         need(self.estimator in ESTIMATORS, "estimator", f"one of {ESTIMATORS}")
         need(is_int(self.samples) and self.samples >= 1, "samples", "an int >= 1")
+        need(self.sketches is None or (is_int(self.sketches) and self.sketches >= 1), "sketches",
+             "None or an int >= 1")
         need(is_int(self.colour_radius) and self.colour_radius >= 0, "colour_radius", "an int >= 0")
         need(0 <= self.ema < 1, "ema", "in [0, 1)")
         need(is_int(self.update_every) and self.update_every >= 1, "update_every", "an int >= 1")

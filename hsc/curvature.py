@@ -157,7 +157,8 @@ def probe_hvps(layout: BlockLayout, grads: Sequence[torch.Tensor], params: Seque
 
 
 def gauss_newton_blocks(layout: BlockLayout, outputs: torch.Tensor, loss: torch.Tensor,
-                        params: Sequence[torch.Tensor], *, chunk_size: Optional[int] = None) -> tuple:
+                        params: Sequence[torch.Tensor], *, chunk_size: Optional[int] = None,
+                        sketches: Optional[int] = None, generator: Optional[torch.Generator] = None) -> tuple:
     """The diagonal blocks of the generalised Gauss-Newton matrix G = J^T (d^2 loss / d outputs^2) J,
     ``[N, b, b]``, and the number of Jacobian-transpose products taken.
 
@@ -171,7 +172,14 @@ def gauss_newton_blocks(layout: BlockLayout, outputs: torch.Tensor, loss: torch.
     for every block k at once: n k Jacobian-transpose products (one backward each, ``chunk_size``
     at a time) and no aliasing between blocks, unlike sign-coded probing. G equals the Hessian
     where the outputs are linear in the params; for a network with piecewise-linear activations
-    that holds within one layer's weights, so there G's blocks are the Hessian's."""
+    that holds within one layer's weights, so there G's blocks are the Hessian's.
+
+    ``sketches`` (S): for outputs with too many rows for one product each (an image, the residuals
+    of a perceptual loss), S random combinations of the products per sign of lam instead, each one
+    backward: z_s = sum_ir eps_sir sqrt|lam_ir| v_ir with eps Rademacher signs from ``generator``,
+    and G_kk ~= sum_s (J^T z_s)_k (J^T z_s)_k^T / S over the positive products minus the same over
+    the negative ones. Unbiased, PSD for a convex loss, and, unlike sign-coded HVP probing, free of
+    aliasing: the noise of a block's estimate comes from that block's own Jacobian only."""
     N, b, n = layout.num_blocks, layout.block_size, layout.numel
     rows = outputs.reshape(len(outputs), -1)
     count, k = rows.shape
@@ -183,28 +191,63 @@ def gauss_newton_blocks(layout: BlockLayout, outputs: torch.Tensor, loss: torch.
         return layout.identity_padding(blocks), 0
     hess = torch.stack([torch.autograd.grad(first[:, c].sum(), outputs, retain_graph=True)[0].reshape(count, k)
                         for c in range(k)], 1).detach()
-    lam, vectors = torch.linalg.eigh(((hess + hess.mT) / 2).double())
+    if k == 1:  # one output a row (residuals, logits): the Hessian is its own eigenvalue
+        lam, vectors = hess.reshape(count, 1).double(), torch.ones_like(hess, dtype=torch.float64)
+    else:
+        lam, vectors = torch.linalg.eigh(((hess + hess.mT) / 2).double())
     lam, vectors = lam.to(dtype), vectors.to(dtype)
     # product (i, r): grad_outputs with row i = v_ir, zeros elsewhere; weight lam_ir
     weights = lam.reshape(-1)
+    # products whose weight is within a k x k eigensolver's rounding of zero add nothing (cross
+    # entropy's Hessian in the logits is singular in every row, for instance)
+    live = weights.abs() > k * torch.finfo(dtype).eps * weights.abs().max()
+    if sketches is not None:
+        return _sketched_blocks(layout, rows, params, lam, vectors, live.reshape(count, k), sketches,
+                                generator, chunk_size)
     directions = torch.zeros(count * k, count, k, dtype=rows.dtype, device=rows.device)
     index = torch.arange(count * k, device=rows.device)
     directions[index, index // k] = vectors.transpose(1, 2).reshape(count * k, k).to(rows.dtype)
-    # products whose weight is below the rounding of the largest add nothing (cross entropy's
-    # Hessian in the logits is singular in every row, for instance)
-    live = weights.abs() > torch.finfo(dtype).eps * weights.abs().max()
     directions, weights = directions[live], weights[live]
     chunk = chunk_size or default_chunk_size(n, device)
     for start in range(0, len(weights), chunk):
-        E = directions[start:start + chunk]
-        zeros = [p.new_zeros(len(E), *p.shape) for p in params]
-        if len(E) == 1:
-            found = torch.autograd.grad(rows, params, grad_outputs=E[0], retain_graph=True, allow_unused=True)
-            found = [None if f is None else f.unsqueeze(0) for f in found]
-        else:
-            found = torch.autograd.grad(rows, params, grad_outputs=E, retain_graph=True, is_grads_batched=True,
-                                        allow_unused=True)
-        vectors_in_blocks = layout.gather_rows([f if f is not None else z for f, z in zip(found, zeros)])
-        w = weights[start:start + chunk]
-        blocks += torch.einsum("r,rki,rkj->kij", w, vectors_in_blocks, vectors_in_blocks)
+        found = _jacobian_transpose_in_blocks(layout, rows, params, directions[start:start + chunk])
+        blocks += torch.einsum("r,rki,rkj->kij", weights[start:start + chunk], found, found)
     return layout.identity_padding(blocks), int(live.sum())
+
+
+def _jacobian_transpose_in_blocks(layout: BlockLayout, rows: torch.Tensor, params: Sequence[torch.Tensor],
+                                  directions: torch.Tensor) -> torch.Tensor:
+    """J^T e for each ``directions[r]`` (shaped like ``rows``), gathered into ``[R, N, b]`` blocks."""
+    if len(directions) == 1:
+        found = torch.autograd.grad(rows, params, grad_outputs=directions[0], retain_graph=True, allow_unused=True)
+        found = [None if f is None else f.unsqueeze(0) for f in found]
+    else:
+        found = torch.autograd.grad(rows, params, grad_outputs=directions, retain_graph=True,
+                                    is_grads_batched=True, allow_unused=True)
+    return layout.gather_rows([f if f is not None else p.new_zeros(len(directions), *p.shape)
+                               for f, p in zip(found, params)])
+
+
+def _sketched_blocks(layout: BlockLayout, rows: torch.Tensor, params: Sequence[torch.Tensor], lam: torch.Tensor,
+                     vectors: torch.Tensor, live: torch.Tensor, sketches: int,
+                     generator: Optional[torch.Generator], chunk_size: Optional[int]) -> tuple:
+    """:func:`gauss_newton_blocks` from ``sketches`` random combinations of the products per sign
+    of lam (``lam``, ``vectors``: each row's output Hessian, ``[count, k]``, ``[count, k, k]``)."""
+    N, b, n = layout.num_blocks, layout.block_size, layout.numel
+    count, k = lam.shape
+    blocks = torch.zeros(N, b, b, dtype=params[0].dtype, device=params[0].device)
+    chunk = chunk_size or default_chunk_size(n, params[0].device)
+    products = 0
+    for sign in (1.0, -1.0):
+        weight = torch.where(live & (lam * sign > 0), lam.abs().sqrt(), torch.zeros_like(lam))
+        if not bool((weight > 0).any()):
+            continue
+        for start in range(0, sketches, chunk):
+            S = min(sketches, start + chunk) - start
+            eps = (torch.randint(0, 2, (S, count, k), generator=generator) * 2 - 1).to(lam)
+            # z_s, row i = V_i (eps_si * sqrt|lam_i|), the products of the other sign left out
+            z = torch.einsum("icr,sir->sic", vectors, eps * weight).to(rows.dtype)
+            found = _jacobian_transpose_in_blocks(layout, rows, params, z)
+            blocks += (sign / sketches) * torch.einsum("ski,skj->kij", found, found)
+            products += S
+    return layout.identity_padding(blocks), products

@@ -100,7 +100,8 @@ class Preconditioner:
     rank must make the same calls in the same order (``update_curvature``, ``precondition_``,
     ``state_dict``: they are collectives); an exception raised on one rank during a refresh is
     raised on every rank as :class:`hsc.distributed.RankFailure`. The probe signs come from a
-    generator seeded by ``seed`` on every rank, so all ranks probe with the same signs.
+    generator seeded by ``seed`` on every rank, so all ranks probe with the same signs (the
+    Gauss-Newton sketches from one of each rank's own, seeded from it).
     ``stats()`` describes this rank's blocks.
     """
 
@@ -219,6 +220,13 @@ class Preconditioner:
         # Drawn before anything can fail, so every rank's generator stays in step.
         signs = draw_signs(self.generator, cfg.samples, layout.num_blocks, self.params[0].dtype,
                            layout.device) if cfg.estimator in ("probe", "coloured") else None
+        # Gauss-Newton sketches draw as many signs as this rank has output rows: with a group, from
+        # a generator of the rank's own (one seed drawn here on every rank), so that the shared one
+        # stays in step and the ranks' sketches are independent
+        sketch_generator = self.generator
+        if cfg.estimator == "gauss_newton" and ranks.distributed:
+            seed = int(torch.randint(0, 2 ** 62, (1,), generator=self.generator))
+            sketch_generator = torch.Generator().manual_seed(seed + ranks.rank)
         blocks, finite, t1 = None, None, t0
         if error is None:
             try:
@@ -228,7 +236,8 @@ class Preconditioner:
                     t1 = time.perf_counter()
                 elif cfg.estimator == "gauss_newton":
                     blocks, products = gauss_newton_blocks(layout, *outputs_and_loss, self.params,
-                                                           chunk_size=cfg.chunk_size)
+                                                           chunk_size=cfg.chunk_size, sketches=cfg.sketches,
+                                                           generator=sketch_generator)
                     blocks = blocks.detach()
                     self.counters["hvps"] += products
                     t1 = time.perf_counter()

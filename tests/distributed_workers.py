@@ -211,20 +211,27 @@ def refresh_failure_then_refresh(model, group=None, rank: int = 0, world_size: i
 
 
 def gan_run(group=None, rank: int = 0, world_size: int = 1, architecture: str = "dcgan-plain",
-            method: str = "hsc") -> Dict[str, torch.Tensor]:
+            method: str = "hsc", sketches: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """Three steps of the MNIST GAN (hsc.gan.Trainer), data-parallel over ``group``: the hsc method
-    with base SGD (an update linear in the averaged gradient) and a refresh every 2 steps."""
+    with base SGD (an update linear in the averaged gradient) and a refresh every 2 steps;
+    ``sketches``: Gauss-Newton sketches over each rank's whole batch instead of exact blocks."""
     from hsc import config
     from hsc.gan.train import HSCSettings, TrainConfig, Trainer
 
     settings = config.replace(HSCSettings(), base="sgd", lr=0.05, momentum=0.0, update_every=2)
+    if sketches is not None:
+        settings = config.replace(settings, sketches=sketches, curvature_batch=None)
     trainer = Trainer(TrainConfig(data="mnist", architecture=architecture, method=method, steps=3, batch_size=8,
                                   hsc=settings), group)
     for _ in range(3):
         trainer.train_step()
     stats = trainer.stats()
-    return {"G": flat_params(trainer.G), "D": flat_params(trainer.D),
-            "refreshes": [stats[f"{p}_preconditioner"]["refreshes"] for p in "GD"] if method == "hsc" else []}
+    out = {"G": flat_params(trainer.G), "D": flat_params(trainer.D),
+           "refreshes": [stats[f"{p}_preconditioner"]["refreshes"] for p in "GD"] if method == "hsc" else []}
+    if method == "hsc":  # the preconditioners' shared generators (the probe signs' and the sketches' seeds)
+        out["generators"] = [trainer.players[p].preconditioner.generator.get_state()
+                             for p in "GD" if trainer.players[p].preconditioner is not None]
+    return out
 
 
 def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios: list) -> None:
@@ -258,6 +265,8 @@ def worker(rank: int, world_size: int, init_method: str, out_dir: str, scenarios
                                               world_size, save=name == "save")
             elif name == "gan":
                 result[name] = gan_run(group, rank, world_size)
+            elif name == "gan_sketches":
+                result[name] = gan_run(group, rank, world_size, sketches=3)
             elif name == "gan_batch_norm":
                 result[name] = gan_run(group, rank, world_size, architecture="dcgan", method="adam")
             elif name == "failure":

@@ -439,6 +439,42 @@ def test_gauss_newton_blocks_are_the_hessian_blocks_of_a_piecewise_linear_discri
     assert float(torch.linalg.eigvalsh(gn).min()) > -1e-12  # a convex loss: positive semi-definite
 
 
+@pytest.mark.parametrize("k,loss_name", [(1, "softplus"), (3, "cross_entropy"), (2, "cubic")])
+def test_gauss_newton_sketches_average_to_the_exact_blocks(k, loss_name):
+    """The sketched estimate is unbiased: the mean of many sketches is J^T H J's blocks within
+    the sampling error, PSD for a convex loss at any count, one product a sketch per sign of the
+    output Hessian's eigenvalues, and the same draws from the same generator state."""
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, k)).to(DT)
+    x = torch.randn(6, 5, dtype=DT)
+    labels = torch.tensor([0, 2, 1, 1, 0, 2])
+    losses = {"softplus": lambda o: torch.nn.functional.softplus(-o).mean(),
+              "cross_entropy": lambda o: torch.nn.functional.cross_entropy(o, labels),
+              "cubic": lambda o: (o ** 3 - o).sum() / 10}
+    params = list(model.parameters())
+    layout = BlockLayout(params, 4)
+    outputs = model(x)
+    loss = losses[loss_name](outputs)
+    exact, _ = gauss_newton_blocks(layout, outputs, loss, params)
+    S = 20000
+    sketched, products = gauss_newton_blocks(layout, outputs, loss, params, sketches=S, chunk_size=2000,
+                                             generator=torch.Generator().manual_seed(0))
+    signs = 2 if loss_name == "cubic" else 1  # the cubic's output Hessian has eigenvalues of both signs
+    assert products == signs * S
+    # entry (a, c) of a block is a mean of S products x_a x_c whose variance is at most about
+    # 2 G_aa G_cc per sign: 6 standard deviations of the largest
+    scale = torch.diagonal(exact, dim1=1, dim2=2).abs().amax(1)[:, None, None]
+    if loss_name == "cubic":  # G+ and G- each larger than their difference
+        scale = torch.diagonal(gauss_newton_blocks(layout, outputs, outputs.square().sum(), params)[0],
+                               dim1=1, dim2=2).amax(1)[:, None, None]
+    assert ((sketched - exact).abs() <= 6 * (2 * signs / S) ** 0.5 * scale + 1e-12).all()
+    few, _ = gauss_newton_blocks(layout, outputs, loss, params, sketches=3, generator=torch.Generator().manual_seed(5))
+    again, _ = gauss_newton_blocks(layout, outputs, loss, params, sketches=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(few, again)
+    if loss_name != "cubic":
+        assert float(torch.linalg.eigvalsh(few).min()) > -1e-12
+
+
 def test_gauss_newton_estimator_in_the_preconditioner():
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).to(DT)
@@ -458,3 +494,12 @@ def test_gauss_newton_estimator_in_the_preconditioner():
         pre.update_curvature(lambda: torch.nn.functional.softplus(model(x)).mean())
     with pytest.raises(ValueError, match="update_curvature"):
         pre.refresh_if_due([torch.zeros_like(p) for p in params])
+    # with sketches: the preconditioner's seeded generator draws them
+    sketched = Preconditioner(params, block_size=4, estimator="gauss_newton", sketches=5, ema=0.0,
+                              update_every=1, seed=7)
+    assert sketched.update_curvature(outputs_and_loss) and sketched.hvps == 5
+    expected, _ = gauss_newton_blocks(sketched.layout, o, loss, params, sketches=5,
+                                      generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(sketched.estimate, expected, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="sketches"):
+        Preconditioner(params, estimator="gauss_newton", sketches=0)

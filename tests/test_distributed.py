@@ -71,7 +71,7 @@ def workdir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def two_ranks(workdir):
     return spawn(2, ["exact", "probe", "spectral", "ddp", "save", "failure", "subsampled_curvature", "nan_loss",
-                     "more_ranks_than_blocks", "gan", "gan_batch_norm"], workdir / "r2")
+                     "more_ranks_than_blocks", "gan", "gan_sketches", "gan_batch_norm"], workdir / "r2")
 
 
 @pytest.fixture(scope="module")
@@ -249,6 +249,17 @@ def test_image_gan_on_two_ranks_follows_one_process_on_the_whole_batch(two_ranks
     monkeypatch.setattr(Trainer, "draw", first_half)
     half = work.gan_run()
     assert (half["G"] - single["G"]).abs().max() > 100 * (1e-6 + 1e-4 * single["G"].abs().max())
+
+
+def test_gauss_newton_sketches_on_two_ranks_keep_the_ranks_in_step(two_ranks):
+    """Each rank sketches its own half of the batch from a generator of its own (seeded from the
+    shared one): the ranks' shared generators stay equal and their averaged blocks give every rank
+    the same update."""
+    a, b = (result["gan_sketches"] for result in two_ranks)
+    assert a["refreshes"] == b["refreshes"] == [2, 2]
+    assert torch.equal(a["G"], b["G"]) and torch.equal(a["D"], b["D"]) and torch.isfinite(a["G"]).all()
+    assert len(a["generators"]) >= 1
+    assert all(torch.equal(x, y) for x, y in zip(a["generators"], b["generators"]))
 
 
 def test_image_gan_with_batch_norm_keeps_the_ranks_identical(two_ranks):

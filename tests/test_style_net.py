@@ -46,6 +46,24 @@ def test_perceptual_loss_of_one_photo_is_the_pixel_objective_at_the_output():
                                rtol=1e-6, atol=0)
 
 
+def test_perceptual_loss_is_the_sum_of_its_residuals_squares():
+    """The Gauss-Newton estimator's view of the loss: every term's residuals, scaled so that
+    their squares sum to the loss (batch of two, pixels outside [0, 1])."""
+    extractor = make_extractor("random", seed=2)
+    loss = PerceptualLoss(extractor, load_image("brick", 48), LossWeights(content=2.0, style=5e3, tv=0.5, range=10.0))
+    photos = torch.cat([load_image("coffee", 32), load_image("rocket", 32)]).double()
+    outputs = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 1.4 - 0.2
+    extractor.double()
+    loss.style_targets = {n: t.double() for n, t in loss.style_targets.items()}
+    r = loss.residuals(outputs, photos)
+    maps = extractor(outputs)  # one residual per entry of each term's difference
+    counts = (sum(maps[n].numel() for n in extractor.content_layers)
+              + sum(2 * maps[n].shape[1] ** 2 for n in extractor.style_layers)
+              + 2 * 3 * (31 * 32) * 2 + 2 * outputs.numel())
+    assert r.shape == (counts,)
+    torch.testing.assert_close(r.square().sum(), loss(outputs, photos), rtol=1e-12, atol=0)
+
+
 def test_sampler_is_deterministic_resumable_and_draws_crops_of_the_photographs():
     train, held = split_sources()
     assert set(train).isdisjoint(held) and tuple(held) == HELD_OUT and tuple(train) == TRAIN
@@ -72,10 +90,11 @@ def test_a_folder_of_photographs_is_split_every_fifth_held_out(tmp_path):
         split_sources(str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("method", ["adam", "hsc"])
-def test_a_few_steps_move_the_network_and_record_the_held_out_loss(method):
+@pytest.mark.parametrize("method,estimator", [("adam", {}), ("hsc", {"sketches": 4}),
+                                              ("hsc", {"estimator": "probe", "sketches": None, "factor_power": 1.0})])
+def test_a_few_steps_move_the_network_and_record_the_held_out_loss(method, estimator):
     trainer = NetTrainer(config.replace(NetConfig(method=method, steps=3, eval_every_steps=1, **TINY),
-                                        update_every=2, curvature_batch=1))
+                                        update_every=2, curvature_batch=1, **estimator))
     before = torch.cat([p.detach().flatten() for p in trainer.net.parameters()])
     result = trainer.run()
     after = torch.cat([p.detach().flatten() for p in trainer.net.parameters()])
@@ -84,6 +103,11 @@ def test_a_few_steps_move_the_network_and_record_the_held_out_loss(method):
     assert result.final_loss == pytest.approx(trainer.held_out_loss())
     if method == "hsc":
         assert result.stats["preconditioner"]["refreshes"] == 2  # steps 0 and 2
+        if "sketches" in estimator and estimator["sketches"]:  # the default, Gauss-Newton sketches: one
+            # product each, a positive semi-definite estimate
+            assert result.stats["preconditioner"]["hvps"] == 2 * 4
+            spectrum = result.stats["preconditioner"]["spectrum"]  # rank 4 of 16: zeros up to rounding
+            assert spectrum["min"] >= -1e-5 * spectrum["max"]
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):

@@ -13,6 +13,7 @@ photograph is the pixel objective's value at its output.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 import torch
@@ -88,3 +89,24 @@ class PerceptualLoss:
     def __call__(self, output: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
         t, w = self.terms(output, photo), self.weights
         return w.content * t["content"] + w.style * t["style"] + w.tv * t["tv"] + w.range * t["range"]
+
+    def residuals(self, output: torch.Tensor, photo: torch.Tensor) -> torch.Tensor:
+        """The loss as a sum of squares: a flat vector r with sum(r²) = ``self(output, photo)``.
+        Each term is a weighted mean of squared differences, so its residuals are those differences
+        scaled by sqrt(weight / count); the Gauss-Newton estimator's outputs (``gauss_newton`` with
+        ``sketches``: the loss's Hessian in r is 2I, so its sketches are plain random signs)."""
+        maps, w = self.extractor(output), self.weights
+        with torch.no_grad():
+            targets = self.extractor(photo)
+        parts = []
+
+        def add(terms, weight: float) -> None:  # a mean over len(terms) means of squares
+            for d in terms:
+                parts.append(d.reshape(-1) * math.sqrt(weight / (len(terms) * d.numel())))
+
+        add([maps[n] - targets[n] for n in self.extractor.content_layers], w.content)
+        add([gram(maps[n]) - t for n, t in self.style_targets.items()], w.style)
+        add([output[..., 1:, :] - output[..., :-1, :]], w.tv)
+        add([output[..., 1:] - output[..., :-1]], w.tv)
+        add([torch.cat([torch.relu(-output), torch.relu(output - 1)], 1)], w.range * 2)
+        return torch.cat(parts)

@@ -4,11 +4,12 @@ held-out loss snapshots, checkpoints that resume bit for bit on the CPU.
 Methods, same network, data and budget:
 
 - ``adam``: Adam at Johnson's lr 1e-3.
-- ``hsc``: hsc.Preconditioner (the library's defaults) rewrites the gradient to M^-1 g, each
-  tensor grafted to its raw gradient's norm, then Adam takes the step (the GAN's per-player method).
+- ``hsc``: hsc.Preconditioner rewrites the gradient to M^-1/2 g (Gauss-Newton sketches of the
+  loss's residuals, NetHSCSettings), each tensor grafted to its raw gradient's norm, then Adam
+  takes the step (the GAN's per-player method).
 
 Randomness: the network's init from ``seed``, the crops from the photo sampler's generator
-(``seed`` + 1), the probe signs from the preconditioner's (``seed``). The held-out loss is the
+(``seed`` + 1), the sketches' signs from the preconditioner's (``seed``). The held-out loss is the
 mean of the perceptual loss over the held-out photographs, each resized to ``eval_size``.
 """
 from __future__ import annotations
@@ -43,12 +44,19 @@ class NetHSCSettings:
 
     lr: float = option(1e-3, "the base Adam's lr")
     graft: bool = option(True, "rescale each tensor's M^-1 g to its raw gradient's norm")
-    # one photograph, as the image GANs take a quarter of their batch: a refresh's 16 HVPs through the
-    # network and the loss network cost about 3 s even then (about 9 Adam steps at 128², one thread)
-    curvature_batch: Optional[int] = option(1, "photographs of the batch a refresh's HVPs see (the "
+    # one photograph, as the image GANs take a quarter of their batch: a refresh's 16 sketches through
+    # the network and the loss network cost about 1.4 s even then (16 HVPs about 4 s; an Adam step
+    # 0.5 s at 128², one thread, AMD EPYC)
+    curvature_batch: Optional[int] = option(1, "photographs of the batch a refresh's curvature sees (the "
                                             "first ones); none: the whole batch", _optional_int)
-    preconditioner: PreconditionerConfig = nested(PreconditionerConfig, "hsc: the preconditioner over the "
-                                                  "network's weights (hsc.PreconditionerConfig)")
+    # Gauss-Newton sketches of the perceptual loss's residuals, not sign-probed HVPs: the probes'
+    # blocks were aliasing noise (half the eigenvalues negative), the sketches are PSD, alias-free and
+    # a third of the cost (one backward each against a double backward); M^-1/2 because the
+    # Gauss-Newton spectrum spans ~1e5 about its median, where M^-1 steps along the flat half
+    # (bench/results/style_net_notes.md, the estimator sweep)
+    preconditioner: PreconditionerConfig = nested(
+        lambda: PreconditionerConfig(estimator="gauss_newton", sketches=16, factor_power=0.5),
+        "hsc: the preconditioner over the network's weights (hsc.PreconditionerConfig)")
 
 
 @dataclass
@@ -164,8 +172,13 @@ class NetTrainer(BudgetedTraining):
         for p, g in zip(self.params, grads):
             p.grad = g
         if self.preconditioner is not None:
-            k = self.config.hsc.curvature_batch
-            curvature_fn = (lambda: self.loss(self.net(photos[:k]), photos[:k])) if k else loss_fn
+            seen = photos[:self.config.hsc.curvature_batch]
+            if self.preconditioner.config.estimator == "gauss_newton":  # the loss as its residuals' squares
+                def curvature_fn():
+                    rows = self.loss.residuals(self.net(seen), seen)[:, None]
+                    return rows, rows.square().sum()
+            else:
+                curvature_fn = lambda: self.loss(self.net(seen), seen)  # noqa: E731
             self.preconditioner.update_curvature(curvature_fn)
             if not self.preconditioner.precondition_(graft=self.config.hsc.graft):
                 self.skipped += 1
