@@ -119,13 +119,14 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
     # MNIST's late gap to Adam (hsc levels off after ~1,600 steps while Adam improves; the measured
     # cause is the discriminator's Gauss-Newton spectrum widening to ~1e6 around mu): which player
     # the correction serves, and the digits' remedy, sampling the generator's moving average
-    # the digits' curvature: Gauss-Newton blocks exact on 16 samples (16 products a player) against
-    # 16 sketches over the whole batch (the same count of products, every sample's rows, sampling
-    # noise of the sketch instead of the subsample's)
+    # the Gauss-Newton blocks exact on 16 samples (16 products a player) against 16 sketches over
+    # the whole batch (the same count of products, every sample's rows, sampling noise of the sketch
+    # instead of the subsample's); the digits ran the first three, MNIST "root sketch..." and adam
     "sketch": {
         "root": {**_EXACT_16},
         "root sketch 16, whole batch": {"curvature_batch": None, "sketches": 16},
         "competitive": {"method": "competitive"},
+        "adam": {"method": "adam"},
     },
     "play": {
         "root": {"players": "both"},
