@@ -124,7 +124,7 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
     # instead of the subsample's); the digits ran the first three, MNIST "root sketch..." and adam
     "sketch": {
         "root": {**_EXACT_16},
-        "root sketch 16, whole batch": {"curvature_batch": None, "sketches": 16},
+        "root sketch 16 whole batch": {"curvature_batch": None, "sketches": 16},
         "competitive": {"method": "competitive"},
         "adam": {"method": "adam"},
     },
