@@ -392,24 +392,31 @@ def _gauss_newton_dense(model: torch.nn.Module, x: torch.Tensor, loss_of_outputs
     return J.T @ H @ J
 
 
-@pytest.mark.parametrize("activation,k,loss_name", [
-    (torch.nn.LeakyReLU(0.2), 1, "softplus"), (torch.nn.Tanh(), 3, "cross_entropy"), (torch.nn.Tanh(), 2, "cubic")])
-def test_gauss_newton_blocks_are_the_blocks_of_j_transpose_h_j(activation, k, loss_name):
-    """Against J^T H J built densely: a convex loss of one output per row (a GAN discriminator's),
-    cross entropy over 3 outputs per row, and a non-convex loss (negative curvature in the
-    outputs: the blocks are indefinite)."""
-    torch.manual_seed(1)
+def _small_problem(activation: torch.nn.Module, k: int, seed: int, loss_name: str):
+    """A 5 -> 7 -> k network on 6 rows in float64 and one of three losses of its outputs: a convex
+    loss of each output (a GAN discriminator's), cross entropy, a non-convex cubic."""
+    torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), activation, torch.nn.Linear(7, k)).to(DT)
     x = torch.randn(6, 5, dtype=DT)
     labels = torch.tensor([0, 2, 1, 1, 0, 2])
     losses = {"softplus": lambda o: torch.nn.functional.softplus(-o).mean(),
               "cross_entropy": lambda o: torch.nn.functional.cross_entropy(o, labels),
               "cubic": lambda o: (o ** 3 - o).sum() / 10}
+    return model, x, losses[loss_name]
+
+
+@pytest.mark.parametrize("activation,k,loss_name", [
+    (torch.nn.LeakyReLU(0.2), 1, "softplus"), (torch.nn.Tanh(), 3, "cross_entropy"), (torch.nn.Tanh(), 2, "cubic")])
+def test_gauss_newton_blocks_are_the_blocks_of_j_transpose_h_j(activation, k, loss_name):
+    """Against J^T H J built densely: a convex loss of one output per row (a GAN discriminator's),
+    cross entropy over 3 outputs per row, and a non-convex loss (negative curvature in the
+    outputs: the blocks are indefinite)."""
+    model, x, loss_of = _small_problem(activation, k, 1, loss_name)
     params = list(model.parameters())
     layout = BlockLayout(params, 4)
     outputs = model(x)
-    blocks, products = gauss_newton_blocks(layout, outputs, losses[loss_name](outputs), params)
-    expected = diagonal_blocks(_gauss_newton_dense(model, x, losses[loss_name]), layout)
+    blocks, products = gauss_newton_blocks(layout, outputs, loss_of(outputs), params)
+    expected = diagonal_blocks(_gauss_newton_dense(model, x, loss_of), layout)
     torch.testing.assert_close(blocks, expected, rtol=1e-10, atol=1e-12)
     # one product per row and output, but cross entropy's Hessian in the logits is singular in
     # every row (adding a constant to a row's logits changes nothing): no product for that direction
@@ -444,17 +451,11 @@ def test_gauss_newton_sketches_average_to_the_exact_blocks(k, loss_name):
     """The sketched estimate is unbiased: the mean of many sketches is J^T H J's blocks within
     the sampling error, PSD for a convex loss at any count, one product a sketch per sign of the
     output Hessian's eigenvalues, and the same draws from the same generator state."""
-    torch.manual_seed(4)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, k)).to(DT)
-    x = torch.randn(6, 5, dtype=DT)
-    labels = torch.tensor([0, 2, 1, 1, 0, 2])
-    losses = {"softplus": lambda o: torch.nn.functional.softplus(-o).mean(),
-              "cross_entropy": lambda o: torch.nn.functional.cross_entropy(o, labels),
-              "cubic": lambda o: (o ** 3 - o).sum() / 10}
+    model, x, loss_of = _small_problem(torch.nn.Tanh(), k, 4, loss_name)
     params = list(model.parameters())
     layout = BlockLayout(params, 4)
     outputs = model(x)
-    loss = losses[loss_name](outputs)
+    loss = loss_of(outputs)
     exact, _ = gauss_newton_blocks(layout, outputs, loss, params)
     S = 20000
     sketched, products = gauss_newton_blocks(layout, outputs, loss, params, sketches=S, chunk_size=2000,
