@@ -116,9 +116,6 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
         "root average": {**_EXACT_16, "generator_average": 0.999},
         "competitive average": {"method": "competitive", **_EXACT_16, "generator_average": 0.999},
     },
-    # MNIST's late gap to Adam (hsc levels off after ~1,600 steps while Adam improves; the measured
-    # cause is the discriminator's Gauss-Newton spectrum widening to ~1e6 around mu): which player
-    # the correction serves, and the digits' remedy, sampling the generator's moving average
     # the Gauss-Newton blocks exact on 16 samples (16 products a player) against 16 sketches over
     # the whole batch (the same count of products, every sample's rows, sampling noise of the sketch
     # instead of the subsample's); the digits ran the first three, MNIST "root sketch..." and adam
@@ -128,6 +125,22 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
         "competitive": {"method": "competitive"},
         "adam": {"method": "adam"},
     },
+    # the refresh period: on the digits the sketched refresh is a quarter of hsc's step time at
+    # every 50 steps (bench/results/profile_gan_step.md); what a staler estimate costs
+    "refresh": {
+        "root": {},
+        "root every 100": {"update_every": 100},
+        "root every 200": {"update_every": 200},
+    },
+    # the base optimizer's lr (Adam's DCGAN 2e-4 by default): the digits' hsc runs are still
+    # improving at the end of their 60 s while the competitive step has converged
+    "lr": {
+        "root lr 4e-4": {"lr": 4e-4},
+        "root lr 1e-3": {"lr": 1e-3},
+    },
+    # MNIST's late gap to Adam (hsc levels off after ~1,600 steps while Adam improves; the measured
+    # cause is the discriminator's Gauss-Newton spectrum widening to ~1e6 around mu): which player
+    # the correction serves, and the digits' remedy, sampling the generator's moving average
     "play": {
         "root": {"players": "both"},
         "root G only": {"players": "G"},
@@ -362,7 +375,17 @@ def benchmark(args) -> None:
         kept, command, settings = {}, " ".join(sys.argv), DATASETS[data].settings
         if args.add:
             entry = report["data"].get(data)
-            kept, settings = added_to(entry, methods, seconds, seeds, f"{path.name}'s {data}"), entry.get("settings", settings)
+            kept = added_to(entry, methods, seconds, seeds, f"{path.name}'s {data}")
+            # rows measured under other data-set settings go, unless those changed only hsc's fields
+            # and the rows are another method's
+            before = entry.get("settings", settings)
+            changed = {k for k in {**before, **settings} if before.get(k) != settings.get(k)}
+            hsc_fields = config.all_names(HSCSettings())
+            stale = [n for n in kept if changed and (not changed <= hsc_fields
+                                                     or METHODS.get(n, {}).get("method", "hsc") == "hsc")]
+            if stale:
+                raise SystemExit(f"--add: {data}'s settings changed since {path.name} was measured "
+                                 f"({entry.get('settings')} -> {settings}); --methods must name {', '.join(stale)}")
             command = f"{entry['command']}; then {command}"
         load_before = os.getloadavg()[0]
         t0 = time.time()

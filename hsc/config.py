@@ -186,23 +186,24 @@ def replace(config: Config, **changes) -> Config:
         inner = getattr(config, f.name)
         if inner is None:
             continue
-        names = _all_names(inner)
+        names = all_names(inner)
         mine = {k: rest.pop(k) for k in list(rest) if k in names}
         if mine:
             own[f.name] = replace(inner, **mine)
     if rest:
         raise TypeError(f"hsc: {type(config).__name__} has no option(s) {sorted(rest)}; expected some "
-                        f"of {sorted(_all_names(config))}")
+                        f"of {sorted(all_names(config))}")
     return dataclasses.replace(config, **own)
 
 
-def _all_names(config) -> set:
+def all_names(config) -> set:
+    """The field names of ``config`` and of the configs nested in it."""
     names = set()
     for f in dataclasses.fields(config):
         names.add(f.name)
         inner = getattr(config, f.name)
         if f.metadata.get("nested") and inner is not None:
-            names |= _all_names(inner)
+            names |= all_names(inner)
     return names
 
 
@@ -258,8 +259,9 @@ class PreconditionerConfig:
     factor_power: float = option(1.0, "the factor holds M^-factor_power: 1 (the step M^-1 g) or 0.5 "
                                  "(M^-1/2, for a coupled solve split symmetrically; the modes whose "
                                  "M^-1 is positive definite)", float)
-    chunk_size: Optional[int] = option(None, "probe vectors per batched HVP (memory bound); none: "
-                                       "chosen by device", _optional_int)
+    chunk_size: Optional[int] = option(None, "vectors per batched backward (HVP probes, unit vectors, "
+                                       "Gauss-Newton products; memory bound); none: chosen by device "
+                                       "and estimator", _optional_int)
     patch: Optional[Tuple[int, int]] = option(None, "cut image-like tensors into spatial patches "
                                               "ph,pw (or none)", int_pair)
     seed: int = option(0, "seed of the probe signs and the Gauss-Newton sketches", int)

@@ -25,12 +25,22 @@ def batched_chunk_size(numel: int) -> int:
     return max(1, _DEFAULT_CHUNK_ENTRIES // max(numel, 1))
 
 
-def default_chunk_size(numel: int, device: torch.device) -> int:
-    """Probe vectors per HVP call. On the CPU one at a time: vmap's batched backward copies
-    more than it saves there (16 probes of a 0.92 M-parameter MLP, one thread: 36.8 ms an HVP
-    batched against 28.5 ms one by one; equal on a 34 k-parameter one). On a GPU, batches, so
-    that one launch serves many probes."""
-    return 1 if torch.device(device).type == "cpu" else batched_chunk_size(numel)
+# Jacobian-transpose products per backward on the CPU (the gauss_newton estimator). Measured, one
+# thread, medians of refreshes alternating the chunk: the digits MLPs' 32 sketches 210 ms one at a
+# time, 131 ms four at a time; MNIST's DCGAN generator, 16 products, 683 -> 398 ms; the style
+# network's 16 sketches 1.81 -> 1.57 s; 8 or 16 at a time no better on any of them.
+_CPU_PRODUCTS_PER_BACKWARD = 4
+
+
+def default_chunk_size(numel: int, device: torch.device, *, first_order: bool = False) -> int:
+    """Vectors per backward. On a GPU, batches, so that one launch serves many. On the CPU,
+    Hessian-vector products one at a time: vmap's batched double backward copies more than it
+    saves there (16 probes of a 0.92 M-parameter MLP, one thread: 36.8 ms an HVP batched against
+    28.5 ms one by one; equal on a 34 k-parameter one; slower on the Stacked MNIST DCGAN players);
+    ``first_order`` products (J^T v, one plain backward each) a few at a time, which pays."""
+    if torch.device(device).type != "cpu":
+        return batched_chunk_size(numel)
+    return _CPU_PRODUCTS_PER_BACKWARD if first_order else 1
 
 
 def hvp_rows(grads: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
@@ -208,7 +218,7 @@ def gauss_newton_blocks(layout: BlockLayout, outputs: torch.Tensor, loss: torch.
     index = torch.arange(count * k, device=rows.device)
     directions[index, index // k] = vectors.transpose(1, 2).reshape(count * k, k).to(rows.dtype)
     directions, weights = directions[live], weights[live]
-    chunk = chunk_size or default_chunk_size(n, device)
+    chunk = chunk_size or default_chunk_size(n, device, first_order=True)
     for start in range(0, len(weights), chunk):
         found = _jacobian_transpose_in_blocks(layout, rows, params, directions[start:start + chunk])
         blocks += torch.einsum("r,rki,rkj->kij", weights[start:start + chunk], found, found)
@@ -236,7 +246,7 @@ def _sketched_blocks(layout: BlockLayout, rows: torch.Tensor, params: Sequence[t
     N, b, n = layout.num_blocks, layout.block_size, layout.numel
     count, k = lam.shape
     blocks = torch.zeros(N, b, b, dtype=params[0].dtype, device=params[0].device)
-    chunk = chunk_size or default_chunk_size(n, params[0].device)
+    chunk = chunk_size or default_chunk_size(n, params[0].device, first_order=True)
     products = 0
     for sign in (1.0, -1.0):
         weight = torch.where(live & (lam * sign > 0), lam.abs().sqrt(), torch.zeros_like(lam))

@@ -476,6 +476,22 @@ def test_gauss_newton_sketches_average_to_the_exact_blocks(k, loss_name):
         assert float(torch.linalg.eigvalsh(few).min()) > -1e-12
 
 
+@pytest.mark.parametrize("sketches", [None, 7])
+def test_gauss_newton_blocks_do_not_depend_on_how_products_are_batched(sketches):
+    """One product a backward, several (the CPU's default), or all at once: the same products
+    (the same sketch draws from the same generator state), summed in another order."""
+    model, x, loss_of = _small_problem(torch.nn.Tanh(), 2, 6, "cubic")
+    params = list(model.parameters())
+    layout = BlockLayout(params, 4)
+    outputs = model(x)
+    loss = loss_of(outputs)
+    found = [gauss_newton_blocks(layout, outputs, loss, params, chunk_size=chunk, sketches=sketches,
+                                 generator=torch.Generator().manual_seed(2)) for chunk in (1, None, 3, 100)]
+    for blocks, products in found[1:]:
+        torch.testing.assert_close(blocks, found[0][0], rtol=1e-12, atol=1e-14)
+        assert products == found[0][1]
+
+
 def test_gauss_newton_estimator_in_the_preconditioner():
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).to(DT)

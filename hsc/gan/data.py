@@ -160,7 +160,10 @@ _DIGITS_PLAY = {"generator_average": 0.999}
 # The digits' Gauss-Newton blocks from 16 random-sign sketches over the whole batch, not exactly on
 # 16 of its samples: the same 16 products a player, every sample's rows seen, so the estimate's
 # noise is the sketch's, not the subsample's; 5 seeds at 60 s ended at 4.06 against 7.24, lower on
-# every seed (bench/results/gan_sweep_sketch_digits.md). Not measured on MNIST.
+# every seed (bench/results/gan_sweep_sketch_digits.md). Not MNIST's: its generator's blocks from
+# the same sketches over the batch of 64 ended at 174 +- 44 against Adam's 151 +- 9 (5 seeds, 10
+# minutes, one run; bench/results/gan_images_long_mnist_sketch.md), above the exact blocks on 16
+# samples (152 +- 21).
 _DIGITS_CURVATURE = {"estimator": "gauss_newton", "curvature_batch": None, "sketches": 16}
 
 DATASETS: Dict[str, DatasetSpec] = {
