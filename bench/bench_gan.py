@@ -133,7 +133,8 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
         "root every 200": {"update_every": 200},
     },
     # the base optimizer's lr (Adam's DCGAN 2e-4 by default): the digits' hsc runs are still
-    # improving at the end of their 60 s while the competitive step has converged
+    # improving at the end of their 60 s while the competitive step has converged (the default,
+    # "root", is in the refresh sweep of the same session)
     "lr": {
         "root lr 4e-4": {"lr": 4e-4},
         "root lr 1e-3": {"lr": 1e-3},
