@@ -17,6 +17,8 @@ For each data set (its players and batch, hsc gan's defaults; one torch thread),
 - a refresh per player (the preconditioner's own timings, medians of ``--refreshes`` refreshes
   after the first, which also allocates and is kept apart in the JSON): HVPs, assembly of the
   estimate, eigensolver and factor;
+- the refresh's products taken one and several to a backward (``chunk_size``), alternating refreshes:
+  the measurement behind the CPU's defaults (hsc.curvature.default_chunk_size);
 - hsc's amortised step at the data set's refresh period (``update_every``) and its ratio to Adam's.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch  # noqa: E402
 
 from hsc import config, ops  # noqa: E402
 from hsc.apps import machine, write_json  # noqa: E402
+from hsc.curvature import default_chunk_size  # noqa: E402
 from hsc.gan.train import Trainer, default_config  # noqa: E402
 from graft_baseline import segment_owner, torch_graft  # noqa: E402
 
@@ -94,6 +97,30 @@ def steady_refresh(trainer: Trainer, players: dict, refreshes: int) -> dict:
     return {name: {k: sorted(v)[len(v) // 2] for k, v in parts.items()} for name, parts in samples.items()}
 
 
+# the CPU's default for HVPs, and for Gauss-Newton products
+PRODUCTS_PER_BACKWARD = (1, default_chunk_size(1, torch.device("cpu"), first_order=True))
+
+
+def products_per_backward(trainer: Trainer, players: dict, refreshes: int) -> dict:
+    """The refresh's products (HVPs or Jacobian-transpose products, all preconditioned players)
+    taken each of PRODUCTS_PER_BACKWARD to a backward (``chunk_size``), medians of ``refreshes``
+    refreshes alternating the two, so that a machine whose speed drifts slows both alike."""
+    every = {name: (pre.config.update_every, pre.config.chunk_size) for name, pre in players.items()}
+    for pre in players.values():
+        pre.config.update_every = 1
+    seconds = {chunk: [] for chunk in PRODUCTS_PER_BACKWARD}
+    for r in range(refreshes):
+        for chunk in (PRODUCTS_PER_BACKWARD if r % 2 == 0 else PRODUCTS_PER_BACKWARD[::-1]):
+            for pre in players.values():
+                pre.config.chunk_size = chunk
+            before = sum(pre.timings["hvp"] for pre in players.values())
+            trainer.train_step()
+            seconds[chunk].append(sum(pre.timings["hvp"] for pre in players.values()) - before)
+    for name, pre in players.items():
+        pre.config.update_every, pre.config.chunk_size = every[name]
+    return {str(chunk): sorted(v)[len(v) // 2] for chunk, v in seconds.items()}
+
+
 def profile(data: str, steps: int, curvature_batch, refreshes: int = 5) -> dict:
     adam = Trainer(default_config(data, method="adam", steps=1))
     cfg = default_config(data, method="hsc", steps=1)  # the data set's own hsc settings
@@ -106,6 +133,7 @@ def profile(data: str, steps: int, curvature_batch, refreshes: int = 5) -> dict:
     players = {name: p.preconditioner for name, p in hsc.players.items() if p.preconditioner is not None}
     first_refresh = {name: {k: pre.timings[k] for k in REFRESH_PARTS} for name, pre in players.items()}
     refresh = steady_refresh(hsc, players, refreshes)
+    batched = products_per_backward(hsc, players, refreshes)
     every = cfg.hsc.preconditioner.update_every
     for pre in players.values():  # from here on, ordinary steps only
         pre.config.update_every = 10 ** 9
@@ -131,6 +159,7 @@ def profile(data: str, steps: int, curvature_batch, refreshes: int = 5) -> dict:
             "estimator": cfg.hsc.preconditioner.estimator, "adam_step": adam_step,
             "hsc_ordinary_step": ordinary, "apply": apply, "pieces": pieces, "refresh": refresh,
             "refresh_total": refresh_total, "first_refresh": first_refresh, "refreshes": refreshes,
+            "products_per_backward": batched,
             "update_every": every, "hsc_amortised_step": amortised,
             "ratio": amortised / adam_step}
 
@@ -154,6 +183,15 @@ def markdown(rows: list, command: str) -> str:
         md.append(f"| {r['data']} | {batch} | {ms(r['adam_step'])} | {ms(r['hsc_ordinary_step'])} | {ms(r['apply'])} | "
                   f"{ms(r['hsc_ordinary_step'] - r['apply'])} | {ms(hvp)} / {ms(asm)} / {ms(fac)} | "
                   f"{r['update_every']} | {ms(r['hsc_amortised_step'])} | {r['ratio']:.2f} |")
+    md += ["", "The refresh's products (HVPs for the probe estimator, Jacobian-transpose products for "
+           "gauss_newton; all preconditioned players) taken one and several to a backward (`chunk_size`; "
+           "the CPU's default is one for HVPs, several for Gauss-Newton products), ms, medians of "
+           "refreshes alternating the two:", "",
+           f"| data | estimator | one a backward | {PRODUCTS_PER_BACKWARD[1]} a backward | ÷ |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        one, four = (r["products_per_backward"][str(c)] for c in PRODUCTS_PER_BACKWARD)
+        md.append(f"| {r['data']} | {r['estimator']} | {ms(one)} | {ms(four)} | {one / four:.2f}× |")
     md += ["", "The apply's pieces, one player at a time (ms):", "",
            "| data | player | parameters | blocks | gather | solve op | graft op (`hsc.ops.graft_`) | "
            "graft in torch ops (the baseline) | ÷ | scatter |", "|---|---|---|---|---|---|---|---|---|---|"]

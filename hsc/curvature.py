@@ -26,9 +26,10 @@ def batched_chunk_size(numel: int) -> int:
 
 
 # Jacobian-transpose products per backward on the CPU (the gauss_newton estimator). Measured, one
-# thread, medians of refreshes alternating the chunk: the digits MLPs' 32 sketches 210 ms one at a
-# time, 131 ms four at a time; MNIST's DCGAN generator, 16 products, 683 -> 398 ms; the style
-# network's 16 sketches 1.81 -> 1.57 s; 8 or 16 at a time no better on any of them.
+# thread, medians of refreshes alternating one and four a backward (bench/results/profile_gan_step.md):
+# the digits MLPs' 32 sketches 145 -> 122 ms, MNIST's DCGAN generator's 16 products 745 -> 521 ms;
+# 8 or 16 at a time were no better in a first timing. Batched HVPs were slower there (ring8 0.77x,
+# Stacked MNIST 0.93x), so the probe estimator stays at one.
 _CPU_PRODUCTS_PER_BACKWARD = 4
 
 
