@@ -3,10 +3,11 @@
 Plain script (not collected by pytest)::
 
     python bench/bench_style_net.py                       # bench/results/style_net.{md,json,png}
-    python bench/bench_style_net.py --seconds 60 --seeds 1 --styles flower   # a quick look
+    python bench/bench_style_net.py --seconds 60 --seeds 1 --styles flower --report style_net_quick   # a quick look
     python bench/bench_style_net.py --robustness          # style_net_robustness.{md,json}
     python bench/bench_style_net.py --markdown-only       # style_net.md again from style_net.json
     python bench/bench_style_net.py --more-seeds 1 --seconds 300   # one more seed added to style_net.json
+    python bench/bench_style_net.py --styles china,brick --add     # those styles measured again in style_net.json
     python bench/bench_style_net.py --sweep refresh --seconds 150 --seeds 1 --styles flower,brick   # style_net_sweep_flower_brick.md
     python bench/bench_style_net.py --sweep estimator --seconds 150 --seeds 1   # style_net_sweep_estimator_flower_china_brick.md
 
@@ -19,7 +20,9 @@ Adam's final held-out loss (mean over seeds of the first snapshot at or below Ad
 loss) divided by Adam's budget (target: at most 0.7); and, for the first seed's networks, the time
 of one pass over a held-out photograph at 256² against the time torch.optim.LBFGS (strong Wolfe,
 history 100, the pixel objective of hsc style) takes to bring that photograph's loss down to the
-network's (also one thread).
+network's (also one thread). Where the networks average their weights (``average``), the held-out
+loss is the averaged network's (what a checkpoint applies), and the table also gives the final
+loss of the weights themselves.
 
 The sweeps (``--sweep NAME``): the hsc method's settings (``SWEEPS``: ``refresh``, the photographs a
 refresh's HVPs see and the refresh period; ``estimator``, the curvature estimator) beside Adam, on ``--styles`` x ``--seeds``; one file per set of
@@ -80,7 +83,7 @@ def _train(cfg: NetConfig) -> dict:
     result = trainer.run()
     out = result.to_dict()
     if cfg.seed == 0:  # the first seed's network, for the one-pass comparison
-        out["state"] = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+        out["state"] = {k: v.clone() for k, v in trainer.applied.state_dict().items()}
     return out
 
 
@@ -147,7 +150,10 @@ def summarise(runs: List[dict]) -> dict:
         for method in METHODS:
             mine = [r for r in runs if r["style"] == style and r["method"] == method]
             finals = [r["final_loss"] for r in mine]
+            iterates = [r["history"][-1].get("iterate_loss") for r in mine]
             row[method] = {"final": statistics.fmean(finals), "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                           "iterate_final": (statistics.fmean(iterates) if all(v is not None for v in iterates)
+                                             else None),
                            "values": finals, "seconds": statistics.fmean(r["seconds"] for r in mine),
                            "steps": statistics.fmean(r["steps"] for r in mine),
                            "diverged": sum(r["diverged"] for r in mine)}
@@ -160,20 +166,25 @@ def summarise(runs: List[dict]) -> dict:
     return out
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, stem: str) -> str:
+    averaged = any(row[m].get("iterate_final") is not None for row in report["summary"].values() for m in METHODS)
     md = ["# Stylising networks: hsc against Adam at equal wall-clock", "",
           f"- machine: {report['machine']}; {report['workers']} runs at a time, one torch thread each",
           f"- command: `{report['command']}`",
           f"- {report['seconds']:g} s of training per run, seeds {report['seeds']}, 128² crops, batch 4; network and "
           f"methods: hsc style-net train's defaults ({report['defaults']})", "",
           "| style | Adam final held-out loss | hsc final held-out loss | hsc's seconds to Adam's final ÷ Adam's "
-          "budget (target ≤ 0.7) | steps Adam / hsc | diverged |", "|---|---|---|---|---|---|"]
+          "budget (target ≤ 0.7) | steps Adam / hsc | diverged |"
+          + (" the weights themselves, final: Adam / hsc |" if averaged else ""),
+          "|---|---|---|---|---|---|" + ("---|" if averaged else "")]
     for style, row in report["summary"].items():
         ratio = "never" if row["time_ratio"] is None else f"{row['time_ratio']:.2f}"
+        iterates = (" {:.4g} / {:.4g} |".format(row["adam"]["iterate_final"], row["hsc"]["iterate_final"])
+                    if averaged else "")
         md.append(f"| {style} | {row['adam']['final']:.4g} ± {row['adam']['std']:.2g} | "
                   f"{row['hsc']['final']:.4g} ± {row['hsc']['std']:.2g} | {ratio} | "
                   f"{row['adam']['steps']:.0f} / {row['hsc']['steps']:.0f} | "
-                  f"{row['adam']['diverged'] + row['hsc']['diverged']} |")
+                  f"{row['adam']['diverged'] + row['hsc']['diverged']} |{iterates}")
     md += ["", "One pass at 256² against pixel optimisation to the same loss (the first seed's networks; "
            f"photograph {HELD_OUT[0]}, one thread):", "",
            "| style | method | network's loss | one pass (s) | L-BFGS to that loss (s) | L-BFGS evaluations | ratio |",
@@ -184,8 +195,8 @@ def markdown(report: dict) -> str:
         ratio = "" if lb is None else f"{lb / row['pass_seconds']:.0f}x"
         md.append(f"| {row['style']} | {row['method']} | {row['network_loss']:.4g} | {row['pass_seconds']:.3f} | "
                   f"{lbfgs} | {row['lbfgs_evaluations']} | {ratio} |")
-    md += ["", "Held-out loss against training seconds: `style_net.png`.", ""]
-    notes = RESULTS / "style_net_notes.md"
+    md += ["", f"Held-out loss against training seconds: `{stem}.png`.", ""]
+    notes = RESULTS / f"{stem}_notes.md"
     if notes.exists():
         md += [notes.read_text()]
     return "\n".join(md) + "\n"
@@ -222,12 +233,22 @@ def plot(runs: List[dict], path: Path) -> None:
 def benchmark(args) -> None:
     styles, seeds = args.styles.split(","), list(range(args.seeds))
     earlier = None
-    if args.more_seeds:  # the next seeds of the committed report, same styles and budget
-        earlier = json.loads((RESULTS / "style_net.json").read_text())
-        if earlier["seconds"] != args.seconds:
-            raise SystemExit(f"--more-seeds: style_net.json has {earlier['seconds']:g} s runs, not {args.seconds:g}")
+    if args.add:  # further styles beside the report's, same seeds, budget and defaults
+        earlier = json.loads((RESULTS / f"{args.report}.json").read_text())
+        if (earlier["seconds"], earlier["seeds"]) != (args.seconds, seeds):
+            raise SystemExit(f"--add: {args.report}.json has {earlier['seconds']:g} s runs on seeds {earlier['seeds']}")
         if earlier["defaults"] != NetConfig().to_dict():
-            raise SystemExit("--more-seeds: style_net.json was measured with other defaults than hsc style-net "
+            raise SystemExit(f"--add: {args.report}.json was measured with other defaults than hsc style-net "
+                             "train's current ones")
+        kept = {r["style"] for r in earlier["runs"]} - set(styles)
+        earlier["runs"] = [r for r in earlier["runs"] if r["style"] in kept]
+        earlier["passes"] = [p for p in earlier["passes"] if p["style"] in kept]
+    elif args.more_seeds:  # the next seeds of the committed report, same styles and budget
+        earlier = json.loads((RESULTS / f"{args.report}.json").read_text())
+        if earlier["seconds"] != args.seconds:
+            raise SystemExit(f"--more-seeds: {args.report}.json has {earlier['seconds']:g} s runs, not {args.seconds:g}")
+        if earlier["defaults"] != NetConfig().to_dict():
+            raise SystemExit(f"--more-seeds: {args.report}.json was measured with other defaults than hsc style-net "
                              "train's current ones; run the benchmark again instead")
         styles = list(dict.fromkeys(r["style"] for r in earlier["runs"]))
         seeds = list(range(len(earlier["seeds"]), len(earlier["seeds"]) + args.more_seeds))
@@ -242,17 +263,20 @@ def benchmark(args) -> None:
     for (style, method), p in zip(keys, passes):
         p.update(style=style, method=method)
     command = " ".join(sys.argv)
-    if earlier is not None:
+    if args.add:
+        runs, passes = earlier["runs"] + runs, earlier["passes"] + passes
+        command = f"{earlier['command']}, then {command}"
+    elif earlier is not None:
         runs, seeds, passes = earlier["runs"] + runs, earlier["seeds"] + seeds, earlier["passes"]
         command = f"{earlier['command']}, then {command}"
     report = {"machine": machine(), "command": command, "workers": args.workers, "seconds": args.seconds,
               "seeds": seeds, "defaults": dataclasses.asdict(NetConfig()), "summary": summarise(runs),
               "passes": passes, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
-    write_json(RESULTS / "style_net.json", report)
-    (RESULTS / "style_net.md").write_text(markdown(report))
-    plot(runs, RESULTS / "style_net.png")
-    print(markdown(report))
+    write_json(RESULTS / f"{args.report}.json", report)
+    (RESULTS / f"{args.report}.md").write_text(markdown(report, args.report))
+    plot(runs, RESULTS / f"{args.report}.png")
+    print(markdown(report, args.report))
 
 
 def sweep(args) -> None:
@@ -314,10 +338,16 @@ def main() -> None:
     parser.add_argument("--robust-seconds", type=float, default=120.0)
     parser.add_argument("--markdown-only", action="store_true")
     parser.add_argument("--more-seeds", type=int, default=0,
-                        help="run this many further seeds and add them to style_net.json (its styles and seconds)")
+                        help="run this many further seeds and add them to <report>.json (its styles and seconds)")
+    parser.add_argument("--add", action="store_true",
+                        help="run --styles and put them beside the other styles of <report>.json (same seeds, "
+                             "seconds and defaults; a style measured again replaces its runs)")
+    parser.add_argument("--report", default="style_net",
+                        help="the benchmark's files: bench/results/<report>.{json,md,png}, notes from <report>_notes.md")
     args = parser.parse_args()
     if args.markdown_only:
-        (RESULTS / "style_net.md").write_text(markdown(json.loads((RESULTS / "style_net.json").read_text())))
+        (RESULTS / f"{args.report}.md").write_text(
+            markdown(json.loads((RESULTS / f"{args.report}.json").read_text()), args.report))
     elif args.robustness:
         robustness(args)
     elif args.sweep:

@@ -1,12 +1,14 @@
 """What the applications (``hsc gan``, ``hsc style``, ``hsc style-net``) and the benchmarks share:
 the machine's description, strict JSON, comma lists and budgets on the command line, progress
-bars and the histogram of block eigenvalues.
+bars, the histogram of block eigenvalues, the training loop under a budget and the moving average
+of a network's weights.
 
 tqdm and matplotlib are imported where they are used: the library itself does not need them.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -137,6 +139,34 @@ def mean_std(values: List[float]) -> Dict[str, object]:
 
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "values": list(values)}
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights (the averaged iterate), for sampling
+    or evaluating a network whose iterates oscillate: ``module`` is the averaged copy. At step t
+    ``update`` sets average <- d average + (1 - d) weights with d = min(``decay``, (1 + t) / (10 + t)):
+    early on it follows the network, later it spans about 1 / (1 - ``decay``) steps. Buffers (batch
+    norm's statistics) are the network's own."""
+
+    def __init__(self, network: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"hsc: the average's decay must be in (0, 1), got {decay!r}")
+        self.decay = decay
+        self.module = copy.deepcopy(network).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, network: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for mean, p in zip(self.module.parameters(), network.parameters()):
+            mean.lerp_(p, 1.0 - d)
+        for mean, b in zip(self.module.buffers(), network.buffers()):
+            mean.copy_(b)
+
+    def state_dict(self) -> dict:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state)
 
 
 class BudgetedTraining:

@@ -134,7 +134,7 @@ def test_resume_equals_uninterrupted_run(method, tmp_path):
     assert torch.equal(_flat(whole.D), _flat(resumed.D))
     assert [s.metrics for s in whole.history] == [s.metrics for s in resumed.history]
     if average:
-        assert torch.equal(_flat(whole.G_average), _flat(resumed.G_average))
+        assert torch.equal(_flat(whole.G_average.module), _flat(resumed.G_average.module))
     if method == "competitive":
         assert whole.game.stats()["steps"] == resumed.game.stats()["steps"] == 10
         assert torch.equal(whole.game.warm, resumed.game.warm)
@@ -396,11 +396,11 @@ def test_generator_average_is_the_moving_average_of_the_iterates_and_what_snapsh
         d = min(0.54, (1 + t) / (10 + t))
         expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, trainer.G.parameters())]
     assert (1 + 9) / (10 + 9) < 0.54 < (1 + 10) / (10 + 10)  # both the ramp and the cap were used
-    for e, a, p in zip(expected, trainer.G_average.parameters(), trainer.G.parameters()):
+    for e, a, p in zip(expected, trainer.G_average.module.parameters(), trainer.G.parameters()):
         torch.testing.assert_close(a, e)
         assert float((a - p.detach()).abs().max()) > 1e-5  # the average is not the last iterate
     z = torch.randn(50, trainer.latent, generator=torch.Generator().manual_seed(10_000 + cfg.seed))
     with torch.no_grad():
-        torch.testing.assert_close(trainer.generate(50), trainer.G_average.eval()(z))
+        torch.testing.assert_close(trainer.generate(50), trainer.G_average.module.eval()(z))
     with pytest.raises(ValueError, match="generator_average"):
         TrainConfig(steps=1, generator_average=1.0).validate()

@@ -110,8 +110,10 @@ def test_a_few_steps_move_the_network_and_record_the_held_out_loss(method, estim
             assert spectrum["min"] >= -1e-5 * spectrum["max"]
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path):
-    cfg = config.replace(NetConfig(method="hsc", steps=4, eval_every_steps=2, **TINY), update_every=3)
+@pytest.mark.parametrize("average", [0.0, 0.6])
+def test_resume_equals_an_uninterrupted_run(tmp_path, average):
+    cfg = config.replace(NetConfig(method="hsc", steps=4, eval_every_steps=2, average=average, **TINY),
+                         update_every=3)
     whole = NetTrainer(cfg)
     whole.run()
     first = NetTrainer(config.replace(cfg, steps=2))
@@ -122,6 +124,41 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     for (k, x), y in zip(whole.net.state_dict().items(), resumed.net.state_dict().values()):
         assert torch.equal(x, y), k
     assert [s.held_out_loss for s in whole.history] == [s.held_out_loss for s in resumed.history]
+    assert [s.iterate_loss for s in whole.history] == [s.iterate_loss for s in resumed.history]
+    if average:
+        for (k, x), y in zip(whole.applied.state_dict().items(), resumed.applied.state_dict().values()):
+            assert torch.equal(x, y), k
+
+
+def test_average_is_the_moving_average_of_the_iterates_and_what_is_evaluated_and_saved(tmp_path):
+    """average a: after step t (from 0) the averaged weights are d avg + (1 - d) w with d =
+    min(a, (1 + t) / (10 + t)), computed here from the network's own iterates; the held-out loss,
+    stylise and the checkpoint's network are the average's, the iterate's loss is recorded beside."""
+    cfg = NetConfig(method="adam", steps=12, average=0.54, **TINY)
+    trainer = NetTrainer(cfg)
+    expected = [p.detach().clone() for p in trainer.net.parameters()]
+    for t in range(12):
+        trainer.train_step()
+        trainer.step_count += 1
+        d = min(0.54, (1 + t) / (10 + t))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, trainer.net.parameters())]
+    assert (1 + 9) / (10 + 9) < 0.54 < (1 + 10) / (10 + 10)  # both the ramp and the cap were used
+    for e, a, p in zip(expected, trainer.applied.parameters(), trainer.net.parameters()):
+        torch.testing.assert_close(a, e)
+        assert float((a - p.detach()).abs().max()) > 1e-5  # the average is not the last iterate
+    snap = trainer.snapshot()
+    photos = trainer.held_out
+    with torch.no_grad():
+        of = lambda net: float(torch.stack([trainer.loss(net(x[None]), x[None]) for x in photos]).mean())  # noqa: E731
+        assert snap.held_out_loss == of(trainer.applied) and snap.iterate_loss == of(trainer.net)
+        assert snap.held_out_loss != snap.iterate_loss
+        torch.testing.assert_close(trainer.stylise(photos), trainer.applied(photos))
+    trainer.save(tmp_path / "ckpt.pt")
+    for x, y in zip(load_network(tmp_path / "ckpt.pt").state_dict().values(), trainer.applied.state_dict().values()):
+        assert torch.equal(x, y)
+    assert NetTrainer(NetConfig(method="adam", steps=1, average=0.0, **TINY)).snapshot().iterate_loss is None
+    with pytest.raises(ValueError, match="average"):
+        NetConfig(steps=1, average=1.0).validate()
 
 
 def test_cli_train_then_apply(tmp_path, capsys):

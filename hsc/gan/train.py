@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..apps import BudgetedTraining
+from ..apps import BudgetedTraining, WeightAverage
 from ..config import PreconditionerConfig, float_pair, from_dict, nested, option, replace
 from ..distributed import RankGroup
 from ..game import CompetitiveHSC, GameConfig
@@ -283,7 +283,7 @@ class Trainer(BudgetedTraining):
             players = make_players(config.architecture or spec.players, self.dataset)
         self.G, self.D = players.generator.to(self.device), players.discriminator.to(self.device)
         self.latent = players.latent_dim
-        self.G_average = copy.deepcopy(self.G).requires_grad_(False) if config.generator_average else None
+        self.G_average = WeightAverage(self.G, config.generator_average) if config.generator_average else None
         self.sampler = torch.Generator().manual_seed(config.seed + 1)
         self.step_count = 0
         self.train_seconds = 0.0
@@ -356,19 +356,7 @@ class Trainer(BudgetedTraining):
     def train_step(self) -> None:
         self._step()
         if self.G_average is not None:
-            self._average()
-
-    @torch.no_grad()
-    def _average(self) -> None:
-        """G_average <- decay G_average + (1 - decay) G, decay growing to ``generator_average`` as
-        (1 + t) / (10 + t): early on it follows G, later it spans about a tenth of the steps taken,
-        whatever a method's step rate. Buffers (batch norm's statistics) are G's own."""
-        t = self.step_count
-        decay = min(self.config.generator_average, (1 + t) / (10 + t))
-        for mean, p in zip(self.G_average.parameters(), self.G.parameters()):
-            mean.lerp_(p, 1.0 - decay)
-        for mean, b in zip(self.G_average.buffers(), self.G.buffers()):
-            mean.copy_(b)
+            self.G_average.update(self.G, self.step_count)
 
     def _step(self) -> None:
         real, z = self.draw()
@@ -400,7 +388,7 @@ class Trainer(BudgetedTraining):
         sampling never changes the run."""
         gen = torch.Generator().manual_seed(10_000 + self.config.seed)
         z = torch.randn(n, self.latent, generator=gen)
-        G = self.G if self.G_average is None else self.G_average
+        G = self.G if self.G_average is None else self.G_average.module
         training = G.training
         G.eval()
         try:

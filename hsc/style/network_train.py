@@ -10,7 +10,9 @@ Methods, same network, data and budget:
 
 Randomness: the network's init from ``seed``, the crops from the photo sampler's generator
 (``seed`` + 1), the sketches' signs from the preconditioner's (``seed``). The held-out loss is the
-mean of the perceptual loss over the held-out photographs, each resized to ``eval_size``.
+mean of the perceptual loss over the held-out photographs, each resized to ``eval_size``, of the
+network a checkpoint applies: the moving average of the weights when ``average`` is set (snapshots
+also record the iterate's own loss then), the weights themselves otherwise.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import List, Optional
 
 import torch
 
-from ..apps import BudgetedTraining
+from ..apps import BudgetedTraining, WeightAverage
 from ..config import PreconditionerConfig, from_dict, nested, option
 from ..numerics import all_finite
 from ..preconditioner import Preconditioner
@@ -76,6 +78,11 @@ class NetConfig:
     photos: str = option("", "a folder of training photographs (every fifth held out); empty: the bundled "
                          "photographs")
     eval_size: int = option(128, "side of the held-out photographs the snapshots evaluate")
+    # the GAN's remedy for late oscillation (hsc gan's generator_average): flower's held-out loss swings
+    # by a factor of two between snapshots 20 s apart for both methods (bench/results/style_net_notes.md)
+    average: float = option(0.999, "snapshots, checkpoints and apply use an exponential moving average of the "
+                            "weights with decay min(this, (1 + t) / (10 + t)) at step t (the averaged "
+                            "iterate, against the step's oscillation); 0: the weights themselves")
     feature_seed: int = option(0, "seed of the random feature network of the loss")
     eval_every_seconds: Optional[float] = None   # default: a 15th of the budget
     eval_every_steps: Optional[int] = None       # default: a tenth of the budget
@@ -91,6 +98,8 @@ class NetConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 16 and value % 4 == 0):
                 raise ValueError(f"hsc style-net: {name} must be a multiple of 4, at least 16, got {value!r}")
+        if not 0.0 <= self.average < 1.0:
+            raise ValueError(f"hsc style-net: average must be in [0, 1), got {self.average!r}")
         for name in ("batch_size", "width", "blocks"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"hsc style-net: {name} must be an int >= 1, got {getattr(self, name)!r}")
@@ -107,7 +116,8 @@ class NetConfig:
 class Snapshot:
     step: int
     seconds: float
-    held_out_loss: float
+    held_out_loss: float  # of the network a checkpoint applies (the average, when averaging)
+    iterate_loss: Optional[float] = None  # when averaging: the weights' own
 
 
 @dataclass
@@ -150,6 +160,7 @@ class NetTrainer(BudgetedTraining):
             torch.manual_seed(config.seed)
             self.net = TransformNet(config.width, config.blocks)
         self.params = list(self.net.parameters())
+        self.average = WeightAverage(self.net, config.average) if config.average else None
         lr = config.adam_lr if config.method == "adam" else config.hsc.lr
         self.optimizer = torch.optim.Adam(self.params, lr=lr)
         self.preconditioner = (Preconditioner(self.params, dataclasses.replace(config.hsc.preconditioner,
@@ -161,6 +172,11 @@ class NetTrainer(BudgetedTraining):
     # ---- one step --------------------------------------------------------------------------
 
     def train_step(self) -> None:
+        self._step()
+        if self.average is not None:
+            self.average.update(self.net, self.step_count)
+
+    def _step(self) -> None:
         photos = self.sampler.draw(self.config.batch_size)
         loss_fn = lambda: self.loss(self.net(photos), photos)  # noqa: E731
         with torch.enable_grad():
@@ -187,17 +203,25 @@ class NetTrainer(BudgetedTraining):
 
     # ---- evaluation ------------------------------------------------------------------------
 
+    @property
+    def applied(self) -> TransformNet:
+        """The network a checkpoint applies: the weights' moving average when averaging."""
+        return self.net if self.average is None else self.average.module
+
     @torch.no_grad()
-    def held_out_loss(self) -> float:
-        """The perceptual loss on the held-out photographs (mean over them)."""
-        return float(torch.stack([self.loss(self.net(x[None]), x[None]) for x in self.held_out]).mean())
+    def held_out_loss(self, network: Optional[TransformNet] = None) -> float:
+        """The perceptual loss of ``network`` (default: :attr:`applied`) on the held-out
+        photographs (mean over them)."""
+        network = self.applied if network is None else network
+        return float(torch.stack([self.loss(network(x[None]), x[None]) for x in self.held_out]).mean())
 
     @torch.no_grad()
     def stylise(self, photos: torch.Tensor) -> torch.Tensor:
-        return self.net(photos)
+        return self.applied(photos)
 
     def snapshot(self) -> Snapshot:
-        snap = Snapshot(self.step_count, self.train_seconds, self.held_out_loss())
+        snap = Snapshot(self.step_count, self.train_seconds, self.held_out_loss(),
+                        None if self.average is None else self.held_out_loss(self.net))
         self.history.append(snap)
         return snap
 
@@ -220,6 +244,7 @@ class NetTrainer(BudgetedTraining):
 
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "net": self.net.state_dict(),
+                "average": None if self.average is None else self.average.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "preconditioner": None if self.preconditioner is None else self.preconditioner.state_dict(),
                 "sampler": self.sampler.state_dict(), "step_count": self.step_count,
@@ -228,6 +253,8 @@ class NetTrainer(BudgetedTraining):
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.preconditioner is not None:
             self.preconditioner.load_state_dict(state["preconditioner"])
@@ -249,11 +276,12 @@ class NetTrainer(BudgetedTraining):
 
 
 def load_network(path) -> TransformNet:
-    """The trained network of a checkpoint, in eval mode."""
+    """The trained network of a checkpoint (its weights' moving average when it was trained with
+    ``average``), in eval mode."""
     state = torch.load(path, weights_only=False)
     config = from_dict(NetConfig, state["config"])
     net = TransformNet(config.width, config.blocks)
-    net.load_state_dict(state["net"])
+    net.load_state_dict(state["average"] if state.get("average") is not None else state["net"])
     return net.eval().requires_grad_(False)
 
 
