@@ -135,6 +135,15 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
     # the base optimizer's lr (Adam's DCGAN 2e-4 by default): the digits' hsc runs are still
     # improving at the end of their 60 s while the competitive step has converged (the default,
     # "root", is in the refresh sweep of the same session)
+    # HVPs on a subsample of the batch (ring8 and grid25 take them on all 256 samples): on the
+    # mixtures' MLPs an HVP is compute-bound (~3.7 ms, ~50 GFLOP/s on one thread; torch.func's
+    # vmapped forward-over-reverse took as long), so only fewer samples make the refresh cheaper;
+    # what the noisier estimate costs in modes and quality
+    "subsample": {
+        "root": {},
+        "root on 64 samples": {"curvature_batch": 64},
+        "root on 32 samples": {"curvature_batch": 32},
+    },
     "lr": {
         "root lr 4e-4": {"lr": 4e-4},
         "root lr 1e-3": {"lr": 1e-3},
