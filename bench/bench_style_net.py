@@ -233,23 +233,21 @@ def plot(runs: List[dict], path: Path) -> None:
 def benchmark(args) -> None:
     styles, seeds = args.styles.split(","), list(range(args.seeds))
     earlier = None
-    if args.add:  # further styles beside the report's, same seeds, budget and defaults
+    if args.add or args.more_seeds:  # runs beside the committed report's: same budget and defaults
+        flag = "--add" if args.add else "--more-seeds"
         earlier = json.loads((RESULTS / f"{args.report}.json").read_text())
-        if (earlier["seconds"], earlier["seeds"]) != (args.seconds, seeds):
-            raise SystemExit(f"--add: {args.report}.json has {earlier['seconds']:g} s runs on seeds {earlier['seeds']}")
+        if earlier["seconds"] != args.seconds:
+            raise SystemExit(f"{flag}: {args.report}.json has {earlier['seconds']:g} s runs, not {args.seconds:g}")
         if earlier["defaults"] != NetConfig().to_dict():
-            raise SystemExit(f"--add: {args.report}.json was measured with other defaults than hsc style-net "
-                             "train's current ones")
+            raise SystemExit(f"{flag}: {args.report}.json was measured with other defaults than hsc style-net "
+                             "train's current ones; run the benchmark again instead")
+    if args.add:  # further styles, the same seeds; a style measured again replaces its runs
+        if earlier["seeds"] != seeds:
+            raise SystemExit(f"--add: {args.report}.json has seeds {earlier['seeds']}, not {seeds}")
         kept = {r["style"] for r in earlier["runs"]} - set(styles)
         earlier["runs"] = [r for r in earlier["runs"] if r["style"] in kept]
         earlier["passes"] = [p for p in earlier["passes"] if p["style"] in kept]
-    elif args.more_seeds:  # the next seeds of the committed report, same styles and budget
-        earlier = json.loads((RESULTS / f"{args.report}.json").read_text())
-        if earlier["seconds"] != args.seconds:
-            raise SystemExit(f"--more-seeds: {args.report}.json has {earlier['seconds']:g} s runs, not {args.seconds:g}")
-        if earlier["defaults"] != NetConfig().to_dict():
-            raise SystemExit(f"--more-seeds: {args.report}.json was measured with other defaults than hsc style-net "
-                             "train's current ones; run the benchmark again instead")
+    elif args.more_seeds:  # the next seeds, the same styles
         styles = list(dict.fromkeys(r["style"] for r in earlier["runs"]))
         seeds = list(range(len(earlier["seeds"]), len(earlier["seeds"]) + args.more_seeds))
     configs = [NetConfig(style=style, method=m, seed=s, seconds=args.seconds)
@@ -263,11 +261,9 @@ def benchmark(args) -> None:
     for (style, method), p in zip(keys, passes):
         p.update(style=style, method=method)
     command = " ".join(sys.argv)
-    if args.add:
-        runs, passes = earlier["runs"] + runs, earlier["passes"] + passes
-        command = f"{earlier['command']}, then {command}"
-    elif earlier is not None:
-        runs, seeds, passes = earlier["runs"] + runs, earlier["seeds"] + seeds, earlier["passes"]
+    if earlier is not None:
+        runs, passes = earlier["runs"] + runs, earlier["passes"] + (passes if args.add else [])
+        seeds = seeds if args.add else earlier["seeds"] + seeds
         command = f"{earlier['command']}, then {command}"
     report = {"machine": machine(), "command": command, "workers": args.workers, "seconds": args.seconds,
               "seeds": seeds, "defaults": dataclasses.asdict(NetConfig()), "summary": summarise(runs),

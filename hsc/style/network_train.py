@@ -78,8 +78,10 @@ class NetConfig:
     photos: str = option("", "a folder of training photographs (every fifth held out); empty: the bundled "
                          "photographs")
     eval_size: int = option(128, "side of the held-out photographs the snapshots evaluate")
-    # the GAN's remedy for late oscillation (hsc gan's generator_average): flower's held-out loss swings
-    # by a factor of two between snapshots 20 s apart for both methods (bench/results/style_net_notes.md)
+    # the GAN's remedy for late oscillation (hsc gan's generator_average): flower's held-out loss swung
+    # by a factor of two between snapshots 20 s apart for both methods; the average ends below the
+    # weights' own for both methods on flower and brick, for hsc on china, level for Adam's china
+    # (3 styles x 3 seeds, 300 s; bench/results/style_net_notes.md)
     average: float = option(0.999, "snapshots, checkpoints and apply use an exponential moving average of the "
                             "weights with decay min(this, (1 + t) / (10 + t)) at step t (the averaged "
                             "iterate, against the step's oscillation); 0: the weights themselves")
