@@ -159,6 +159,14 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
         "adam": {"method": "adam"},
         "adam average": {"method": "adam", "generator_average": 0.999},
     },
+    # the digits' per-player gap to the coupled step (hsc drifts where the competitive step does
+    # not, gan_notes.md): lookahead-minmax, both players pulled back jointly every k steps
+    "lookahead": {
+        "root": {},
+        "root lookahead 5": {"lookahead": 5},
+        "root lookahead 10": {"lookahead": 10},
+        "competitive": {"method": "competitive"},
+    },
 }
 
 

@@ -24,9 +24,11 @@ network's (also one thread). Where the networks average their weights (``average
 loss is the averaged network's (what a checkpoint applies), and the table also gives the final
 loss of the weights themselves.
 
-The sweeps (``--sweep NAME``): the hsc method's settings (``SWEEPS``: ``refresh``, the photographs a
-refresh's HVPs see and the refresh period; ``estimator``, the curvature estimator) beside Adam, on ``--styles`` x ``--seeds``; one file per set of
-styles, read in bench/results/style_net_notes.md (a default changes only where every style agrees).
+The sweeps (``--sweep NAME [--only NAMES]``): the hsc method's settings (``SWEEPS``: ``refresh``, the
+photographs a refresh's HVPs see and the refresh period; ``estimator``, the curvature estimator;
+``curvature``, the photographs a Gauss-Newton refresh sees) beside Adam, on ``--styles`` x
+``--seeds``; one file per sweep and set of styles, read in bench/results/style_net_notes.md (a
+default changes only where no style is worse by more than its seeds' spread).
 
 The robustness matrix: both methods with their defaults on the five bundled styles at 128² and
 256² crops, ``--robust-seconds`` each (default 120): a run diverges when its held-out loss ends
@@ -73,7 +75,11 @@ SWEEPS = {"refresh": {"hsc batch 4, every 50": {**_PROBE, "curvature_batch": Non
           "estimator": {"hsc probe": _PROBE,
                         "hsc gauss_newton 16": {"estimator": "gauss_newton", "sketches": 16, "factor_power": 1.0},
                         "hsc gauss_newton 16, M^-1/2": {"estimator": "gauss_newton", "sketches": 16,
-                                                        "factor_power": 0.5}}}
+                                                        "factor_power": 0.5}},
+          # the photographs a Gauss-Newton refresh sees (the batch's first; the default since: two)
+          "curvature": {"hsc curvature batch 1": {"curvature_batch": 1},
+                        "hsc curvature batch 2": {"curvature_batch": 2},
+                        "hsc curvature batch 4": {"curvature_batch": None}}}
 PASS_SIZE = 256
 
 
@@ -279,6 +285,11 @@ def sweep(args) -> None:
     styles, seeds = args.styles.split(","), list(range(args.seeds))
     chosen = SWEEPS[args.sweep]
     variants = {"adam": ("adam", {}), **{name: ("hsc", changes) for name, changes in chosen.items()}}
+    if args.only:
+        unknown = set(args.only.split(",")) - set(variants)
+        if unknown:
+            raise SystemExit(f"--only: no variant named {sorted(unknown)}; the sweep has {list(variants)}")
+        variants = {n: variants[n] for n in args.only.split(",")}
     jobs = [(name, hsc_config.replace(NetConfig(style=style, method=method, seed=seed, seconds=args.seconds), **changes))
             for seed in seeds for style in styles for name, (method, changes) in variants.items()]
     runs = run_all([cfg for _, cfg in jobs], args.workers)
@@ -288,10 +299,11 @@ def sweep(args) -> None:
              "defaults", "", "| style | variant | seed | steps | held-out loss: final | seconds to Adam's final |",
              "|---|---|---|---|---|---|"]
     for (name, cfg), r in zip(jobs, runs):
-        adam = next(a for (n, c), a in zip(jobs, runs) if n == "adam" and c.style == cfg.style and c.seed == cfg.seed)
-        hit = seconds_to(r["history"], adam["final_loss"])
-        lines.append(f"| {cfg.style} | {name} | {cfg.seed} | {r['steps']} | {r['final_loss']:.4g} | "
-                     f"{'never' if hit is None else f'{hit:.0f}'} |")
+        adam = next((a for (n, c), a in zip(jobs, runs) if n == "adam" and c.style == cfg.style and c.seed == cfg.seed),
+                    None)
+        hit = None if adam is None else seconds_to(r["history"], adam["final_loss"])
+        reached = "no Adam run" if adam is None else "never" if hit is None else f"{hit:.0f}"
+        lines.append(f"| {cfg.style} | {name} | {cfg.seed} | {r['steps']} | {r['final_loss']:.4g} | {reached} |")
         r.pop("state", None)
     RESULTS.mkdir(exist_ok=True)
     # one file per sweep and set of styles measured together (the refresh sweep's names predate the others)
@@ -331,6 +343,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--sweep", choices=sorted(SWEEPS), help="hsc's settings against Adam (SWEEPS)")
+    parser.add_argument("--only", default="", help="sweep: comma list of variant names (adam among them)")
     parser.add_argument("--robust-seconds", type=float, default=120.0)
     parser.add_argument("--markdown-only", action="store_true")
     parser.add_argument("--more-seeds", type=int, default=0,

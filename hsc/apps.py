@@ -169,6 +169,41 @@ class WeightAverage:
         self.module.load_state_dict(state)
 
 
+class Lookahead:
+    """Lookahead over the weights of one or more networks (Zhang et al., 2019), which for the two
+    players of a game is lookahead-minmax (Chavdarova et al., ICLR 2021): slow copies of the
+    weights; after every ``steps``-th training step the slow weights move a fraction ``alpha`` of the
+    way to the fast ones, slow <- slow + alpha (fast - slow), and the fast weights restart there.
+    Simultaneous play rotates around an equilibrium; the joint pull back towards where the players
+    stood ``steps`` steps ago damps the rotation while keeping the optimizers' state. Buffers (batch
+    norm's statistics) are the networks' own."""
+
+    def __init__(self, networks: Sequence[torch.nn.Module], steps: int, alpha: float):
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"hsc: lookahead steps must be an int >= 1, got {steps!r}")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"hsc: lookahead alpha must be in (0, 1], got {alpha!r}")
+        self.steps, self.alpha = steps, alpha
+        self.params = [p for network in networks for p in network.parameters()]
+        self.slow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, steps_taken: int) -> None:
+        """Call after each training step with the number of steps taken so far."""
+        if steps_taken % self.steps:
+            return
+        for slow, fast in zip(self.slow, self.params):
+            slow.lerp_(fast, self.alpha)
+            fast.copy_(slow)
+
+    def state_dict(self) -> dict:
+        return {"slow": [s.clone() for s in self.slow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for slow, saved in zip(self.slow, state["slow"], strict=True):
+            slow.copy_(saved)
+
+
 class BudgetedTraining:
     """The loop of a training run under a budget of ``config.steps`` or ``config.seconds`` of
     training time (snapshots excluded), with a snapshot at the start, every

@@ -114,15 +114,18 @@ def test_digits_short_run():
     assert digits_metrics(result.samples) == final
 
 
-@pytest.mark.parametrize("method", ["adam", "hsc", "hsc optimism", "adam average", "acgd", "competitive"])
+@pytest.mark.parametrize("method", ["adam", "hsc", "hsc optimism", "adam average", "hsc lookahead", "acgd",
+                                    "competitive"])
 def test_resume_equals_uninterrupted_run(method, tmp_path):
     # "hsc optimism": the optimistic step's last direction is part of the checkpoint; "adam average":
-    # the generator's moving average (the snapshots' metrics are its samples')
+    # the generator's moving average (the snapshots' metrics are its samples'); "hsc lookahead": the
+    # slow weights, saved at step 5 between the pull-backs of steps 3 and 6
     hsc = config.replace(FAST_HSC, optimism=1.0) if method == "hsc optimism" else FAST_HSC
     average = 0.9 if method == "adam average" else 0.0
+    lookahead = 3 if method == "hsc lookahead" else 0
     method = method.split()[0]
     cfg = TrainConfig(method=method, steps=10, batch_size=64, eval_samples=100, eval_every_steps=5, hsc=hsc,
-                      generator_average=average)
+                      generator_average=average, lookahead=lookahead)
     whole = Trainer(cfg)
     whole.run()
     first = Trainer(dataclasses.replace(cfg, steps=5))
@@ -382,6 +385,38 @@ def test_optimism_steps_along_the_direction_plus_gamma_times_its_change():
     torch.testing.assert_close(w.weight.detach(), after_one - 0.1 * (g2 + 0.5 * (g2 - g1)))
     with pytest.raises(ValueError, match="optimism"):
         config.replace(HSCSettings(), optimism=-1.0).validate()
+
+
+def test_lookahead_pulls_both_players_back_towards_the_slow_weights_every_k_steps(tmp_path):
+    """lookahead k, alpha: the weights run as without it for k steps, then become slow + alpha (fast -
+    slow) for both players, slow the weights k steps before; the optimizers' state is kept."""
+    cfg = TrainConfig(method="adam", steps=6, batch_size=32, eval_samples=50)
+    plain, pulled = Trainer(cfg), Trainer(dataclasses.replace(cfg, lookahead=3, lookahead_alpha=0.4))
+    start = torch.cat([_flat(pulled.G), _flat(pulled.D)])
+
+    def steps(trainer, n):
+        for _ in range(n):
+            trainer.train_step()
+            trainer.step_count += 1
+        return torch.cat([_flat(trainer.G), _flat(trainer.D)])
+
+    assert torch.equal(steps(plain, 2), steps(pulled, 2))  # no pull-back before step 3
+    fast, after = steps(plain, 1), steps(pulled, 1)
+    torch.testing.assert_close(after, start + 0.4 * (fast - start))
+    assert float((after - fast).abs().max()) > 1e-6 and float((after - start).abs().max()) > 1e-6
+    for name in ("G", "D"):  # Adam's moments are the fast run's
+        a, b = plain.players[name].optimizer.state_dict(), pulled.players[name].optimizer.state_dict()
+        assert all(torch.equal(a["state"][i]["exp_avg"], b["state"][i]["exp_avg"]) for i in a["state"])
+    # the next pull-back, at step 6, from the weights of step 3: against the same three steps
+    # without lookahead from the checkpoint of step 3
+    pulled.save(tmp_path / "step3.pt")
+    free = Trainer.load(tmp_path / "step3.pt", lookahead=0)
+    fast = steps(free, 3)
+    torch.testing.assert_close(steps(pulled, 3), after + 0.4 * (fast - after))
+    with pytest.raises(ValueError, match="lookahead"):
+        TrainConfig(steps=1, lookahead=-1).validate()
+    with pytest.raises(ValueError, match="lookahead_alpha"):
+        TrainConfig(steps=1, lookahead=2, lookahead_alpha=0.0).validate()
 
 
 def test_generator_average_is_the_moving_average_of_the_iterates_and_what_snapshots_sample():

@@ -12,7 +12,7 @@ from hsc.__main__ import main as hsc_main
 from hsc.style.features import make_extractor
 from hsc.style.images import load_image
 from hsc.style.network import PerceptualLoss, TransformNet
-from hsc.style.network_train import NetConfig, NetTrainer, load_network
+from hsc.style.network_train import NetConfig, NetHSCSettings, NetTrainer, load_network
 from hsc.style.objective import LossWeights, StyleObjective
 from hsc.style.photos import HELD_OUT, TRAIN, PhotoSampler, held_out_images, split_sources
 
@@ -159,6 +159,14 @@ def test_average_is_the_moving_average_of_the_iterates_and_what_is_evaluated_and
     assert NetTrainer(NetConfig(method="adam", steps=1, average=0.0, **TINY)).snapshot().iterate_loss is None
     with pytest.raises(ValueError, match="average"):
         NetConfig(steps=1, average=1.0).validate()
+
+
+def test_curvature_batch_beyond_the_batch_is_the_whole_batch():
+    """The default refresh sees two photographs; a batch of one is then the whole batch, not an error."""
+    assert NetConfig(steps=1).hsc.curvature_batch == 2
+    NetConfig(steps=1, batch_size=1).validate()
+    with pytest.raises(ValueError, match="curvature_batch"):
+        NetConfig(steps=1, hsc=NetHSCSettings(curvature_batch=0)).validate()
 
 
 def test_cli_train_then_apply(tmp_path, capsys):

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..apps import BudgetedTraining, WeightAverage
+from ..apps import BudgetedTraining, Lookahead, WeightAverage
 from ..config import PreconditionerConfig, float_pair, from_dict, nested, option, replace
 from ..distributed import RankGroup
 from ..game import CompetitiveHSC, GameConfig
@@ -124,6 +124,10 @@ class TrainConfig:
                                       "with decay min(this, (1 + t) / (10 + t)) at step t, about the last "
                                       "tenth of the run's steps, against simultaneous play's late "
                                       "oscillation (the averaged iterate); 0: G itself")
+    lookahead: int = option(0, "lookahead-minmax: every this many steps both players' weights go back to "
+                            "slow <- slow + lookahead_alpha (weights - slow), slow the weights this many steps "
+                            "before, against simultaneous play's rotation (hsc.apps.Lookahead); 0: off", int)
+    lookahead_alpha: float = option(0.5, "lookahead-minmax: the fraction of the way the slow weights move")
     eval_every_seconds: Optional[float] = None  # snapshot period under a seconds budget (default: a 15th)
     eval_every_steps: Optional[int] = None  # under a steps budget (default: a tenth of it)
     hsc: HSCSettings = nested(HSCSettings, "hsc method: the step around each player's preconditioner",
@@ -140,6 +144,10 @@ class TrainConfig:
             raise ValueError(f"hsc gan: update must be one of {UPDATES}, got {self.update!r}")
         if self.architecture is not None and self.architecture not in PLAYERS:
             raise ValueError(f"hsc gan: architecture must be one of {tuple(PLAYERS)}, got {self.architecture!r}")
+        if not (isinstance(self.lookahead, int) and self.lookahead >= 0):
+            raise ValueError(f"hsc gan: lookahead must be an int >= 0, got {self.lookahead!r}")
+        if not 0.0 < self.lookahead_alpha <= 1.0:
+            raise ValueError(f"hsc gan: lookahead_alpha must be in (0, 1], got {self.lookahead_alpha!r}")
         if not 0.0 <= self.generator_average < 1.0:
             raise ValueError(f"hsc gan: generator_average must be in [0, 1), got {self.generator_average!r}")
         if (self.steps is None) == (self.seconds is None):
@@ -284,6 +292,8 @@ class Trainer(BudgetedTraining):
         self.G, self.D = players.generator.to(self.device), players.discriminator.to(self.device)
         self.latent = players.latent_dim
         self.G_average = WeightAverage(self.G, config.generator_average) if config.generator_average else None
+        self.lookahead = (Lookahead((self.G, self.D), config.lookahead, config.lookahead_alpha)
+                          if config.lookahead else None)
         self.sampler = torch.Generator().manual_seed(config.seed + 1)
         self.step_count = 0
         self.train_seconds = 0.0
@@ -355,6 +365,8 @@ class Trainer(BudgetedTraining):
 
     def train_step(self) -> None:
         self._step()
+        if self.lookahead is not None:  # the loop counts this step after train_step returns
+            self.lookahead.update(self.step_count + 1)
         if self.G_average is not None:
             self.G_average.update(self.G, self.step_count)
 
@@ -447,6 +459,7 @@ class Trainer(BudgetedTraining):
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "G": self.G.state_dict(), "D": self.D.state_dict(),
                 "G_average": None if self.G_average is None else self.G_average.state_dict(),
+                "lookahead": None if self.lookahead is None else self.lookahead.state_dict(),
                 "players": {k: p.state_dict() for k, p in self.players.items()},
                 "acgd": None if self.acgd is None else copy.deepcopy(self.acgd.state),
                 "game": None if self.game is None else self.game.state_dict(),
@@ -459,6 +472,8 @@ class Trainer(BudgetedTraining):
         self.D.load_state_dict(state["D"])
         if self.G_average is not None:
             self.G_average.load_state_dict(state["G_average"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
         for k, p in self.players.items():
             p.load_state_dict(state["players"][k])
         if self.acgd is not None:
