@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -22,20 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from bench_optim import make_problem  # noqa: E402
+from bench_optim import make_problem, timed  # noqa: E402
 from hsc import ops  # noqa: E402
 from hsc import preconditioner as precond  # noqa: E402
 from hsc.optim import HSC  # noqa: E402
 
 
-def best_ms(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * min(times)
+def best_ms(fn) -> float:
+    return 1e3 * timed(fn, repeats=5)
 
 
 def profile(b: int) -> dict:
