@@ -150,11 +150,14 @@ SWEEPS: Dict[str, Dict[str, dict]] = {
     },
     # MNIST's late gap to Adam (hsc levels off after ~1,600 steps while Adam improves; the measured
     # cause is the discriminator's Gauss-Newton spectrum widening to ~1e6 around mu): which player
-    # the correction serves, and the digits' remedy, sampling the generator's moving average
+    # the correction serves, and the digits' remedy, sampling the generator's moving average. The
+    # digits ran "root", "root G only", "root D only" and "root power 0.5" (M^-1/2 was measured there
+    # only with exact blocks on 16 samples, "late"; the sketched blocks since see the whole batch)
     "play": {
         "root": {"players": "both"},
         "root G only": {"players": "G"},
         "root D only": {"players": "D"},
+        "root power 0.5": {"players": "both", "factor_power": 0.5},
         "root average": {"players": "both", "generator_average": 0.999},
         "adam": {"method": "adam"},
         "adam average": {"method": "adam", "generator_average": 0.999},
